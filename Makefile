@@ -1,0 +1,65 @@
+# histoprompt: every target installs what it needs itself (see README).
+SHELL := /bin/bash
+.ONESHELL:
+.SHELLFLAGS := -eu -o pipefail -c
+
+UV_VERSION      ?= 0.13.9
+HELM_VERSION    ?= v3.16.4
+CACHE           ?= $(CURDIR)/.cache
+export UV_LINK_MODE ?= copy
+export PATH := $(HOME)/.local/bin:$(CACHE)/go/bin:$(PATH)
+UV      := uv
+PYTEST_ARGS ?=
+
+.PHONY: help install install-python install-kafka install-prometheus install-helm \
+        test test-unit lint demo bench bench-models stack-up stack-down clean
+
+help:
+	@echo "make demo    install everything, start the local stack, run the main job"
+	@echo "make test    install everything and run the whole test suite"
+	@echo "make lint    ruff + mypy"
+	@echo "make bench   benchmarks (results in BENCHMARKS.md)"
+
+install: install-python install-kafka install-prometheus install-helm
+
+install-python:
+	@command -v uv >/dev/null 2>&1 || python3.11 -m pip install --user --quiet "uv==$(UV_VERSION)"
+	$(UV) sync --all-packages --frozen --python 3.11
+
+install-kafka:
+	@bash deploy/install/kafka.sh "$(CACHE)/kafka"
+
+install-prometheus:
+	@bash deploy/install/prometheus.sh
+
+install-helm:
+	@bash deploy/install/helm.sh "$(HELM_VERSION)" "$(CACHE)/go"
+
+test: install
+	$(UV) run --frozen pytest $(PYTEST_ARGS)
+
+test-unit: install-python
+	$(UV) run --frozen pytest -m "not integration" $(PYTEST_ARGS)
+
+lint: install-python
+	$(UV) run --frozen ruff check .
+	$(UV) run --frozen ruff format --check core client
+	$(UV) run --frozen mypy core/src client/src
+
+demo: install
+	$(UV) run --frozen python -m histoprompt.stack.demo
+
+stack-up: install
+	$(UV) run --frozen histoprompt stack up
+
+stack-down:
+	$(UV) run --frozen histoprompt stack down
+
+bench: install
+	$(UV) run --frozen python -m tests.perf.run_all
+
+bench-models: install
+	$(UV) run --frozen python -m tests.perf.bench_models
+
+clean:
+	rm -rf .stack stack.env

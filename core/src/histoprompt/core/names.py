@@ -1,0 +1,56 @@
+"""Names fixed by DESIGN.md: Kafka topics, Triton models and tensors, S3 layout.
+
+model.py files, the ingest service and the client import these, never literals.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Kafka topics
+TOPIC_INCOMING: Final = "histoprompt.slides.incoming"
+TOPIC_RESULTS: Final = "histoprompt.slides.results"
+TOPIC_DLQ: Final = "histoprompt.slides.dlq"
+ALL_TOPICS: Final = (TOPIC_INCOMING, TOPIC_RESULTS, TOPIC_DLQ)
+
+# Triton models
+MODEL_TILE_PREPROCESS: Final = "tile_preprocess"
+MODEL_TILE_ENCODER: Final = "tile_encoder"
+MODEL_PATCH_EMBED: Final = "patch_embed"
+MODEL_SLIDE_EMBED: Final = "slide_embed"
+MODEL_RNA_EMBED: Final = "rna_embed"
+MODEL_PATHWAY_QUERY: Final = "pathway_query"
+MODEL_SLIDE_TO_PATHWAYS: Final = "slide_to_pathways"
+
+# Triton tensors
+TENSOR_TILES: Final = "TILES"
+TENSOR_PIXELS: Final = "PIXELS"
+TENSOR_TILE_EMBEDDING: Final = "TILE_EMBEDDING"
+TENSOR_SLIDE_EMBEDDING: Final = "SLIDE_EMBEDDING"
+TENSOR_ATTENTION: Final = "ATTENTION"
+TENSOR_EXPRESSION: Final = "EXPRESSION"
+TENSOR_RNA_EMBEDDING: Final = "RNA_EMBEDDING"
+TENSOR_GENE_SETS: Final = "GENE_SETS"
+TENSOR_METHOD: Final = "METHOD"
+TENSOR_SCORES: Final = "SCORES"
+TENSOR_COVERAGE: Final = "COVERAGE"
+
+# S3 result layout: s3://<results-bucket>/slides/<slide_id>/<model_version>/<object>
+RESULT_TILES: Final = "tiles.parquet"
+RESULT_TILE_EMBEDDINGS: Final = "tile_embeddings.npy"
+RESULT_SLIDE_EMBEDDING: Final = "slide_embedding.npy"
+RESULT_PATHWAYS: Final = "pathways.json"
+RESULT_MANIFEST: Final = "manifest.json"
+
+# A DICOM-WSI series is ready when this object lands under the series prefix.
+SERIES_MANIFEST: Final = "manifest.json"
+
+
+def result_prefix(slide_id: str, model_version: str) -> str:
+    """Object-key prefix (no bucket) of one slide's results for one model version."""
+    return f"slides/{slide_id}/{model_version}/"
+
+
+def result_key(slide_id: str, model_version: str, name: str) -> str:
+    """Object key of one result file."""
+    return result_prefix(slide_id, model_version) + name

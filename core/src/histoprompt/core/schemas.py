@@ -1,0 +1,197 @@
+"""Wire schemas of DESIGN.md: S3 event notifications, result and DLQ events, result manifest.
+
+All are pydantic models; parse at the boundary and pass typed objects inside.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Any, Literal
+from urllib.parse import unquote_plus
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from histoprompt.core.errors import InvalidInputError
+
+SCHEMA_VERSION = 1
+
+
+def slide_id_for(bucket: str, key: str, etag: str) -> str:
+    """First 16 hex chars of sha256 over `bucket/key@etag`; never derived from patient data."""
+    digest = hashlib.sha256(f"{bucket}/{key}@{etag.strip(chr(34))}".encode()).hexdigest()
+    return digest[:16]
+
+
+def utcnow() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+
+class S3Bucket(_Frozen):
+    name: str
+
+
+class S3Object(_Frozen):
+    key: str
+    size: int = 0
+    etag: str = Field("", alias="eTag")
+    version_id: str | None = Field(None, alias="versionId")
+
+
+class S3Entity(_Frozen):
+    bucket: S3Bucket
+    object: S3Object
+
+
+class S3Record(_Frozen):
+    event_name: str = Field(alias="eventName")
+    s3: S3Entity
+
+    @property
+    def is_create(self) -> bool:
+        # AWS sends "ObjectCreated:Put", MinIO "s3:ObjectCreated:Put".
+        return self.event_name.removeprefix("s3:").startswith("ObjectCreated:")
+
+    @property
+    def bucket(self) -> str:
+        return self.s3.bucket.name
+
+    @property
+    def key(self) -> str:
+        """The object key, URL-decoded as S3 notifications encode it."""
+        return unquote_plus(self.s3.object.key)
+
+    @property
+    def etag(self) -> str:
+        return self.s3.object.etag.strip('"')
+
+
+class S3Event(_Frozen):
+    records: list[S3Record] = Field(alias="Records")
+
+    @classmethod
+    def parse(cls, raw: bytes | str) -> S3Event:
+        """Parse a notification; malformed JSON or shape raises InvalidInputError."""
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ()))
+            raise InvalidInputError(
+                f"not an S3 event notification: {first.get('msg')} at {where or 'top level'}",
+                code="malformed_event",
+            ) from err
+
+    @staticmethod
+    def make(bucket: str, key: str, size: int, etag: str, event_name: str = "s3:ObjectCreated:Put"
+             ) -> dict[str, Any]:
+        """An AWS/MinIO-format notification for one object (used when notifications are off)."""
+        from urllib.parse import quote_plus
+
+        return {
+            "Records": [
+                {
+                    "eventVersion": "2.0",
+                    "eventSource": "histoprompt:s3",
+                    "eventTime": utcnow(),
+                    "eventName": event_name,
+                    "s3": {
+                        "s3SchemaVersion": "1.0",
+                        "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
+                        "object": {"key": quote_plus(key, safe="/"), "size": size, "eTag": etag},
+                    },
+                }
+            ]
+        }
+
+
+class SourceRef(_Frozen):
+    bucket: str
+    key: str
+    etag: str
+
+
+class ModelRef(_Frozen):
+    name: str
+    version: str
+
+
+class Timings(_Frozen):
+    read: float = 0.0
+    infer: float = 0.0
+    total: float = 0.0
+
+
+class ErrorInfo(_Frozen):
+    code: str
+    message: str
+
+
+class ResultEvent(_Frozen):
+    """Value on `histoprompt.slides.results`."""
+
+    schema_: int = Field(SCHEMA_VERSION, alias="schema")
+    slide_id: str
+    source: SourceRef
+    model: ModelRef
+    status: Literal["done", "failed"]
+    result_uri: str | None = None
+    n_tiles: int = 0
+    seconds: Timings = Timings()
+    error: ErrorInfo | None = None
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(by_alias=True).encode()
+
+
+class DlqEvent(_Frozen):
+    """Value on `histoprompt.slides.dlq`: the original value as received, plus why."""
+
+    schema_: int = Field(SCHEMA_VERSION, alias="schema")
+    original: Any
+    error: ErrorInfo
+    attempts: int
+    first_seen: str
+    last_seen: str
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(by_alias=True).encode()
+
+
+class PathwayScore(_Frozen):
+    score: float
+    method: str
+    coverage: float
+
+
+class ResultManifest(_Frozen):
+    """`manifest.json`, written last in a result prefix: its presence means the result is whole."""
+
+    schema_: int = Field(SCHEMA_VERSION, alias="schema")
+    slide_id: str
+    source: SourceRef
+    model: ModelRef
+    status: Literal["done", "failed"]
+    n_tiles: int
+    seconds: Timings
+    software_version: str
+    created: str = Field(default_factory=utcnow)
+    objects: list[str] = Field(default_factory=list)
+    synthetic: bool = Field(False, description="true when the slide or model is synthetic")
+
+
+class SeriesInstance(_Frozen):
+    key: str
+    size: int = Field(ge=0)
+
+
+class SeriesManifest(_Frozen):
+    """`manifest.json` of a DICOM-WSI series upload, written last by the uploader."""
+
+    schema_: int = Field(SCHEMA_VERSION, alias="schema")
+    kind: Literal["dicom-wsi-series"] = "dicom-wsi-series"
+    instances: list[SeriesInstance] = Field(min_length=1)
