@@ -40,3 +40,9 @@ class ServiceUnavailableError(HistopromptError):
     """A backing service (Kafka, S3, Triton, Prometheus) cannot be reached."""
 
     code = "unavailable"
+
+
+class PermissionDeniedError(HistopromptError):
+    """A backing service refused our credentials."""
+
+    code = "unauthorized"

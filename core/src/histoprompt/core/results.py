@@ -1,0 +1,215 @@
+"""The S3 result layout of DESIGN.md: one writer (ingest), many readers (CLI, tests).
+
+`s3://<results-bucket>/slides/<slide_id>/<model_version>/` holds tiles.parquet,
+tile_embeddings.npy, slide_embedding.npy, pathways.json and manifest.json. The manifest is
+written last, so its presence is the only signal that a result is whole: readers ignore
+prefixes without one, and a writer killed half-way leaves nothing a reader would trust.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from histoprompt.core import names
+from histoprompt.core.errors import (
+    HistopromptError,
+    NotFoundError,
+    PermissionDeniedError,
+    ServiceUnavailableError,
+)
+from histoprompt.core.schemas import PathwayScore, ResultManifest
+
+if TYPE_CHECKING:
+    from minio import Minio
+
+    from histoprompt.core.settings import ConnectionSettings
+
+_AUTH_CODES = frozenset(
+    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken"}
+)
+_MISSING_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NoSuchObject"})
+
+
+@contextmanager
+def s3_errors(what: str) -> Iterator[None]:
+    """Translate minio/urllib3 failures into the project's error types, naming `what`."""
+    from minio.error import S3Error
+    from urllib3.exceptions import HTTPError
+
+    try:
+        yield
+    except S3Error as err:
+        if err.code in _MISSING_CODES:
+            raise NotFoundError(f"{what}: not found in S3 ({err.code})") from err
+        if err.code in _AUTH_CODES:
+            raise PermissionDeniedError(
+                f"{what}: S3 refused the credentials ({err.code}); "
+                "check HISTOPROMPT_S3_ACCESS_KEY / HISTOPROMPT_S3_SECRET_KEY"
+            ) from err
+        raise HistopromptError(f"{what}: S3 error {err.code}: {err.message}") from err
+    except HTTPError as err:
+        raise ServiceUnavailableError(f"{what}: S3 unreachable ({type(err).__name__})") from err
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def npy_load(data: bytes) -> np.ndarray:
+    array: np.ndarray = np.load(io.BytesIO(data), allow_pickle=False)
+    return array
+
+
+@dataclass(frozen=True)
+class SlideResult:
+    """Everything one result prefix holds, in memory (tile embeddings are [n_tiles, D])."""
+
+    tiles: pd.DataFrame
+    tile_embeddings: np.ndarray
+    slide_embedding: np.ndarray
+    pathways: Mapping[str, PathwayScore]
+
+
+TILE_COLUMNS = ("level", "x", "y", "tissue_fraction", "attention")
+
+
+class ResultStore:
+    """Reads and writes slide results in one bucket through the minio SDK."""
+
+    def __init__(self, client: Minio, bucket: str) -> None:
+        self._client = client
+        self.bucket = bucket
+
+    @classmethod
+    def from_settings(cls, settings: ConnectionSettings) -> ResultStore:
+        from histoprompt.core.s3 import make_minio
+
+        return cls(make_minio(settings), settings.results_bucket)
+
+    def uri(self, slide_id: str, model_version: str) -> str:
+        return f"s3://{self.bucket}/{names.result_prefix(slide_id, model_version)}"
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def _put(self, key: str, data: bytes, content_type: str) -> None:
+        with s3_errors(f"writing s3://{self.bucket}/{key}"):
+            self._client.put_object(
+                self.bucket, key, io.BytesIO(data), len(data), content_type=content_type
+            )
+
+    def write(self, manifest: ResultManifest, result: SlideResult) -> str:
+        """Write all objects, then the manifest; returns the result URI."""
+        missing = [c for c in TILE_COLUMNS if c not in result.tiles.columns]
+        if missing:
+            raise ValueError(f"tiles table lacks columns {missing}")
+        if len(result.tiles) != result.tile_embeddings.shape[0]:
+            raise ValueError("tiles table and tile embeddings disagree on the tile count")
+        sid, ver = manifest.slide_id, manifest.model.version
+        table = io.BytesIO()
+        result.tiles.loc[:, list(TILE_COLUMNS)].to_parquet(table, index=False)
+        pathways = {k: v.model_dump() for k, v in result.pathways.items()}
+        objects = {
+            names.RESULT_TILES: (table.getvalue(), "application/vnd.apache.parquet"),
+            names.RESULT_TILE_EMBEDDINGS: (
+                npy_bytes(result.tile_embeddings.astype(np.float16)),
+                "application/octet-stream",
+            ),
+            names.RESULT_SLIDE_EMBEDDING: (
+                npy_bytes(result.slide_embedding.astype(np.float32).reshape(-1)),
+                "application/octet-stream",
+            ),
+            names.RESULT_PATHWAYS: (json.dumps(pathways).encode(), "application/json"),
+        }
+        for name, (data, ctype) in objects.items():
+            self._put(names.result_key(sid, ver, name), data, ctype)
+        final = manifest.model_copy(update={"objects": sorted(objects)})
+        self._put(
+            names.result_key(sid, ver, names.RESULT_MANIFEST),
+            final.model_dump_json(by_alias=True).encode(),
+            "application/json",
+        )
+        return self.uri(sid, ver)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _get(self, key: str) -> bytes:
+        with s3_errors(f"reading s3://{self.bucket}/{key}"):
+            resp = self._client.get_object(self.bucket, key)
+            try:
+                return resp.read()
+            finally:
+                resp.close()
+                resp.release_conn()
+
+    def is_complete(self, slide_id: str, model_version: str) -> bool:
+        """True when the manifest exists, i.e. the result is whole (the idempotency check)."""
+        try:
+            with s3_errors("checking a result manifest"):
+                self._client.stat_object(
+                    self.bucket, names.result_key(slide_id, model_version, names.RESULT_MANIFEST)
+                )
+        except NotFoundError:
+            return False
+        return True
+
+    def versions(self, slide_id: str) -> list[str]:
+        """Model versions with a complete result for this slide."""
+        prefix = f"slides/{slide_id}/"
+        with s3_errors(f"listing results of slide {slide_id}"):
+            objs = list(self._client.list_objects(self.bucket, prefix=prefix, recursive=True))
+        done = {
+            o.object_name[len(prefix) :].split("/")[0]
+            for o in objs
+            if o.object_name is not None and o.object_name.endswith("/" + names.RESULT_MANIFEST)
+        }
+        return sorted(done)
+
+    def read_manifest(self, slide_id: str, model_version: str | None = None) -> ResultManifest:
+        ver = model_version or self.latest_version(slide_id)
+        raw = self._get(names.result_key(slide_id, ver, names.RESULT_MANIFEST))
+        return ResultManifest.model_validate_json(raw)
+
+    def latest_version(self, slide_id: str) -> str:
+        """The version whose manifest is newest; NotFoundError when the slide has none."""
+        found = self.versions(slide_id)
+        if not found:
+            raise NotFoundError(
+                f"no result for slide {slide_id} in s3://{self.bucket}; "
+                "check the id (`histoprompt watch --once`) or wait for processing"
+            )
+        if len(found) == 1:
+            return found[0]
+        return max(found, key=lambda v: self.read_manifest(slide_id, v).created)
+
+    def read_pathways(
+        self, slide_id: str, model_version: str | None = None
+    ) -> dict[str, PathwayScore]:
+        ver = model_version or self.latest_version(slide_id)
+        raw: dict[str, Any] = json.loads(
+            self._get(names.result_key(slide_id, ver, names.RESULT_PATHWAYS))
+        )
+        return {k: PathwayScore.model_validate(v) for k, v in raw.items()}
+
+    def read_slide_embedding(self, slide_id: str, model_version: str | None = None) -> np.ndarray:
+        ver = model_version or self.latest_version(slide_id)
+        return npy_load(self._get(names.result_key(slide_id, ver, names.RESULT_SLIDE_EMBEDDING)))
+
+    def read_tile_embeddings(self, slide_id: str, model_version: str | None = None) -> np.ndarray:
+        ver = model_version or self.latest_version(slide_id)
+        return npy_load(self._get(names.result_key(slide_id, ver, names.RESULT_TILE_EMBEDDINGS)))
+
+    def read_tiles(self, slide_id: str, model_version: str | None = None) -> pd.DataFrame:
+        ver = model_version or self.latest_version(slide_id)
+        return pd.read_parquet(
+            io.BytesIO(self._get(names.result_key(slide_id, ver, names.RESULT_TILES)))
+        )
