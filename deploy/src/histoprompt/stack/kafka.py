@@ -1,0 +1,198 @@
+"""Apache Kafka 4.x, KRaft single node (broker + controller), from the Maven jars.
+
+The jars come from deploy/kafka/pom.xml (`make install-kafka`). Storage is formatted with
+`kafka.tools.StorageTool`, the node runs as `kafka.Kafka`, both on loopback listeners.
+"""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import uuid
+from pathlib import Path
+
+from histoprompt.core.names import ALL_TOPICS, TOPIC_INCOMING
+from histoprompt.core.settings import ConnectionSettings
+from histoprompt.stack.errors import StackError
+from histoprompt.stack.ports_layout import StackPorts
+from histoprompt.stack.settings import StackSettings
+from histoprompt.stack.supervisor import ProcessSpec, log_tail
+
+NAME = "kafka"
+FORMAT_TIMEOUT_S = 120.0
+_TOPIC_ALREADY_EXISTS = 36
+
+_LOG4J2 = """\
+status = warn
+appender.out.type = Console
+appender.out.name = OUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.out.ref = OUT
+logger.statechange.name = state.change.logger
+logger.statechange.level = WARN
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+"""
+
+
+def cluster_id() -> str:
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding."""
+    while True:
+        value = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not value.startswith("-"):  # Kafka's own Uuid rejects a leading dash
+            return value
+
+
+def server_properties(ports: StackPorts, data_dir: Path) -> str:
+    """server.properties of a single combined broker/controller on 127.0.0.1."""
+    props = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.voters": f"1@127.0.0.1:{ports.kafka_controller}",
+        "listeners": (
+            f"PLAINTEXT://127.0.0.1:{ports.kafka},CONTROLLER://127.0.0.1:{ports.kafka_controller}"
+        ),
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{ports.kafka}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "log.dirs": str(data_dir),
+        "num.partitions": "1",
+        "default.replication.factor": "1",
+        "min.insync.replicas": "1",
+        # Single node: internal topics cannot have more than one replica, and one
+        # offsets partition makes the first consumer group form in well under a second.
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "1",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.num.partitions": "1",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        "group.initial.rebalance.delay.ms": "0",
+        "auto.create.topics.enable": "true",
+        "log.retention.hours": "24",
+        "log.segment.bytes": str(64 * 1024 * 1024),
+    }
+    return "".join(f"{k}={v}\n" for k, v in props.items())
+
+
+def _java_argv(settings: StackSettings, log4j: Path, main: str, *args: str) -> list[str]:
+    libs = settings.stack_kafka_libs.resolve()
+    return [
+        settings.stack_java,
+        f"-Xmx{settings.stack_kafka_heap}",
+        "-Xms128m",
+        "-XX:+UseSerialGC",
+        # C1 only: the broker starts about twice as fast on a small box; it is a test broker.
+        "-XX:TieredStopAtLevel=1",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={log4j}",
+        "-cp",
+        f"{libs}/*",
+        main,
+        *args,
+    ]
+
+
+def check_installed(settings: StackSettings) -> None:
+    """Raise a StackError that says how to install what is missing."""
+    libs = settings.stack_kafka_libs
+    if not any(libs.glob("kafka_2.13-*.jar")):
+        raise StackError(
+            f"no Kafka jars in {libs}; fetch them with: make install-kafka", service=NAME
+        )
+
+
+def prepare(settings: StackSettings, state_dir: Path, ports: StackPorts) -> ProcessSpec:
+    """Write the config, format the KRaft storage and return how to start the node."""
+    check_installed(settings)
+    home = state_dir / NAME
+    data = home / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    config = home / "server.properties"
+    config.write_text(server_properties(ports, data))
+    log4j = home / "log4j2.properties"
+    log4j.write_text(_LOG4J2)
+    log_path = state_dir / "logs" / f"{NAME}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = _java_argv(
+        settings,
+        log4j,
+        "kafka.tools.StorageTool",
+        "format",
+        "--cluster-id",
+        cluster_id(),
+        "--config",
+        str(config),
+        "--ignore-formatted",
+    )
+    with log_path.open("ab") as log:
+        try:
+            done = subprocess.run(  # noqa: S603 - fixed argv
+                fmt, stdout=log, stderr=subprocess.STDOUT, timeout=FORMAT_TIMEOUT_S, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise StackError(
+                f"formatting KRaft storage failed: {err}",
+                service=NAME,
+                log_path=log_path,
+                log_tail=log_tail(log_path),
+            ) from err
+    if done.returncode != 0:
+        raise StackError(
+            f"formatting KRaft storage failed (exit code {done.returncode})",
+            service=NAME,
+            log_path=log_path,
+            log_tail=log_tail(log_path),
+        )
+    return ProcessSpec(
+        name=NAME,
+        argv=_java_argv(settings, log4j, "kafka.Kafka", str(config)),
+        log_path=log_path,
+        env={"KAFKA_LOG4J_OPTS": "", "LOG_DIR": str(home)},
+        stop_timeout=20.0,
+    )
+
+
+def _admin(conn: ConnectionSettings):  # type: ignore[no-untyped-def]
+    from kafka.admin import KafkaAdminClient
+
+    return KafkaAdminClient(
+        **conn.kafka_config(), request_timeout_ms=3000, client_id="histoprompt-stack"
+    )
+
+
+def probe(conn: ConnectionSettings) -> None:
+    """Raise unless a metadata request to the broker succeeds."""
+    admin = _admin(conn)
+    try:
+        admin.list_topics()
+    finally:
+        admin.close()
+
+
+def create_topics(conn: ConnectionSettings, incoming_partitions: int) -> None:
+    """Create the DESIGN.md topics (idempotent); the incoming topic gets several partitions."""
+    admin = _admin(conn)
+    try:
+        wanted = {
+            topic: {
+                "num_partitions": incoming_partitions if topic == TOPIC_INCOMING else 1,
+                "replication_factor": 1,
+            }
+            for topic in ALL_TOPICS
+        }
+        response = admin.create_topics(wanted, timeout_ms=15000, raise_errors=False)
+        for topic in response["topics"]:
+            if topic["error_code"] not in (0, _TOPIC_ALREADY_EXISTS):
+                raise StackError(
+                    f"creating topic {topic['name']} failed: error {topic['error_code']} "
+                    f"{topic.get('error_message')}",
+                    service=NAME,
+                )
+        admin.wait_for_topics(list(wanted))
+    finally:
+        admin.close()

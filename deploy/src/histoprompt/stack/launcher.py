@@ -1,0 +1,293 @@
+"""up(), down(), status(), attach(): the local stack as a whole.
+
+Services start concurrently (Kafka last, because formatting its storage blocks), and are
+polled together until healthy, so each start-up time is measured on its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from histoprompt.core.settings import ENV_PREFIX, ConnectionSettings
+from histoprompt.stack import kafka, prometheus, seaweed, triton
+from histoprompt.stack.errors import StackError
+from histoprompt.stack.handle import StackHandle
+from histoprompt.stack.ports_layout import StackPorts
+from histoprompt.stack.settings import ALL_SERVICES, ServiceName, StackSettings
+from histoprompt.stack.state import (
+    StackState,
+    read_state,
+    remove_state,
+    write_env_file,
+    write_state,
+)
+from histoprompt.stack.supervisor import (
+    ProcessRecord,
+    ProcessSpec,
+    failure,
+    is_running,
+    launch,
+    stop_all,
+    wait_until_healthy,
+)
+
+PROBES: dict[ServiceName, Callable[[ConnectionSettings], None]] = {
+    "seaweed": seaweed.probe,
+    "triton": triton.probe,
+    "prometheus": prometheus.probe,
+    "kafka": kafka.probe,
+}
+
+
+class ServiceStatus(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    pid: int
+    running: bool
+    healthy: bool
+    detail: str
+    log_path: Path
+    startup_seconds: float | None = None
+
+
+class StackStatus(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    state_dir: Path
+    env_file: Path | None = None
+    services: list[ServiceStatus] = []
+
+    @property
+    def healthy(self) -> bool:
+        return bool(self.services) and all(s.healthy for s in self.services)
+
+
+def connection_env(
+    settings: StackSettings, ports: StackPorts, state_dir: Path, model_repository: Path
+) -> dict[str, str]:
+    """The HISTOPROMPT_* values of a stack on `ports` (what stack.env holds)."""
+    host = "127.0.0.1"
+    values = {
+        "KAFKA_BOOTSTRAP": f"{host}:{ports.kafka}",
+        "KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
+        "S3_ENDPOINT": f"{host}:{ports.s3}",
+        "S3_ACCESS_KEY": settings.s3_access_key.get_secret_value(),
+        "S3_SECRET_KEY": settings.s3_secret_key.get_secret_value(),
+        "S3_SECURE": "false",
+        "S3_REGION": settings.s3_region,
+        "SLIDES_BUCKET": settings.slides_bucket,
+        "RESULTS_BUCKET": settings.results_bucket,
+        "MODELS_BUCKET": settings.models_bucket,
+        "TRITON_URL": f"{host}:{ports.triton_grpc}",
+        "TRITON_HTTP_URL": f"{host}:{ports.triton_http}",
+        "TRITON_METRICS_URL": f"http://{host}:{ports.triton_metrics}/metrics",
+        "PROMETHEUS_URL": f"http://{host}:{ports.prometheus}",
+        "INGEST_METRICS_PORT": str(ports.ingest_metrics),
+        "STACK_STATE_DIR": str(state_dir),
+        "STACK_MODEL_REPOSITORY": str(model_repository),
+    }
+    return {ENV_PREFIX + k: v for k, v in values.items()}
+
+
+def _prepare(
+    name: ServiceName,
+    settings: StackSettings,
+    state_dir: Path,
+    ports: StackPorts,
+    model_repository: Path,
+) -> ProcessSpec:
+    if name == "triton":
+        return triton.prepare(settings, state_dir, ports, model_repository)
+    module = {"seaweed": seaweed, "prometheus": prometheus, "kafka": kafka}[name]
+    return module.prepare(settings, state_dir, ports)
+
+
+def _fresh_dirs(state_dir: Path, services: tuple[ServiceName, ...]) -> None:
+    """Each up() starts empty: old data (a Kafka cluster id, S3 volumes) would clash."""
+    for name in services:
+        shutil.rmtree(state_dir / name, ignore_errors=True)
+        (state_dir / "logs" / f"{name}.log").unlink(missing_ok=True)
+
+
+def up(settings: StackSettings | None = None) -> StackHandle:
+    """Start the stack on free loopback ports, wait until healthy, write stack.env.
+
+    Raises StackError naming the first service that fails, with its log's tail; every
+    process started so far is stopped again before it raises.
+    """
+    settings = settings or StackSettings()
+    t_up = time.monotonic()
+    state_dir = settings.stack_state_dir.resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    previous = read_state(state_dir)
+    if previous is not None:
+        if any(is_running(r) for r in previous.processes.values()):
+            raise StackError(
+                f"a stack is already running from {state_dir}; stop it first with "
+                "`histoprompt stack down` (or python -m histoprompt.stack down)"
+            )
+        remove_state(state_dir)
+    services = tuple(s for s in ALL_SERVICES if s in settings.stack_services)
+    _fresh_dirs(state_dir, services)
+    model_repository = (settings.stack_model_repository or state_dir / "model_repository").resolve()
+    ports = StackPorts.allocate(ingest_metrics=settings.ingest_metrics_port)
+    env = connection_env(settings, ports, state_dir, model_repository)
+    env_file = settings.stack_env_file.resolve()
+    state = StackState(
+        state_dir=state_dir,
+        env_file=env_file,
+        model_repository=model_repository,
+        ports=ports,
+        env=env,
+        started_at=datetime.now(UTC),
+    )
+    conn = StackHandle(state).settings
+    records: dict[str, ProcessRecord] = {}
+    seconds: dict[str, float] = {}
+    errors: dict[str, BaseException] = {}
+    abort = threading.Event()
+    lock = threading.Lock()
+
+    def wait_for(name: ServiceName, t0: float) -> None:
+        try:
+            wait_until_healthy(
+                {name: records[name]},
+                {name: partial(PROBES[name], conn)},
+                settings.stack_start_timeout,
+                started={name: t0},
+                abort=abort.is_set,
+            )
+            _finish(name, conn, settings, records[name])
+        except BaseException as err:
+            with lock:
+                errors[name] = err
+            abort.set()
+        else:
+            with lock:
+                seconds[name] = time.monotonic() - t0
+
+    # Processes are forked from this thread only: a die-with-parent child is killed when
+    # the *thread* that forked it ends. Waiting happens in threads, so each service's
+    # time is its own, and Kafka's storage format overlaps the others' start-up.
+    waiters: list[threading.Thread] = []
+    try:
+        try:
+            for name in services:
+                t0 = time.monotonic()
+                spec = _prepare(name, settings, state_dir, ports, model_repository)
+                records[name] = launch(spec, die_with_parent=settings.stack_die_with_parent)
+                # Recorded at once, so `down` from elsewhere can clean a half-started stack.
+                write_state(state.model_copy(update={"processes": dict(records)}))
+                waiter = threading.Thread(
+                    target=wait_for, args=(name, t0), name=f"stack-wait-{name}", daemon=True
+                )
+                waiter.start()
+                waiters.append(waiter)
+        finally:
+            if sys.exc_info()[0] is not None:
+                abort.set()
+            for waiter in waiters:
+                waiter.join()
+        if errors:
+            # The first service (in start order) that failed for its own reason, not an abort.
+            first = next(
+                (errors[n] for n in services if n in errors and "aborted" not in str(errors[n])),
+                next(iter(errors.values())),
+            )
+            raise first
+    except BaseException:
+        stop_all(list(reversed(records.values())))
+        remove_state(state_dir)
+        raise
+    seconds["total"] = time.monotonic() - t_up
+    state = state.model_copy(
+        update={"processes": dict(records), "startup_seconds": seconds, "ready": True}
+    )
+    write_env_file(env_file, env)
+    write_state(state)
+    return StackHandle(state)
+
+
+def _finish(
+    name: ServiceName, conn: ConnectionSettings, settings: StackSettings, record: ProcessRecord
+) -> None:
+    """Create the buckets or topics once the service is healthy."""
+    try:
+        if name == "seaweed":
+            seaweed.create_buckets(conn)
+        elif name == "kafka":
+            kafka.create_topics(conn, settings.stack_kafka_incoming_partitions)
+    except StackError:
+        raise
+    except Exception as err:
+        raise failure(record, f"set-up after start failed: {type(err).__name__}: {err}") from err
+
+
+def attach(state_dir: Path = Path(".stack")) -> StackHandle:
+    """A handle on the stack already running from `state_dir`."""
+    state = read_state(state_dir.resolve())
+    if state is None or not state.ready:
+        raise StackError(f"no running stack in {state_dir.resolve()}; start one with `stack up`")
+    return StackHandle(state)
+
+
+def down(state_dir: Path = Path(".stack")) -> list[str]:
+    """Stop the stack recorded in `state_dir`; returns the services that needed SIGKILL.
+
+    Removes the state file and the stack's env file. Safe to call when nothing runs.
+    """
+    state_dir = state_dir.resolve()
+    state = read_state(state_dir)
+    if state is None:
+        return []
+    killed = stop_all(list(reversed(state.processes.values())))
+    with contextlib.suppress(OSError):
+        if state.env_file.is_file() and state.env["HISTOPROMPT_KAFKA_BOOTSTRAP"] in (
+            state.env_file.read_text()
+        ):
+            state.env_file.unlink()
+    remove_state(state_dir)
+    return killed
+
+
+def status(state_dir: Path = Path(".stack")) -> StackStatus:
+    """Is each recorded service's process alive, and does its health check pass?"""
+    state_dir = state_dir.resolve()
+    state = read_state(state_dir)
+    if state is None:
+        return StackStatus(state_dir=state_dir)
+    conn = StackHandle(state).settings
+    out = []
+    for name, record in state.processes.items():
+        running = is_running(record)
+        healthy, detail = False, "not running"
+        if running:
+            try:
+                PROBES[name](conn)  # type: ignore[index]
+            except Exception as err:  # noqa: BLE001 - reported, not raised
+                detail = f"unhealthy: {type(err).__name__}: {err}"
+            else:
+                healthy, detail = True, "healthy"
+        out.append(
+            ServiceStatus(
+                name=name,
+                pid=record.pid,
+                running=running,
+                healthy=healthy,
+                detail=detail,
+                log_path=record.log_path,
+                startup_seconds=state.startup_seconds.get(name),
+            )
+        )
+    return StackStatus(state_dir=state_dir, env_file=state.env_file, services=out)

