@@ -7,6 +7,7 @@ The jars come from deploy/kafka/pom.xml (`make install-kafka`). Storage is forma
 from __future__ import annotations
 
 import base64
+import shutil
 import subprocess
 import uuid
 from pathlib import Path
@@ -80,7 +81,7 @@ def server_properties(ports: StackPorts, data_dir: Path) -> str:
 
 
 def _java_argv(settings: StackSettings, log4j: Path, main: str, *args: str) -> list[str]:
-    libs = settings.stack_kafka_libs.resolve()
+    libs = settings.project_path(settings.stack_kafka_libs)
     return [
         settings.stack_java,
         f"-Xmx{settings.stack_kafka_heap}",
@@ -99,10 +100,16 @@ def _java_argv(settings: StackSettings, log4j: Path, main: str, *args: str) -> l
 
 def check_installed(settings: StackSettings) -> None:
     """Raise a StackError that says how to install what is missing."""
-    libs = settings.stack_kafka_libs
+    libs = settings.project_path(settings.stack_kafka_libs)
     if not any(libs.glob("kafka_2.13-*.jar")):
         raise StackError(
             f"no Kafka jars in {libs}; fetch them with: make install-kafka", service=NAME
+        )
+    if shutil.which(settings.stack_java) is None:
+        raise StackError(
+            f"{settings.stack_java} is not on PATH; install Java 17 with: "
+            "apt-get install -y openjdk-17-jre-headless",
+            service=NAME,
         )
 
 

@@ -49,6 +49,14 @@ PROBES: dict[ServiceName, Callable[[ConnectionSettings], None]] = {
 }
 
 
+CHECKS: dict[ServiceName, Callable[[StackSettings], object]] = {
+    "seaweed": seaweed.check_installed,
+    "triton": triton.check_installed,
+    "prometheus": prometheus.check_installed,
+    "kafka": kafka.check_installed,
+}
+
+
 class ServiceStatus(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -139,6 +147,9 @@ def up(settings: StackSettings | None = None) -> StackHandle:
             )
         remove_state(state_dir)
     services = tuple(s for s in ALL_SERVICES if s in settings.stack_services)
+    for name in services:
+        # Before anything starts: a missing install fails fast, with the fixing command.
+        CHECKS[name](settings)
     _fresh_dirs(state_dir, services)
     model_repository = (settings.stack_model_repository or state_dir / "model_repository").resolve()
     ports = StackPorts.allocate(ingest_metrics=settings.ingest_metrics_port)

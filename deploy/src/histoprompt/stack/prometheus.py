@@ -62,8 +62,8 @@ def config(ports: StackPorts, scrape_interval: str, rules: list[Path]) -> dict[s
     }
 
 
-def prepare(settings: StackSettings, state_dir: Path, ports: StackPorts) -> ProcessSpec:
-    """Write prometheus.yml and return how to start Prometheus on a loopback port."""
+def check_installed(settings: StackSettings) -> str:
+    """The Prometheus executable, or a StackError saying how to install it."""
     binary = shutil.which(settings.stack_prometheus)
     if binary is None:
         raise StackError(
@@ -71,11 +71,17 @@ def prepare(settings: StackSettings, state_dir: Path, ports: StackPorts) -> Proc
             "make install-prometheus (apt-get install -y prometheus)",
             service=NAME,
         )
+    return binary
+
+
+def prepare(settings: StackSettings, state_dir: Path, ports: StackPorts) -> ProcessSpec:
+    """Write prometheus.yml and return how to start Prometheus on a loopback port."""
+    binary = check_installed(settings)
     home = state_dir / NAME
     data = home / "data"
     data.mkdir(parents=True, exist_ok=True)
     cfg = home / "prometheus.yml"
-    rules = rule_files(settings.stack_prometheus_rules_dir)
+    rules = rule_files(settings.project_path(settings.stack_prometheus_rules_dir))
     cfg.write_text(yaml.safe_dump(config(ports, settings.stack_scrape_interval, rules)))
     argv = [
         binary,

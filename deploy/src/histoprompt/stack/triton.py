@@ -100,13 +100,23 @@ def library_path(root: Path) -> str:
     return os.pathsep.join(d for d in dirs if d)
 
 
+def check_installed(settings: StackSettings) -> Path:
+    """The tritonserver binary, or a StackError saying how to install it."""
+    binary = tritonserver_binary(settings)
+    if not binary.is_file():
+        raise StackError(
+            f"tritonserver is missing at {binary}; install it with: make install-python "
+            "(PyPI nvidia-pytriton)",
+            service=NAME,
+        )
+    return binary
+
+
 def prepare(
     settings: StackSettings, state_dir: Path, ports: StackPorts, model_repository: Path
 ) -> ProcessSpec:
     """Assemble the backend dir and return how to start Triton on loopback ports."""
-    binary = tritonserver_binary(settings)
-    if not binary.is_file():
-        raise StackError(f"tritonserver is missing at {binary}", service=NAME)
+    binary = check_installed(settings)
     root = binary.parent.parent
     home = state_dir / NAME
     backends = build_backend_dir(home / "backends", root)
