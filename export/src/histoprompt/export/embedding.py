@@ -1,0 +1,77 @@
+"""Run the frozen encoders once per slide and cache the results as .npy.
+
+The cache key holds the encoder name and weights digest, so a different encoder never
+reuses another one's embeddings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from histoprompt.export.cohort import SyntheticCohort
+from histoprompt.export.encoders import LoadedEncoder
+from histoprompt.export.rna import RnaEncoder
+from histoprompt.export.serving.preprocess import preprocess_tiles
+from histoprompt.export.training import PairedEmbeddings
+
+
+@torch.no_grad()
+def embed_tiles(encoder: LoadedEncoder, tiles: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """uint8 [N,T,T,3] -> float32 [N,D], with the same preprocessing Triton serves."""
+    out = []
+    for start in range(0, len(tiles), batch_size):
+        pixels = preprocess_tiles(tiles[start : start + batch_size], encoder.spec)
+        out.append(encoder.module(torch.from_numpy(pixels)).numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def cached_slide_embeddings(
+    encoder: LoadedEncoder,
+    slides: Sequence[tuple[str, np.ndarray]],
+    cache_dir: Path,
+) -> list[np.ndarray]:
+    """Embeddings per (slide_id, tiles); computed once, then read from cache_dir."""
+    folder = cache_dir / f"{encoder.spec.name}-{encoder.weights_digest}"
+    folder.mkdir(parents=True, exist_ok=True)
+    bags = []
+    for slide_id, tiles in slides:
+        path = folder / f"{slide_id}.npy"
+        if path.is_file():
+            bag = np.load(path)
+            if bag.shape[0] == len(tiles):
+                bags.append(bag)
+                continue
+        bag = embed_tiles(encoder, tiles)
+        tmp = folder / f"{slide_id}.tmp.npy"
+        np.save(tmp, bag)
+        tmp.replace(path)
+        bags.append(bag)
+    return bags
+
+
+@torch.no_grad()
+def embed_expression(rna_encoder: RnaEncoder, log1p_tpm: np.ndarray) -> np.ndarray:
+    return rna_encoder(torch.from_numpy(np.asarray(log1p_tpm, dtype=np.float32))).numpy()
+
+
+def paired_embeddings(
+    cohort: SyntheticCohort,
+    encoder: LoadedEncoder,
+    rna_encoder: RnaEncoder,
+    cache_dir: Path,
+) -> PairedEmbeddings:
+    """Frozen-encoder outputs for a SYNTHETIC cohort, ready for `train_alignment`."""
+    bags = cached_slide_embeddings(
+        encoder, [(s.slide_id, s.tiles) for s in cohort.slides], cache_dir
+    )
+    aligned = rna_encoder.contract.align(cohort.expression, cohort.genes)
+    return PairedEmbeddings(
+        bags=bags,
+        slide_patients=[s.patient_id for s in cohort.slides],
+        patient_ids=list(cohort.patient_ids),
+        rna=embed_expression(rna_encoder, aligned.values),
+    )
