@@ -1,20 +1,22 @@
 """Triton Inference Server: the `tritonserver` binary shipped in the nvidia-pytriton wheel.
 
 The python backend needs its 3.11 stub next to `libtriton_python.so`; the wheel keeps the
-stubs apart, so a backend directory is assembled under the state dir from symlinks.
+stubs apart, so a backend directory of symlinks is assembled under the state dir.
 
-Python-backend models run in the stub, an embedded CPython 3.11 that does not know the
-project venv. The stack passes the launcher's own `sys.path` as PYTHONPATH (the venv's
-site-packages and the editable `*/src` dirs), so a model.py can `import histoprompt.core`
-or `onnxruntime`; and it adds the interpreter's LIBDIR (libpython3.11.so) to
-LD_LIBRARY_PATH, where the stub looks for it.
+How python-backend models see the project venv: the stub embeds CPython 3.11 in
+*isolated* mode, so PYTHONPATH is ignored. Its interpreter finds its prefix from the
+`python3` it meets first on PATH. The stack puts the venv's bin directory first on
+Triton's PATH, so the embedded interpreter finds the venv's `pyvenv.cfg` and gets exactly
+the venv's import path: its site-packages plus the editable `*/src` dirs of the
+workspace (`.pth` files). A model.py can therefore `import histoprompt.core` or
+`onnxruntime`. libpython3.11.so comes from the interpreter's LIBDIR, added to
+LD_LIBRARY_PATH.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
 import sys
 import sysconfig
 from pathlib import Path
@@ -50,44 +52,26 @@ def build_backend_dir(target: Path, root: Path) -> Path:
     """`<target>/python/` holding the python backend and the matching stub, as symlinks."""
     python = target / "python"
     python.mkdir(parents=True, exist_ok=True)
+    backend = root / "backends" / "python"
     stub = root / "python_backend_stubs" / PY_STUB_VERSION / "triton_python_backend_stub"
-    sources = {
-        "libtriton_python.so": root / "backends" / "python" / "libtriton_python.so",
-        "triton_python_backend_utils.py": root
-        / "backends"
-        / "python"
-        / "triton_python_backend_utils.py",
-        "triton_python_backend_stub": stub,
-    }
-    for name, source in sources.items():
+    sources = [
+        backend / "libtriton_python.so",
+        backend / "triton_python_backend_utils.py",
+        stub,
+    ]
+    for source in sources:
         if not source.is_file():
             raise StackError(f"the pytriton wheel lacks {source}", service=NAME)
-        link = python / name
+        link = python / source.name
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to(source)
     return target
 
 
-def model_pythonpath() -> str:
-    """PYTHONPATH for python-backend models: the venv's import path, editable sources included.
-
-    Asked of an isolated interpreter (-I), so neither the caller's cwd nor its PYTHONPATH
-    leak into the models.
-    """
-    try:
-        out = subprocess.run(  # noqa: S603 - fixed argv
-            [sys.executable, "-I", "-c", "import sys; print('\\n'.join(sys.path))"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError) as err:
-        raise StackError(f"cannot read the venv's sys.path: {err}", service=NAME) from err
-    stdlib = {sysconfig.get_path("stdlib"), sysconfig.get_path("platstdlib")}
-    entries = [p for p in out.splitlines() if p and p not in stdlib and Path(p).is_dir()]
-    return os.pathsep.join(dict.fromkeys(entries))
+def venv_path_env() -> str:
+    """PATH with this interpreter's bin dir first: the stub's CPython takes the venv from it."""
+    return os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
 
 def library_path(root: Path) -> str:
@@ -141,7 +125,7 @@ def prepare(
         "--log-verbose=0",
     ]
     env = {
-        "PYTHONPATH": model_pythonpath(),
+        "PATH": venv_path_env(),
         "LD_LIBRARY_PATH": library_path(root),
         "PYTHONNOUSERSITE": "1",
         # One BLAS thread per model instance: the box is small and shared.
