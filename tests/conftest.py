@@ -35,6 +35,7 @@ def repo_root() -> Path:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackHandle]:
     """A running local stack; stopped at the end of the session, also after failures."""
     from histoprompt.stack import StackError, StackSettings, down, up
+    from histoprompt.stack.ports import listening_ports
     from histoprompt.stack.supervisor import group_pids, is_running
 
     state_dir = tmp_path_factory.mktemp("stack")
@@ -53,12 +54,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackHandle]:
             pytest.skip(f"local stack unavailable (HISTOPROMPT_STACK_OPTIONAL=1): {err}")
         pytest.fail(f"the local stack did not start:\n{err}", pytrace=False)
     records = list(handle.state.processes.values())
+    ports = set(handle.state.ports.model_dump().values()) - {handle.ingest_metrics_port}
     try:
         yield handle
     finally:
         down(state_dir)
     leftovers = [r.name for r in records if is_running(r) or group_pids(r.pid)]
     assert not leftovers, f"stack processes survived down(): {leftovers}"
+    assert not ports & listening_ports(), "stack ports still listening after down()"
 
 
 STACK_TEST_MODELS = ("stack_add_one", "stack_add_two", "stack_import_probe")

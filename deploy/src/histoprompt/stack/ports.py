@@ -74,3 +74,25 @@ def allocate_ports(count: int, host: str = LOOPBACK, *, attempts: int = 2000) ->
 def free_port(host: str = LOOPBACK) -> int:
     """One port that was bindable on `host` when chosen."""
     return allocate_ports(1, host)[0]
+
+
+_TCP_LISTEN = "0A"
+
+
+def listening_ports() -> set[int]:
+    """TCP ports with a listening socket on this host (any address), from /proc/net/tcp*.
+
+    Unlike a bind test this ignores TIME_WAIT leftovers of closed connections, which do
+    not stop a server (they all set SO_REUSEADDR) from binding the port again.
+    """
+    found: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 3 and fields[3] == _TCP_LISTEN:
+                found.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return found
