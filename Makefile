@@ -12,7 +12,7 @@ UV      := uv
 PYTEST_ARGS ?=
 
 .PHONY: help install install-python install-kafka install-prometheus install-helm \
-        test test-unit lint demo bench bench-models stack-up stack-down clean
+        test test-unit lint demo bench bench-models stack-up stack-down stack-status clean
 
 help:
 	@echo "make demo    install everything, start the local stack, run the main job"
@@ -49,11 +49,15 @@ lint: install-python
 demo: install
 	$(UV) run --frozen python -m histoprompt.stack.demo
 
+# The same commands as `histoprompt stack up|down|status`; this entry point needs no CLI part.
 stack-up: install
-	$(UV) run --frozen histoprompt stack up
+	$(UV) run --frozen python -m histoprompt.stack up
 
 stack-down:
-	$(UV) run --frozen histoprompt stack down
+	$(UV) run --frozen python -m histoprompt.stack down
+
+stack-status:
+	$(UV) run --frozen python -m histoprompt.stack status
 
 bench: install
 	$(UV) run --frozen python -m tests.perf.run_all
