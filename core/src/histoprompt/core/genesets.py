@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from histoprompt.core.errors import InvalidInputError, NotFoundError
 from histoprompt.core.gmt import GeneSet, parse_gmt, read_gmt
@@ -236,7 +237,7 @@ class ResolvedGeneSet:
     """A gene set matched to a reference: column indices into its gene order, coverage, key."""
 
     gene_set: GeneSet
-    indices: np.ndarray  # int64 [found], sorted
+    indices: NDArray[Any]  # int64 [found], sorted
     coverage: Coverage
     key: str
 

@@ -26,25 +26,33 @@ is what gseapy reports as `NES`; the raw value is gseapy's `ES`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from numpy.typing import NDArray
 
 from histoprompt.core.errors import InvalidInputError
 
-__all__ = ["DEFAULT_ALPHA", "average_ranks", "membership_matrix", "ssgsea", "ssgsea_frame"]
+__all__ = [
+    "DEFAULT_ALPHA",
+    "RankedExpression",
+    "average_ranks",
+    "membership_matrix",
+    "ssgsea",
+    "ssgsea_frame",
+]
 
 DEFAULT_ALPHA = 0.25
 _CHUNK_BYTES = 64 * 1024 * 1024
 
 
-def average_ranks(x: np.ndarray) -> np.ndarray:
+def average_ranks(x: NDArray[Any]) -> NDArray[Any]:
     """Row-wise ranks of `x` [n, G] (1 = smallest), ties averaged; float64 [n, G]."""
     return _ranks(x)[0]
 
 
-def _ranks(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _ranks(x: NDArray[Any]) -> tuple[NDArray[Any], NDArray[Any]]:
     """(average ranks, ordinal ranks by stable sort), both float64 [n, G], 1 = smallest."""
     n, g = x.shape
     order = np.argsort(x, axis=1, kind="stable")
@@ -65,7 +73,7 @@ def _ranks(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ranks, ordinal
 
 
-def membership_matrix(gene_sets: Sequence[np.ndarray], n_genes: int) -> np.ndarray:
+def membership_matrix(gene_sets: Sequence[NDArray[Any]], n_genes: int) -> NDArray[Any]:
     """Dense 0/1 float64 [G, K] from per-set column indices (each unique, in range)."""
     m = np.zeros((n_genes, len(gene_sets)), dtype=np.float64)
     for k, idx in enumerate(gene_sets):
@@ -73,7 +81,7 @@ def membership_matrix(gene_sets: Sequence[np.ndarray], n_genes: int) -> np.ndarr
     return m
 
 
-def _check_expression(expression: np.ndarray) -> np.ndarray:
+def _check_expression(expression: NDArray[Any]) -> NDArray[Any]:
     x = np.asarray(expression)
     if x.ndim != 2:
         raise InvalidInputError(f"expression must be 2-D [samples, genes], got shape {x.shape}")
@@ -90,14 +98,14 @@ def _check_expression(expression: np.ndarray) -> np.ndarray:
 
 
 def ssgsea(
-    expression: np.ndarray,
-    gene_sets: Sequence[np.ndarray],
+    expression: NDArray[Any],
+    gene_sets: Sequence[NDArray[Any]],
     *,
     alpha: float = DEFAULT_ALPHA,
     normalize: bool = False,
     ties: Literal["ordinal", "average"] = "ordinal",
     chunk_size: int | None = None,
-) -> np.ndarray:
+) -> NDArray[Any]:
     """ssGSEA scores float64 [n, K] for `expression` [n, G] and per-set column indices.
 
     Samples are processed in chunks so that memory stays at a few rank matrices of
@@ -157,3 +165,57 @@ def ssgsea_frame(
         expression.to_numpy(dtype=np.float64), idx, alpha=alpha, normalize=normalize, ties=ties
     )
     return pd.DataFrame(scores, index=expression.index, columns=names)
+
+
+class RankedExpression:
+    """Expression ranked once, for scoring many gene sets over the same samples fast.
+
+    Stores the average ranks and the walk positions gene-major ([G, n] float32; both are
+    exact in float32 for G < 2**23), so scoring a set gathers |S| contiguous rows instead of
+    re-ranking: O(|S| n) per set. Memory: 8 bytes per sample and gene (10k x 20k: 1.6 GB).
+    """
+
+    def __init__(
+        self,
+        expression: NDArray[Any],
+        *,
+        alpha: float = DEFAULT_ALPHA,
+        ties: Literal["ordinal", "average"] = "ordinal",
+        chunk_size: int | None = None,
+    ) -> None:
+        x = _check_expression(expression)
+        if ties not in ("ordinal", "average"):
+            raise InvalidInputError(f"ties must be 'ordinal' or 'average', not {ties!r}")
+        n, g = x.shape
+        self.n_samples, self.n_genes = n, g
+        self.alpha = alpha
+        self._weight = np.empty((g, n), dtype=np.float32)  # r^alpha
+        self._pos = np.empty((g, n), dtype=np.float32)  # walk position from the bottom
+        rows = chunk_size or max(1, _CHUNK_BYTES // (8 * g))
+        for lo in range(0, n, rows):
+            r, o = _ranks(x[lo : lo + rows])
+            self._weight[:, lo : lo + rows] = (r**alpha).T
+            self._pos[:, lo : lo + rows] = (r if ties == "average" else o).T
+
+    @property
+    def nbytes(self) -> int:
+        return self._weight.nbytes + self._pos.nbytes
+
+    def score(self, indices: NDArray[Any]) -> NDArray[Any]:
+        """Raw ssGSEA scores float64 [n] of one set given by unique column indices."""
+        idx = np.asarray(indices, dtype=np.int64)
+        size = idx.size
+        if size < 1 or size >= self.n_genes or np.unique(idx).size != size:
+            raise InvalidInputError("a gene set needs 1..G-1 unique gene indices")
+        w = self._weight[idx].astype(np.float64)
+        p = self._pos[idx].astype(np.float64)
+        g = self.n_genes
+        total = g * (g + 1) / 2.0
+        out: NDArray[Any] = (w * p).sum(axis=0) / w.sum(axis=0) - (total - p.sum(axis=0)) / (
+            g - size
+        )
+        return out
+
+    def scores(self, gene_sets: Sequence[NDArray[Any]]) -> NDArray[Any]:
+        """Raw scores float64 [n, K]."""
+        return np.stack([self.score(s) for s in gene_sets], axis=1)
