@@ -1,0 +1,167 @@
+"""`histoprompt-export`: model-repository generator, demo bundle, encoder export, TensorRT.
+
+Heavy imports (torch, timm, onnx) happen inside the commands, so `--help` is instant.
+The prompting part's `reference` and `evaluate` command groups are registered when their
+modules are installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from histoprompt.export.model_repo import Flavor, TileEncoderPlatform
+
+app = typer.Typer(
+    name="histoprompt-export",
+    help="Encoders, alignment training, ONNX/TensorRT export and the Triton model repository.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+
+
+def _register_optional_groups() -> None:
+    for module, name in (
+        ("histoprompt.export.reference_cli", "reference"),
+        ("histoprompt.export.evaluate", "evaluate"),
+    ):
+        try:
+            sub = importlib.import_module(module)
+        except ImportError:
+            continue
+        sub_app = getattr(sub, "app", None)
+        if isinstance(sub_app, typer.Typer):
+            app.add_typer(sub_app, name=name)
+
+
+@app.command("model-repo")
+def model_repo(
+    out: Annotated[Path, typer.Option(help="repository folder to write")] = Path(
+        "model_repository"
+    ),
+    flavor: Annotated[Flavor, typer.Option(help="cpu: python+onnxruntime; gpu: TensorRT")] = (
+        Flavor.cpu
+    ),
+    artifacts: Annotated[
+        Path | None,
+        typer.Option(help="bundle folder: use its model card and install its artifacts"),
+    ] = None,
+    tile_platform: Annotated[
+        TileEncoderPlatform, typer.Option(help="gpu flavour tile_encoder platform")
+    ] = TileEncoderPlatform.tensorrt,
+    reference_uri: Annotated[
+        str, typer.Option(help="pathway_query reference DB (path or s3://); default: bundled")
+    ] = "",
+) -> None:
+    """Write config.pbtxt + model.py for every model (demo card unless --artifacts).
+
+    Example: histoprompt-export model-repo --flavor cpu --out model_repository/
+    """
+    from histoprompt.export.bundle import demo_card, demo_config, write_model_repository
+    from histoprompt.export.model_repo import render, write_repository
+
+    if artifacts is not None:
+        write_model_repository(artifacts, out, flavor, tile_platform, reference_uri)
+        typer.echo(f"wrote {flavor.value} repository with artifacts from {artifacts} to {out}")
+        return
+    card = demo_card(demo_config())
+    written = write_repository(render(card, flavor, tile_platform, reference_uri), out)
+    typer.echo(f"wrote {len(written)} files ({flavor.value}, {card.version}) to {out}")
+
+
+@app.command("demo-bundle")
+def demo_bundle(
+    out: Annotated[Path, typer.Option(help="output folder (bundle/ and model_repository/)")],
+    seed: int = 0,
+    repo: Annotated[Path | None, typer.Option(help="write the repository here instead")] = None,
+    flavor: Flavor = Flavor.cpu,
+    cache_dir: Annotated[Path | None, typer.Option(envvar="HISTOPROMPT_CACHE_DIR")] = None,
+) -> None:
+    """Train (or reuse) the SYNTHETIC demo alignment and write a served-ready repository.
+
+    Example: histoprompt-export demo-bundle --out .demo
+    """
+    from histoprompt.export.bundle import build_demo_bundle
+
+    result = build_demo_bundle(
+        out, seed, flavor=flavor, cache_dir=cache_dir, repo_dir=repo, progress=True
+    )
+    val, base = result.metrics["val"], result.metrics["val_unaligned"]
+    typer.echo(
+        f"{result.card.version} (SYNTHETIC cohort, UNTRAINED tiny encoder): held-out "
+        f"Recall@5 {val['recall@5']:.3f} vs chance {val['chance@5']:.3f} vs unaligned "
+        f"{base['recall@5']:.3f}; repository {result.model_repository}"
+    )
+
+
+@app.command("export-encoder")
+def export_encoder(
+    encoder: Annotated[str, typer.Argument(help="registered encoder name")],
+    out: Annotated[Path, typer.Option(help="ONNX file to write")],
+    weights: Annotated[str | None, typer.Option(help="local file or s3:// URI")] = None,
+    allow_random: Annotated[
+        bool, typer.Option(help="export an untrained network (benchmarks)")
+    ] = False,
+) -> None:
+    """Export a tile encoder to ONNX and check parity (parity JSON next to the file).
+
+    Example: histoprompt-export export-encoder tiny --out tiny.onnx
+    """
+    from histoprompt.core.settings import ConnectionSettings
+    from histoprompt.export.encoders import load_encoder
+    from histoprompt.export.onnx_export import export_tile_encoder, write_parity
+
+    loaded = load_encoder(
+        encoder, weights, allow_random=allow_random, settings=ConnectionSettings.load()
+    )
+    record = export_tile_encoder(loaded.module, loaded.spec.input_px, out)
+    write_parity([record], out.with_suffix(".parity.json"))
+    typer.echo(json.dumps(record.model_dump()))
+
+
+@app.command("encoders")
+def encoders() -> None:
+    """List the registered encoders, their preprocessing and where to pre-fetch weights.
+
+    Example: histoprompt-export encoders
+    """
+    from histoprompt.export.encoder_specs import HUB_SOURCES, encoder_names, encoder_spec
+
+    for name in encoder_names():
+        spec = encoder_spec(name)
+        source = HUB_SOURCES.get(name, "seeded, no weights (UNTRAINED)")
+        typer.echo(
+            f"{name:10s} D={spec.embed_dim:<5d} tile={spec.tile_px}px@{spec.target_mpp}um/px "
+            f"input={spec.input_px}px  weights: {source}"
+        )
+
+
+@app.command("tensorrt")
+def tensorrt(
+    onnx_file: Annotated[Path, typer.Argument(help="tile_encoder ONNX file")],
+    plan: Annotated[Path, typer.Option(help="engine file to write (model.plan)")],
+    input_px: Annotated[int, typer.Option(help="encoder input edge S")],
+    max_batch: int = 256,
+) -> None:
+    """Build an FP16 TensorRT plan for the gpu flavour (needs a GPU and tensorrt).
+
+    Example: histoprompt-export tensorrt tile_encoder.onnx --plan model.plan --input-px 64
+    """
+    from histoprompt.core import names
+    from histoprompt.export.tensorrt_build import build_engine
+
+    build_engine(
+        onnx_file,
+        plan,
+        input_name=names.TENSOR_PIXELS,
+        row_shape=(3, input_px, input_px),
+        max_batch=max_batch,
+    )
+    typer.echo(f"wrote {plan}")
+
+
+_register_optional_groups()
