@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from histoprompt.core.errors import InvalidInputError
-from histoprompt.core.pathway_engine import PathwayEngine, UnknownMethodError
+from histoprompt.core.pathway_engine import GeneSetQueryError, PathwayEngine, UnknownMethodError
 from histoprompt.core.predictors import PredictorConfig, TrainedPredictor
 from histoprompt.core.reference import (
     ReferenceDB,
     build_reference,
     linear_embed_fn,
+    save_reference,
     synthetic_reference_inputs,
 )
 
@@ -105,3 +107,26 @@ def test_request_level_errors_raise(engine: PathwayEngine, ref: ReferenceDB) -> 
         engine.query(np.ones((1, 5), np.float32), ["HALLMARK_HYPOXIA"])
     with pytest.raises(InvalidInputError, match="no gene sets"):
         engine.query(ref.embeddings[:1], [])
+
+
+def test_strict_mode_fails_the_whole_call_and_lists_every_bad_set(
+    engine: PathwayEngine, ref: ReferenceDB
+) -> None:
+    queries = ["HALLMARK_HYPOXIA", "HALLMARK_NOPE", '{"genes": 5}']
+    with pytest.raises(GeneSetQueryError) as info:
+        engine.query(ref.embeddings[:2], queries, strict=True)
+    err = info.value
+    assert isinstance(err, InvalidInputError) and err.code == "invalid_gene_set"
+    assert [f.index for f in err.failures] == [1, 2]
+    assert "gene set #1" in str(err) and "gene set #2" in str(err)
+    good = engine.query(ref.embeddings[:2], queries[:1], strict=True)
+    scores, coverage = good[0], good[1]
+    assert scores.shape == (2, 1) and coverage.tolist() == [good.coverage[0]]
+
+
+def test_load_from_a_local_reference(tmp_path: Path, ref: ReferenceDB) -> None:
+    save_reference(ref, tmp_path)
+    loaded = PathwayEngine.load(str(tmp_path / ref.name))
+    assert loaded.strict and loaded.reference.version == ref.version
+    with pytest.raises(GeneSetQueryError):
+        loaded.query(ref.embeddings[:1], ["NOT_A_SET"])

@@ -1,17 +1,21 @@
 """PathwayEngine: gene-set queries against a slide's aligned embedding, by any method.
 
 `query` never lets one bad gene set fail the others: every set is resolved on its own, and
-failures come back in `PathwayQueryResult.errors` (score NaN) next to the good scores. The
-Triton `pathway_query` model turns a non-empty `errors` into INVALID_ARG for that request
-only; a caller that wants all-or-nothing calls `validate` first. Problems that concern the
-whole request (embedding width, unknown method) raise InvalidInputError.
+failures come back in `PathwayQueryResult.errors` (score NaN) next to the good scores.
+
+Serving (Triton `pathway_query`): one Triton request is one `query` call, so "a bad gene set
+fails its own request only" means that call must fail as a whole. `strict=True` (what `load`
+sets up) does exactly that: any failed set raises `GeneSetQueryError` (an InvalidInputError,
+code `invalid_gene_set`) whose message lists every failed set; model.py maps it to
+INVALID_ARG for that request and the other requests in the batch are untouched. Problems
+that concern the whole request (embedding width, unknown method) raise InvalidInputError.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -28,8 +32,12 @@ from histoprompt.core.reference import EmbedFn, ReferenceDB
 from histoprompt.core.schemas import PathwayScore
 from histoprompt.core.softknn import SoftKnn, SoftKnnConfig, unit_rows
 
+if TYPE_CHECKING:
+    from histoprompt.core.settings import ConnectionSettings
+
 __all__ = [
     "GeneSetFailure",
+    "GeneSetQueryError",
     "PathwayEngine",
     "PathwayQueryResult",
     "Predictor",
@@ -40,7 +48,18 @@ DEFAULT_METHOD = "soft_knn"
 
 
 class UnknownMethodError(InvalidInputError):
-    code = "unknown_method"
+    """A METHOD the server does not offer (a request-level InvalidInputError)."""
+
+
+class GeneSetQueryError(InvalidInputError):
+    """Strict mode: one or more gene sets of a query cannot be scored."""
+
+    code = "invalid_gene_set"
+
+    def __init__(self, result: PathwayQueryResult) -> None:
+        super().__init__(result.error_message())
+        self.result = result
+        self.failures = list(result.errors)
 
 
 class Predictor(Protocol):
@@ -86,6 +105,10 @@ class PathwayQueryResult:
     def ok(self) -> bool:
         return not self.errors
 
+    def __getitem__(self, i: int) -> NDArray[Any]:
+        """`result[0]` scores, `result[1]` coverage: the SCORES and COVERAGE tensors."""
+        return (self.scores, self.coverage)[i]
+
     def error_message(self) -> str:
         return "; ".join(str(e) for e in self.errors)
 
@@ -113,8 +136,10 @@ class PathwayEngine:
         collection: GeneSetCollection | None = None,
         predictors: Sequence[Predictor] = (),
         default_method: str = DEFAULT_METHOD,
+        strict: bool = False,
     ) -> None:
         self.reference = reference
+        self.strict = strict
         self.collection = collection or load_hallmark()
         self.predictors: dict[str, Predictor] = {p.method: p for p in predictors}
         if default_method not in self.predictors:
@@ -133,6 +158,7 @@ class PathwayEngine:
         soft_knn: SoftKnnConfig | None = None,
         collection: GeneSetCollection | None = None,
         warm: bool = True,
+        strict: bool = False,
     ) -> PathwayEngine:
         """Soft-kNN always; prototype prompting when an RNA embed function is given."""
         coll = collection or load_hallmark()
@@ -144,7 +170,32 @@ class PathwayEngine:
             from histoprompt.core.prototype import PrototypeScorer
 
             methods.append(PrototypeScorer(reference, embed_fn))
-        return cls(reference, collection=coll, predictors=methods)
+        return cls(reference, collection=coll, predictors=methods, strict=strict)
+
+    @classmethod
+    def load(
+        cls,
+        uri: str,
+        *,
+        settings: ConnectionSettings | None = None,
+        embed_fn: EmbedFn | None = None,
+        strict: bool = True,
+    ) -> PathwayEngine:
+        """The serving entry point: reference from a local path or `s3://` URI, warmed up.
+
+        S3 credentials come from `settings` (default: `ConnectionSettings.load()`, i.e. the
+        HISTOPROMPT_* environment of the Triton server).
+        """
+        from histoprompt.core.reference import load_reference_uri
+
+        client = None
+        if uri.startswith("s3://"):
+            from histoprompt.core.s3 import make_minio
+            from histoprompt.core.settings import ConnectionSettings
+
+            client = make_minio(settings or ConnectionSettings.load())
+        reference = load_reference_uri(uri, client)
+        return cls.for_reference(reference, embed_fn=embed_fn, strict=strict)
 
     @property
     def methods(self) -> list[str]:
@@ -184,8 +235,14 @@ class PathwayEngine:
         slide_embeddings: NDArray[Any],
         gene_sets: Sequence[str],
         method: str | None = None,
+        *,
+        strict: bool | None = None,
     ) -> PathwayQueryResult:
-        """Scores float32 [B, K] for slide embeddings [B, E] and K gene-set queries."""
+        """Scores float32 [B, K] for slide embeddings [B, E] and K gene-set queries.
+
+        `strict` (default: the engine's) raises GeneSetQueryError instead of returning
+        a result with errors.
+        """
         pred = self.predictor(method)
         emb = unit_rows(slide_embeddings, self.reference.embed_dim)
         if not gene_sets:
@@ -217,7 +274,10 @@ class PathwayEngine:
         if good:
             cols = [i for i, _ in good]
             scores[:, cols] = pred.predict(emb, [r for _, r in good])
-        return PathwayQueryResult(names, scores, coverage, pred.method, coverages, errors)
+        result = PathwayQueryResult(names, scores, coverage, pred.method, coverages, errors)
+        if errors and (self.strict if strict is None else strict):
+            raise GeneSetQueryError(result)
+        return result
 
     def warm(self, gene_sets: Mapping[str, str] | Sequence[str] = ()) -> None:
         """Pre-compute reference scores for sets expected soon (e.g. a site's own panel)."""
