@@ -1,0 +1,124 @@
+"""Model-repository generator: every config parses, flavours, checked-in repo is current."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from google.protobuf import json_format
+
+from histoprompt.core import names
+from histoprompt.export.bundle import demo_card, demo_config
+from histoprompt.export.model_repo import (
+    Flavor,
+    TileEncoderPlatform,
+    install_artifacts,
+    parse_config,
+    render,
+    write_repository,
+)
+from histoprompt.export.serving.context import ModelContext
+from histoprompt.export.serving.handlers import encoder_spec_from_params
+
+REPO = Path(__file__).resolve().parents[2] / "model_repository"
+ALL_MODELS = {
+    names.MODEL_TILE_PREPROCESS,
+    names.MODEL_TILE_ENCODER,
+    names.MODEL_PATCH_EMBED,
+    names.MODEL_SLIDE_EMBED,
+    names.MODEL_RNA_EMBED,
+    names.MODEL_PATHWAY_QUERY,
+    names.MODEL_SLIDE_TO_PATHWAYS,
+}
+
+
+@pytest.mark.parametrize("flavor", list(Flavor))
+def test_every_model_has_a_config_that_triton_protobuf_parses(flavor: Flavor) -> None:
+    layout = render(demo_card(demo_config()), flavor)
+    assert set(layout.configs) == ALL_MODELS
+    for model, text in layout.configs.items():
+        cfg = parse_config(text)
+        assert cfg.name == model
+
+
+def test_checked_in_repository_equals_generator_output(tmp_path: Path) -> None:
+    write_repository(render(demo_card(demo_config()), Flavor.cpu), tmp_path)
+    generated = {
+        p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()
+    }
+    checked_in = {
+        p.relative_to(REPO): p.read_bytes()
+        for p in REPO.rglob("*")
+        if p.is_file()
+        and p.name != ".gitignore"
+        and (p.name in {"config.pbtxt", "model.py", ".gitkeep"})
+        and "__pycache__" not in p.parts
+    }
+    assert sorted(checked_in) == sorted(generated), "run: histoprompt-export model-repo"
+    for rel, data in generated.items():
+        assert checked_in[rel] == data, f"{rel} is stale; run: histoprompt-export model-repo"
+
+
+def test_gpu_flavour_uses_tensorrt_gpu_instances_and_bounded_batching() -> None:
+    card = demo_card(demo_config())
+    gpu = {m: parse_config(t) for m, t in render(card, Flavor.gpu).configs.items()}
+    enc = gpu[names.MODEL_TILE_ENCODER]
+    assert enc.platform == "tensorrt_plan" and enc.default_model_filename == "model.plan"
+    assert enc.instance_group[0].kind == enc.instance_group[0].KIND_GPU
+    assert list(enc.dynamic_batching.preferred_batch_size) == [64, 128, 256]
+    assert 0 < enc.dynamic_batching.max_queue_delay_microseconds <= 10_000
+    assert max(enc.dynamic_batching.preferred_batch_size) <= enc.max_batch_size
+    assert gpu[names.MODEL_SLIDE_EMBED].platform == "onnxruntime_onnx"
+    fallback = parse_config(
+        render(card, Flavor.gpu, TileEncoderPlatform.onnx).configs[names.MODEL_TILE_ENCODER]
+    )
+    assert fallback.platform == "onnxruntime_onnx"
+    cpu = {m: parse_config(t) for m, t in render(card, Flavor.cpu).configs.items()}
+    assert cpu[names.MODEL_TILE_ENCODER].backend == "python"
+
+
+def test_ensembles_and_python_models_are_identical_in_both_flavours() -> None:
+    card = demo_card(demo_config())
+    cpu, gpu = render(card, Flavor.cpu), render(card, Flavor.gpu)
+    for model in (
+        names.MODEL_PATCH_EMBED,
+        names.MODEL_SLIDE_TO_PATHWAYS,
+        names.MODEL_PATHWAY_QUERY,
+    ):
+        assert cpu.configs[model] == gpu.configs[model]
+    ens = parse_config(cpu.configs[names.MODEL_PATCH_EMBED])
+    steps = [s.model_name for s in ens.ensemble_scheduling.step]
+    assert steps == [names.MODEL_TILE_PREPROCESS, names.MODEL_TILE_ENCODER]
+
+
+def test_tile_preprocess_config_carries_the_encoder_spec_and_version() -> None:
+    card = demo_card(demo_config())
+    cfg = parse_config(render(card, Flavor.cpu).configs[names.MODEL_TILE_PREPROCESS])
+    ctx = ModelContext.from_config(
+        json_format.MessageToDict(cfg, preserving_proto_field_name=True), Path("."), "x"
+    )
+    assert encoder_spec_from_params(ctx) == card.encoder
+    assert ctx.parameters["model_version"] == card.version
+    assert card.version.startswith("tiny-") and len(card.version) == len("tiny-") + 8
+    assert ctx.parameters["synthetic"] == "true" and ctx.parameters["untrained"] == "true"
+
+
+def test_model_py_files_are_thin() -> None:
+    for model, text in render(demo_card(demo_config()), Flavor.cpu).model_py.items():
+        assert "histoprompt.export.serving.triton_adapter" in text
+        assert f'model_name = "{model}"' in text
+        assert len(text.splitlines()) < 20
+
+
+def test_install_artifacts_places_files_in_version_folders(tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    for f in ("model_card.json", "tile_encoder.onnx", "slide_embed.onnx", "encoder.json"):
+        (bundle / f).write_text(f)
+    (bundle / "reference" / "demo").mkdir(parents=True)
+    (bundle / "reference" / "demo" / "latest.json").write_text("{}")
+    placed = install_artifacts(bundle, tmp_path / "repo")
+    assert (tmp_path / "repo/tile_encoder/1/model.onnx").read_text() == "tile_encoder.onnx"
+    assert (tmp_path / "repo/slide_embed/1/model.onnx").read_text() == "slide_embed.onnx"
+    assert (tmp_path / "repo/pathway_query/1/reference/demo/latest.json").is_file()
+    assert len(placed) == 5
