@@ -1,0 +1,44 @@
+# syntax=docker/dockerfile:1
+# The `histoprompt` CLI: histoprompt-core + histoprompt-client, no torch.
+#   docker build -f deploy/docker/client.Dockerfile -t histoprompt-client:0.1.0 .
+#   docker run --rm --env-file stack.env histoprompt-client:0.1.0 status
+# Build context: the repository root. Never built in this repository's CI (no Docker
+# engine there); checked statically with hadolint by tests/unit/test_dockerfiles.py.
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.9
+
+FROM ${UV_IMAGE} AS uv
+
+FROM ${PYTHON_IMAGE} AS build
+ENV UV_LINK_MODE=copy UV_PYTHON_DOWNLOADS=never UV_COMPILE_BYTECODE=1
+COPY --from=uv /uv /usr/local/bin/uv
+WORKDIR /src
+COPY pyproject.toml uv.lock ./
+COPY core/pyproject.toml core/pyproject.toml
+COPY export/pyproject.toml export/pyproject.toml
+COPY ingest/pyproject.toml ingest/pyproject.toml
+COPY deploy/pyproject.toml deploy/pyproject.toml
+COPY client/pyproject.toml client/pyproject.toml
+RUN uv venv /opt/venv --python /usr/local/bin/python3.11 \
+ && uv export --frozen --no-dev --no-emit-workspace --no-hashes \
+      --package histoprompt-client -o /tmp/requirements.txt \
+ && uv pip install --python /opt/venv/bin/python --no-cache -r /tmp/requirements.txt
+COPY core/ core/
+COPY client/ client/
+RUN uv pip install --python /opt/venv/bin/python --no-cache --no-deps ./core ./client \
+ && if /opt/venv/bin/python -c "import torch" 2>/dev/null; then echo "torch leaked into the client image" >&2; exit 1; fi
+
+FROM ${PYTHON_IMAGE} AS runtime
+LABEL org.opencontainers.image.title="histoprompt-client" \
+      org.opencontainers.image.description="histoprompt CLI: submit, watch, results, query, heatmap, status"
+RUN groupadd --system --gid 10001 histoprompt \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin histoprompt
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp
+WORKDIR /tmp
+USER 10001:10001
+ENTRYPOINT ["histoprompt"]
+CMD ["--help"]
