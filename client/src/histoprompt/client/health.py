@@ -1,0 +1,159 @@
+"""`status` checks: each service's reachability and key figures, each check independent."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from histoprompt.core import names
+
+if TYPE_CHECKING:
+    from histoprompt.client.settings import ClientSettings
+
+__all__ = ["PROMQL", "Check", "run_checks"]
+
+# The DESIGN.md metric names; `or vector(0)` makes "no data yet" a zero, not an error.
+PROMQL: dict[str, str] = {
+    "tiles/s": "sum(rate(histoprompt_ingest_tiles_total[5m])) or vector(0)",
+    "slides/h": ('sum(increase(histoprompt_ingest_slides_total{status="done"}[1h])) or vector(0)'),
+    "p95 slide s": (
+        "histogram_quantile(0.95, sum by (le) (rate(histoprompt_ingest_slide_seconds_bucket[1h])))"
+    ),
+    "errors (1h)": (
+        'sum(increase(histoprompt_ingest_slides_total{status="failed"}[1h])) or vector(0)'
+    ),
+    "DLQ (total)": 'sum(histoprompt_ingest_slides_total{status="dlq"}) or vector(0)',
+    "in flight": "sum(histoprompt_ingest_inflight_slides) or vector(0)",
+}
+
+
+@dataclass
+class Check:
+    """One service: up or down, a one-line detail, and figures for the table."""
+
+    service: str
+    ok: bool
+    detail: str
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+def _guard(service: str, fn: Callable[[], Check]) -> Check:
+    from histoprompt.client.errors import translate
+
+    try:
+        return fn()
+    except Exception as exc:
+        err = translate(exc)
+        return Check(service, False, err.message if err else f"{type(exc).__name__}: {exc}")
+
+
+def check_triton(settings: ClientSettings) -> Check:
+    from histoprompt.client.services import triton_client, triton_errors
+
+    client = triton_client(settings)
+    try:
+        with triton_errors(settings, "Triton"):
+            live = client.is_server_ready(client_timeout=settings.connect_timeout)
+            index = client.get_model_repository_index(as_json=True)
+    finally:
+        client.close()
+    models = {
+        str(m["name"]): f"{m.get('version', '-')}:{m.get('state', 'UNKNOWN')}"
+        for m in index.get("models", [])
+    }
+    ready = [n for n, v in models.items() if v.endswith(":READY")]
+    wanted = [names.MODEL_PATCH_EMBED, names.MODEL_SLIDE_EMBED, names.MODEL_PATHWAY_QUERY]
+    missing = [m for m in wanted if m not in ready]
+    detail = f"{settings.triton_url} ready={live}, {len(ready)}/{len(models)} models ready"
+    if missing:
+        detail += f"; not ready: {', '.join(missing)}"
+    return Check("triton", bool(live), detail, {"models": models})
+
+
+def check_kafka(settings: ClientSettings) -> Check:
+    from kafka import KafkaAdminClient, TopicPartition
+
+    from histoprompt.client.services import kafka_consumer, kafka_errors
+
+    with kafka_errors(settings, "Kafka"):
+        consumer = kafka_consumer(settings)
+        try:
+            topics = consumer.topics()
+            lag: int | None = None
+            parts = consumer.partitions_for_topic(names.TOPIC_INCOMING) or set()
+            tps = [TopicPartition(names.TOPIC_INCOMING, p) for p in parts]
+            ends = consumer.end_offsets(tps) if tps else {}
+        finally:
+            consumer.close()
+        admin = KafkaAdminClient(
+            **settings.kafka_config(),
+            request_timeout_ms=int(settings.connect_timeout * 1000) * 3,
+            bootstrap_timeout_ms=int(settings.connect_timeout * 1000),
+        )
+        try:
+            committed = admin.list_consumer_group_offsets(settings.ingest_group)
+        finally:
+            admin.close()
+    if committed:
+        lag = sum(max(0, end - committed[tp].offset) for tp, end in ends.items() if tp in committed)
+    ours = sorted(t for t in topics if t in names.ALL_TOPICS)
+    missing = sorted(set(names.ALL_TOPICS) - set(ours))
+    detail = f"{settings.kafka_bootstrap} topics {len(ours)}/{len(names.ALL_TOPICS)}"
+    detail += f", lag({settings.ingest_group})={'-' if lag is None else lag}"
+    if missing:
+        detail += f"; missing: {', '.join(missing)}"
+    return Check("kafka", True, detail, {"topics": ours, "lag": lag})
+
+
+def check_s3(settings: ClientSettings) -> Check:
+    from histoprompt.client.services import minio_client
+    from histoprompt.core.results import s3_errors
+
+    client = minio_client(settings)
+    with s3_errors(f"S3 at {settings.s3_endpoint}"):
+        buckets = sorted(b.name for b in client.list_buckets())
+    wanted = [settings.slides_bucket, settings.results_bucket, settings.models_bucket]
+    missing = [b for b in wanted if b not in buckets]
+    detail = f"{settings.s3_endpoint} buckets {len(wanted) - len(missing)}/{len(wanted)}"
+    if missing:
+        detail += f"; missing: {', '.join(missing)}"
+    return Check("s3", not missing, detail, {"buckets": buckets})
+
+
+def check_prometheus(settings: ClientSettings) -> Check:
+    import httpx
+
+    from histoprompt.core.errors import ServiceUnavailableError
+
+    figures: dict[str, Any] = {}
+    url = settings.prometheus_url.rstrip("/") + "/api/v1/query"
+    try:
+        with httpx.Client(timeout=settings.connect_timeout) as http:
+            for label, promql in PROMQL.items():
+                resp = http.get(url, params={"query": promql})
+                resp.raise_for_status()
+                result = resp.json()["data"]["result"]
+                value = float(result[0]["value"][1]) if result else None
+                figures[label] = None if value is None or value != value else round(value, 3)
+    except httpx.HTTPError as err:
+        raise ServiceUnavailableError(
+            f"Prometheus at {settings.prometheus_url}: {type(err).__name__}"
+        ) from err
+    return Check("prometheus", True, settings.prometheus_url, figures)
+
+
+def run_checks(settings: ClientSettings) -> list[Check]:
+    """Every service check, in parallel so a dead service costs one timeout, not four."""
+    from concurrent.futures import ThreadPoolExecutor
+    from functools import partial
+
+    checks: dict[str, Callable[[ClientSettings], Check]] = {
+        "triton": check_triton,
+        "kafka": check_kafka,
+        "s3": check_s3,
+        "prometheus": check_prometheus,
+    }
+    with ThreadPoolExecutor(len(checks)) as pool:
+        futures = [pool.submit(_guard, name, partial(fn, settings)) for name, fn in checks.items()]
+        return [f.result() for f in futures]

@@ -1,0 +1,131 @@
+"""Open-vocabulary queries through Triton `pathway_query` on a stored slide embedding."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from histoprompt.core import names
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+    from histoprompt.client.settings import ClientSettings
+    from histoprompt.core.genesets import GeneSet
+
+__all__ = ["QueryRow", "reference_genes", "request_strings", "run_pathway_query"]
+
+
+@dataclass(frozen=True)
+class QueryRow:
+    gene_set: str
+    score: float
+    method: str
+    coverage: float
+    genes: int
+    unknown: tuple[str, ...] | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "gene_set": self.gene_set,
+            "score": self.score,
+            "method": self.method,
+            "coverage": self.coverage,
+            "genes": self.genes,
+            "unknown": None if self.unknown is None else list(self.unknown),
+        }
+
+
+def request_strings(sets: list[GeneSet], bundled: set[str]) -> list[str]:
+    """GENE_SETS values: a bundled Hallmark by name, anything else as JSON {name, genes}."""
+    return [
+        gs.name if gs.name in bundled else json.dumps({"name": gs.name, "genes": list(gs.genes)})
+        for gs in sets
+    ]
+
+
+def run_pathway_query(
+    settings: ClientSettings,
+    embedding: NDArray[Any],
+    gene_sets: list[str],
+    method: str | None,
+) -> tuple[NDArray[Any], NDArray[Any]]:
+    """SCORES [K] and COVERAGE [K] for one slide embedding [E]."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    from histoprompt.client.services import triton_client, triton_errors
+
+    emb = np.asarray(embedding, dtype=np.float32).reshape(1, -1)
+    sets = np.array([s.encode() for s in gene_sets], dtype=np.object_)
+    inputs = [
+        grpcclient.InferInput(names.TENSOR_SLIDE_EMBEDDING, list(emb.shape), "FP32"),
+        grpcclient.InferInput(names.TENSOR_GENE_SETS, [len(gene_sets)], "BYTES"),
+    ]
+    inputs[0].set_data_from_numpy(emb)
+    inputs[1].set_data_from_numpy(sets)
+    if method:
+        m = grpcclient.InferInput(names.TENSOR_METHOD, [1], "BYTES")
+        m.set_data_from_numpy(np.array([method.encode()], dtype=np.object_))
+        inputs.append(m)
+    outputs = [
+        grpcclient.InferRequestedOutput(names.TENSOR_SCORES),
+        grpcclient.InferRequestedOutput(names.TENSOR_COVERAGE),
+    ]
+    client = triton_client(settings)
+    try:
+        with triton_errors(settings, f"querying {names.MODEL_PATHWAY_QUERY}"):
+            result = client.infer(
+                names.MODEL_PATHWAY_QUERY, inputs, outputs=outputs, client_timeout=300.0
+            )
+    finally:
+        client.close()
+    scores = np.asarray(result.as_numpy(names.TENSOR_SCORES), dtype=np.float64).reshape(-1)
+    coverage = np.asarray(result.as_numpy(names.TENSOR_COVERAGE), dtype=np.float64).reshape(-1)
+    if scores.shape[0] != len(gene_sets) or coverage.shape[0] != len(gene_sets):
+        from histoprompt.core.errors import HistopromptError
+
+        raise HistopromptError(
+            f"{names.MODEL_PATHWAY_QUERY} returned {scores.shape[0]} scores for "
+            f"{len(gene_sets)} gene sets"
+        )
+    return scores, coverage
+
+
+def reference_genes(settings: ClientSettings) -> tuple[str, ...] | None:
+    """The RNA reference's gene symbols from the models bucket, to name unknown genes.
+
+    Best effort: None when no reference (or several, and none is configured) is found.
+    """
+    from histoprompt.client.services import minio_client
+
+    client = minio_client(settings)
+    root = "references/"
+    try:
+        name = settings.reference_name
+        if name is None:
+            found = {
+                o.object_name[len(root) :].split("/")[0]
+                for o in client.list_objects(settings.models_bucket, prefix=root)
+                if o.object_name
+            }
+            if len(found) != 1:
+                return None
+            name = found.pop()
+        latest = _get(client, settings.models_bucket, f"{root}{name}/latest.json")
+        version = str(json.loads(latest)["version"])
+        text = _get(client, settings.models_bucket, f"{root}{name}/{version}/genes.txt")
+    except Exception:  # noqa: BLE001 - unknown genes are optional detail, coverage is not
+        return None
+    return tuple(text.decode().split())
+
+
+def _get(client: Any, bucket: str, key: str) -> bytes:
+    resp = client.get_object(bucket, key)
+    try:
+        data: bytes = resp.read()
+        return data
+    finally:
+        resp.close()
+        resp.release_conn()

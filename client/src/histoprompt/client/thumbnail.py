@@ -1,0 +1,105 @@
+"""Slide geometry and a thumbnail from the slide's source object in S3 (ranged reads only).
+
+- TIFF/SVS: level-0 size from the first page; the thumbnail is the smallest pyramid level
+  (tifffile; JPEG levels need imagecodecs, which the ingest package installs).
+- DICOM-WSI (series manifest or one instance): level-0 size from TotalPixelMatrix headers;
+  no thumbnail (the tile grid is drawn on a plain background).
+Whatever cannot be read falls back to the extent of the tile grid.
+"""
+
+from __future__ import annotations
+
+from typing import IO, TYPE_CHECKING, cast
+
+from histoprompt.client.heatmap_render import SlideGeometry, grid_step
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from minio import Minio
+    from PIL import Image
+
+    from histoprompt.core.schemas import SourceRef
+
+__all__ = ["slide_view"]
+
+_MAX_THUMB_PIXELS = 32 * 1024 * 1024
+
+
+def _tiff_view(client: Minio, bucket: str, key: str) -> tuple[SlideGeometry, Image.Image | None]:
+    import tifffile
+    from PIL import Image
+
+    from histoprompt.client.s3file import S3RangeFile
+
+    with S3RangeFile(client, bucket, key) as fh, tifffile.TiffFile(cast(IO[bytes], fh)) as tif:
+        first = tif.pages.first
+        geom = SlideGeometry(int(first.imagewidth), int(first.imagelength), "source TIFF")
+        levels = tif.series[0].levels if tif.series else []
+        smallest = min(levels, key=lambda s: s.size) if levels else None
+        thumb = None
+        if smallest is not None and smallest.size <= _MAX_THUMB_PIXELS:
+            try:
+                arr = smallest.asarray()
+                thumb = Image.fromarray(arr.reshape(arr.shape[0], arr.shape[1], -1)[..., :3])
+            except Exception:  # noqa: BLE001 - a codec may be missing; the grid still renders
+                thumb = None
+    return geom, thumb
+
+
+def _dicom_geometry(client: Minio, bucket: str, key: str) -> SlideGeometry:
+    import json
+
+    import pydicom
+
+    from histoprompt.client.s3file import S3RangeFile
+    from histoprompt.core.schemas import SeriesManifest
+
+    keys = [key]
+    if key.endswith(".json"):
+        with S3RangeFile(client, bucket, key) as fh:
+            manifest = SeriesManifest.model_validate(json.loads(fh.read()))
+        keys = [i.key for i in manifest.instances]
+    best = (0, 0)
+    for k in keys:
+        with S3RangeFile(client, bucket, k, block=64 * 1024) as fh:
+            ds = pydicom.dcmread(
+                fh,
+                stop_before_pixels=True,
+                specific_tags=["TotalPixelMatrixColumns", "TotalPixelMatrixRows", "ImageType"],
+            )
+        size = (int(ds.get("TotalPixelMatrixColumns", 0)), int(ds.get("TotalPixelMatrixRows", 0)))
+        if size[0] > best[0]:
+            best = size
+    if min(best) <= 0:
+        raise ValueError("no TotalPixelMatrix size in the series")
+    return SlideGeometry(best[0], best[1], "source DICOM")
+
+
+def grid_geometry(tiles: pd.DataFrame) -> SlideGeometry:
+    step = grid_step(tiles) or 1
+    return SlideGeometry(
+        int(tiles["x"].max()) + step, int(tiles["y"].max()) + step, "tile grid extent"
+    )
+
+
+def slide_view(
+    client: Minio, source: SourceRef, tiles: pd.DataFrame
+) -> tuple[SlideGeometry, Image.Image | None]:
+    """Geometry and thumbnail for `source`; falls back to the tile grid."""
+    try:
+        if _sniff(client, source.bucket, source.key) == "tiff":
+            return _tiff_view(client, source.bucket, source.key)
+        return _dicom_geometry(client, source.bucket, source.key), None
+    except Exception:  # noqa: BLE001 - the source may be gone or unreadable; still draw
+        return grid_geometry(tiles), None
+
+
+def _sniff(client: Minio, bucket: str, key: str) -> str:
+    """'tiff', 'dicom' or 'json' from the object's first bytes."""
+    from histoprompt.client.s3file import S3RangeFile
+
+    with S3RangeFile(client, bucket, key, block=4096) as fh:
+        head = fh.read(132)
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    return "dicom" if head[128:132] == b"DICM" else "json"
