@@ -17,8 +17,8 @@ class StackHandle:
 
     def __init__(self, state: StackState) -> None:
         self._state = state
-        # The stack's own values win over anything in the caller's environment.
-        self._settings = ConnectionSettings(_env_file=None, **_fields(state.env))  # type: ignore[call-arg]
+        # Validated from the stack's values only: the caller's environment must not leak in.
+        self._settings = ConnectionSettings.model_validate(_fields(state.env))
 
     @property
     def state(self) -> StackState:

@@ -117,8 +117,11 @@ def _prepare(
 ) -> ProcessSpec:
     if name == "triton":
         return triton.prepare(settings, state_dir, ports, model_repository)
-    module = {"seaweed": seaweed, "prometheus": prometheus, "kafka": kafka}[name]
-    return module.prepare(settings, state_dir, ports)
+    if name == "seaweed":
+        return seaweed.prepare(settings, state_dir, ports)
+    if name == "prometheus":
+        return prometheus.prepare(settings, state_dir, ports)
+    return kafka.prepare(settings, state_dir, ports)
 
 
 def _fresh_dirs(state_dir: Path, services: tuple[ServiceName, ...]) -> None:

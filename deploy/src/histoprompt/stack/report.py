@@ -10,12 +10,15 @@ if TYPE_CHECKING:
     from histoprompt.stack.handle import StackHandle
     from histoprompt.stack.launcher import StackStatus
 
-_ENDPOINTS = {
-    "kafka": lambda h: h.kafka_bootstrap,
-    "seaweed": lambda h: f"s3 http://{h.s3_endpoint}",
-    "triton": lambda h: f"grpc {h.triton_grpc}, http {h.triton_http}",
-    "prometheus": lambda h: h.prometheus_url,
-}
+
+def endpoint(service: str, handle: StackHandle) -> str:
+    """Where a service answers, as a user would type it."""
+    return {
+        "kafka": handle.kafka_bootstrap,
+        "seaweed": f"s3 http://{handle.s3_endpoint}",
+        "triton": f"grpc {handle.triton_grpc}, http {handle.triton_http}",
+        "prometheus": handle.prometheus_url,
+    }.get(service, "")
 
 
 def status_table(status: StackStatus, handle: StackHandle | None = None) -> Table:
@@ -26,6 +29,6 @@ def status_table(status: StackStatus, handle: StackHandle | None = None) -> Tabl
     for svc in status.services:
         state = "[green]healthy[/]" if svc.healthy else f"[red]{svc.detail}[/]"
         seconds = f"{svc.startup_seconds:.1f}" if svc.startup_seconds is not None else "-"
-        endpoint = _ENDPOINTS[svc.name](handle) if handle and svc.name in _ENDPOINTS else ""
-        table.add_row(svc.name, state, str(svc.pid), seconds, endpoint, str(svc.log_path))
+        where = endpoint(svc.name, handle) if handle is not None else ""
+        table.add_row(svc.name, state, str(svc.pid), seconds, where, str(svc.log_path))
     return table

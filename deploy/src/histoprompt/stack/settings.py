@@ -30,31 +30,42 @@ def checkout_root() -> Path | None:
 class StackSettings(ConnectionSettings):
     """Settings of the local stack launcher (env `HISTOPROMPT_STACK_*`)."""
 
-    stack_state_dir: Path = Field(Path(".stack"), description="logs, data, state.json")
-    stack_env_file: Path = Field(Path("stack.env"), description="where up() writes settings")
+    stack_state_dir: Path = Field(default=Path(".stack"), description="logs, data, state.json")
+    stack_env_file: Path = Field(
+        default=Path("stack.env"), description="where up() writes settings"
+    )
     stack_model_repository: Path | None = Field(
-        None, description="Triton model repository (default <state dir>/model_repository)"
+        default=None, description="Triton model repository (default <state dir>/model_repository)"
     )
-    stack_services: tuple[ServiceName, ...] = Field(ALL_SERVICES, description="what to start")
-    stack_kafka_libs: Path = Field(Path(".cache/kafka/libs"), description="Kafka jars")
-    stack_java: str = Field("java", description="Java 17+ executable")
-    stack_kafka_heap: str = Field("512m", description="Kafka JVM -Xmx")
-    stack_kafka_incoming_partitions: int = Field(4, ge=1, le=64)
-    stack_weed: Path | None = Field(None, description="weed binary (default: next to python)")
+    stack_services: tuple[ServiceName, ...] = Field(
+        default=ALL_SERVICES, description="what to start"
+    )
+    stack_kafka_libs: Path = Field(default=Path(".cache/kafka/libs"), description="Kafka jars")
+    stack_java: str = Field(default="java", description="Java 17+ executable")
+    stack_kafka_heap: str = Field(default="512m", description="Kafka JVM -Xmx")
+    stack_kafka_incoming_partitions: int = Field(default=4, ge=1, le=64)
+    stack_weed: Path | None = Field(
+        default=None, description="weed binary (default: next to python)"
+    )
     stack_tritonserver: Path | None = Field(
-        None, description="tritonserver binary (default: the one in the nvidia-pytriton wheel)"
+        default=None,
+        description="tritonserver binary (default: the one in the nvidia-pytriton wheel)",
     )
-    stack_prometheus: str = Field("prometheus", description="Prometheus executable")
+    stack_prometheus: str = Field(default="prometheus", description="Prometheus executable")
     stack_prometheus_rules_dir: Path = Field(
-        Path("deploy/prometheus/rules"), description="*.yml rule files loaded when present"
+        default=Path("deploy/prometheus/rules"), description="*.yml rule files loaded when present"
     )
-    stack_scrape_interval: str = Field("2s", description="Prometheus scrape interval")
-    stack_start_timeout: float = Field(180.0, gt=0, description="seconds until all are healthy")
+    stack_scrape_interval: str = Field(default="2s", description="Prometheus scrape interval")
+    stack_start_timeout: float = Field(
+        default=180.0, gt=0, description="seconds until all are healthy"
+    )
     stack_die_with_parent: bool = Field(
-        False, description="kill the services when the starting process dies (test fixtures)"
+        default=False,
+        description="kill the services when the starting process dies (test fixtures)",
     )
     ingest_metrics_port: int | None = Field(
-        None, description="port Prometheus scrapes as job histoprompt-ingest (default: free)"
+        default=None,
+        description="port Prometheus scrapes as job histoprompt-ingest (default: free)",
     )
 
     def project_path(self, path: Path) -> Path:
