@@ -1,0 +1,204 @@
+"""`histoprompt-export reference`: build and inspect RNA reference databases.
+
+Example:
+
+    histoprompt-export reference build --expression expr.parquet --metadata meta.csv \\
+        --rna-onnx bundle/rna_embed.onnx --name tcga-demo --out s3://histoprompt-models
+
+The embeddings come from the `rna_embed` model, run locally with ONNX Runtime
+(`--rna-onnx`) or through Triton (`--triton host:port`); both take EXPRESSION fp32 [-1, G]
+in the gene contract's order and return RNA_EMBEDDING fp32 [-1, E].
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal
+
+import typer
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from histoprompt.core.reference import EmbedFn
+
+app = typer.Typer(
+    name="reference",
+    help="Build and inspect RNA reference databases (Soft-kNN / prototype prompting).",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+
+CONTRACT_FILE = "gene_contract.json"
+TRITON_MAX_BATCH = 64
+
+
+def read_genes(path: Path) -> list[str]:
+    """Gene order from a gene_contract.json (`genes`), a JSON list, or one symbol per line."""
+    text = path.read_text()
+    if path.suffix == ".json":
+        doc = json.loads(text)
+        genes = doc["genes"] if isinstance(doc, dict) else doc
+        return [str(g) for g in genes]
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def onnx_embed_fn(path: Path, threads: int = 0) -> EmbedFn:
+    """ONNX Runtime on the exported `rna_embed` model (EXPRESSION -> RNA_EMBEDDING)."""
+    import onnxruntime as ort
+
+    from histoprompt.core import names
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def embed(x: np.ndarray) -> np.ndarray:
+        out = session.run([names.TENSOR_RNA_EMBEDDING], {names.TENSOR_EXPRESSION: x})[0]
+        return out  # type: ignore[no-any-return]
+
+    return embed
+
+
+def triton_embed_fn(url: str, model: str = "rna_embed") -> EmbedFn:
+    """Triton gRPC `rna_embed`, in batches of at most its max_batch_size."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    from histoprompt.core import names
+
+    client = grpcclient.InferenceServerClient(url)
+
+    def embed(x: np.ndarray) -> np.ndarray:
+        parts = []
+        for lo in range(0, x.shape[0], TRITON_MAX_BATCH):
+            batch = np.ascontiguousarray(x[lo : lo + TRITON_MAX_BATCH], dtype=np.float32)
+            inp = grpcclient.InferInput(names.TENSOR_EXPRESSION, list(batch.shape), "FP32")
+            inp.set_data_from_numpy(batch)
+            res = client.infer(
+                model, [inp], outputs=[grpcclient.InferRequestedOutput(names.TENSOR_RNA_EMBEDDING)]
+            )
+            parts.append(res.as_numpy(names.TENSOR_RNA_EMBEDDING))
+        return np.concatenate(parts, axis=0)
+
+    return embed
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(2)
+
+
+@app.command("build")
+def build(
+    expression: Annotated[
+        Path, typer.Option(help="samples x genes log1p(TPM): parquet, csv or h5ad")
+    ],
+    out: Annotated[str, typer.Option(help="local directory, or s3://<bucket>[/<root>]")],
+    metadata: Annotated[
+        Path | None, typer.Option(help="per-sample table keyed by sample_id (cancer_type, cohort)")
+    ] = None,
+    rna_onnx: Annotated[
+        Path | None, typer.Option("--rna-onnx", help="rna_embed ONNX file (ONNX Runtime)")
+    ] = None,
+    triton: Annotated[
+        str | None,
+        typer.Option(
+            help="Triton gRPC host:port serving rna_embed", envvar="HISTOPROMPT_TRITON_URL"
+        ),
+    ] = None,
+    genes: Annotated[
+        Path | None,
+        typer.Option(help="encoder gene order (gene_contract.json or .txt); default: next to ONNX"),
+    ] = None,
+    name: Annotated[str, typer.Option(help="reference name")] = "reference",
+    encoder: Annotated[str, typer.Option(help="model version that made the embeddings")] = "",
+    expression_dtype: Annotated[
+        str, typer.Option(help="float16 halves the size; float32 keeps it exact")
+    ] = "float32",
+    reorder: Annotated[
+        bool,
+        typer.Option(help="permute columns when the genes match the encoder but not its order"),
+    ] = False,
+    synthetic: Annotated[bool, typer.Option(help="label the reference as SYNTHETIC")] = False,
+) -> None:
+    """Embed a reference cohort, score the Hallmarks and store a versioned reference DB."""
+    from histoprompt.core.errors import HistopromptError
+    from histoprompt.core.reference import (
+        build_reference,
+        read_table,
+        save_reference,
+        save_reference_s3,
+    )
+
+    # --rna-onnx wins over a Triton URL that may come from the environment
+    if rna_onnx is None and triton is None:
+        raise _fail("give --rna-onnx FILE or --triton HOST:PORT")
+    if expression_dtype not in ("float16", "float32"):
+        raise _fail("--expression-dtype must be float16 or float32")
+    gene_file = genes or (rna_onnx.parent / CONTRACT_FILE if rna_onnx is not None else None)
+    if gene_file is None or not gene_file.is_file():
+        raise _fail(
+            f"the encoder's gene order is needed: --genes FILE ({gene_file} does not exist)"
+        )
+    dtype: Literal["float16", "float32"] = "float16" if expression_dtype == "float16" else "float32"
+    try:
+        encoder_genes = read_genes(gene_file)
+        expr = read_table(expression)
+        meta = read_table(metadata).reset_index() if metadata is not None else None
+        if rna_onnx is not None:
+            embed_fn = onnx_embed_fn(rna_onnx)
+        else:
+            assert triton is not None
+            embed_fn = triton_embed_fn(triton)
+        ref = build_reference(
+            expr,
+            meta,
+            embed_fn,
+            encoder_genes,
+            name=name,
+            encoder=encoder,
+            expression_dtype=dtype,
+            reorder=reorder,
+            synthetic=synthetic,
+        )
+        if out.startswith("s3://"):
+            from histoprompt.core.s3 import make_minio, parse_s3_uri
+            from histoprompt.core.settings import ConnectionSettings
+
+            bucket, root = parse_s3_uri(out)
+            client = make_minio(ConnectionSettings.load())
+            where = save_reference_s3(ref, client, bucket, root or "references")
+        else:
+            where = str(save_reference(ref, Path(out)))
+    except HistopromptError as err:
+        raise _fail(err.message) from err
+    m = ref.manifest
+    typer.echo(
+        f"reference {m.name} version {m.version}: {m.n_samples} samples x {m.n_genes} genes, "
+        f"E={m.embed_dim}, {len(m.hallmark_sets)} Hallmark sets scored"
+        f"{', SYNTHETIC' if m.synthetic else ''}"
+    )
+    typer.echo(where)
+
+
+@app.command("show")
+def show(
+    uri: Annotated[str, typer.Argument(help="local reference dir or s3://bucket/references/name")],
+) -> None:
+    """Print a reference's manifest (sizes, version, skipped Hallmark sets)."""
+    from histoprompt.core.errors import HistopromptError
+    from histoprompt.core.reference import load_reference_uri
+
+    client = None
+    if uri.startswith("s3://"):
+        from histoprompt.core.s3 import make_minio
+        from histoprompt.core.settings import ConnectionSettings
+
+        client = make_minio(ConnectionSettings.load())
+    try:
+        ref = load_reference_uri(uri, client)
+    except HistopromptError as err:
+        raise _fail(err.message) from err
+    typer.echo(ref.manifest.model_dump_json(by_alias=True, indent=1, exclude={"files"}))
