@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 
 from histoprompt.core import names
+from histoprompt.core.errors import InvalidInputError
 from histoprompt.core.modelspec import EncoderSpec
 from histoprompt.export.serving.context import ModelContext
 from histoprompt.export.serving.errors import ModelConfigError, RequestError
@@ -182,13 +183,10 @@ class PathwayQuery:
         method = _text(raw_method.reshape(-1)[0]) if raw_method is not None else None
         try:
             result = self.engine.query(emb, gene_sets, method or self.default_method)
-        except Exception as err:
-            code = getattr(err, "code", "")
-            if code in {"invalid_input", "not_found", "invalid_gene_set"} or isinstance(
-                err, ValueError | KeyError
-            ):
-                raise RequestError(str(err)) from err
-            raise
+        except InvalidInputError as err:  # bad set, unknown method, wrong width: this request
+            raise RequestError(str(err)) from err
+        except (ValueError, KeyError) as err:
+            raise RequestError(str(err)) from err
         scores, coverage = result[0], result[1]
         return {
             names.TENSOR_SCORES: np.asarray(scores).astype(self.dtypes[names.TENSOR_SCORES]),
