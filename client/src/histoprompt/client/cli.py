@@ -65,11 +65,7 @@ def main(
     triton_url: Annotated[str | None, typer.Option(help="Triton gRPC host:port.")] = None,
     prometheus_url: Annotated[str | None, typer.Option(help="Prometheus base URL.")] = None,
 ) -> None:
-    """Submit H&E slides, watch them through the stack, and read or query pathway scores.
-
-    \b
-    Example: histoprompt --json results 0123456789abcdef
-    """
+    """Root options shared by every command (settings are read on first use)."""
     ctx.obj = CliState(
         config=config,
         env_file=env_file,

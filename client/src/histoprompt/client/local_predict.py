@@ -30,8 +30,10 @@ def predict_local(
     settings: ClientSettings, slide: SlideFiles, gene_sets: list[str]
 ) -> LocalPrediction:
     """Tile and score a local slide with histoprompt.ingest; ClientError when it is missing."""
+    import importlib
+
     try:
-        from histoprompt.ingest import local as ingest_local  # type: ignore[attr-defined]
+        importlib.import_module("histoprompt.ingest")
     except ImportError as err:
         raise ClientError(INSTALL_HINT) from err
-    raise ClientError(f"{INSTALL_HINT}; this version has no local API ({ingest_local.__name__})")
+    raise ClientError(f"{INSTALL_HINT}; the installed histoprompt-ingest has no local pipeline yet")

@@ -58,7 +58,9 @@ class S3RangeFile(io.RawIOBase):
         return self._cache[index]
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        want = min(len(buffer), self.size - self._pos)
+        # tifffile passes numpy arrays; a flat byte view takes slices of any of them.
+        view = memoryview(buffer).cast("B")
+        want = min(len(view), self.size - self._pos)
         if want <= 0:
             return 0
         got = 0
@@ -67,7 +69,7 @@ class S3RangeFile(io.RawIOBase):
             chunk = self._blk(index)[off : off + want - got]
             if not chunk:
                 break
-            buffer[got : got + len(chunk)] = chunk
+            view[got : got + len(chunk)] = chunk
             got += len(chunk)
         self._pos += got
         return got

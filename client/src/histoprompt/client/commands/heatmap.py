@@ -10,7 +10,6 @@ import typer
 from histoprompt.client.state import get_state
 
 if TYPE_CHECKING:
-    import numpy as np
     from numpy.typing import NDArray
 
     from histoprompt.client.settings import ClientSettings

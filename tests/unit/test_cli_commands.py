@@ -1,0 +1,463 @@
+"""Every documented --help example, run through CliRunner against in-memory fakes of S3,
+Kafka and Triton (the real services are in tests/integration/test_cli_*.py)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from histoprompt.client import events, health, pathway_query, services
+from histoprompt.client.cli import app
+from histoprompt.client.errors import EXIT_INVALID, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_USAGE
+from histoprompt.core.results import ResultStore, SlideResult
+from histoprompt.core.schemas import (
+    PathwayScore,
+    ResultEvent,
+    ResultManifest,
+    SeriesManifest,
+    slide_id_for,
+)
+
+SID = "0123456789abcdef"
+TESTED_EXAMPLES = [
+    "histoprompt submit slide.svs --wait",
+    "histoprompt submit slide.svs series_dir/ --wait",
+    "histoprompt watch --once",
+    "histoprompt results 0123456789abcdef --format csv --out scores.csv",
+    "histoprompt query 0123456789abcdef -g E2F_TARGETS --genes CD3E,CD8A,GZMB,PRF1,IFNG",
+    "histoprompt predict slide.svs -g HYPOXIA -g E2F_TARGETS",
+    "histoprompt heatmap 0123456789abcdef --gene-set HYPOXIA --out hypoxia.png",
+    "histoprompt status --json",
+    "histoprompt gene-sets list --contains INTERFERON",
+    "histoprompt gene-sets show E2F_TARGETS",
+]
+runner = CliRunner()
+
+
+def run(example: str) -> Any:
+    assert example in TESTED_EXAMPLES
+    return runner.invoke(app, shlex.split(example)[1:])
+
+
+# -- fakes -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Stat:
+    size: int
+
+
+@dataclass
+class _Put:
+    etag: str
+
+
+@dataclass
+class _Obj:
+    object_name: str
+
+
+@dataclass
+class FakeS3:
+    """Just enough of minio for the CLI: one namespace per bucket, puts recorded in order."""
+
+    objects: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    fail_on_put: int | None = None
+
+    def bucket_exists(self, bucket: str) -> bool:
+        return True
+
+    def put_object(self, bucket: str, key: str, data: Any, length: int, **kw: Any) -> _Put:
+        if self.fail_on_put is not None and len(self.order) == self.fail_on_put:
+            raise KeyboardInterrupt
+        body = data.read(length)
+        if kw.get("progress") is not None:
+            kw["progress"].update(len(body))
+        self.objects[(bucket, key)] = body
+        self.order.append(key)
+        import hashlib
+
+        return _Put(f'"{hashlib.md5(body).hexdigest()}"')  # noqa: S324 - an ETag
+
+    def remove_object(self, bucket: str, key: str) -> None:
+        self.objects.pop((bucket, key), None)
+        self.removed.append(key)
+
+    def get_object(self, bucket: str, key: str, offset: int = 0, length: int = 0) -> Any:
+        from minio.error import S3Error
+
+        if (bucket, key) not in self.objects:
+            raise S3Error(None, "NoSuchKey", "missing", key, "r", "h")  # type: ignore[arg-type]
+        data = self.objects[(bucket, key)]
+        body = io.BytesIO(data[offset : offset + length] if length else data[offset:])
+        body.release_conn = lambda: None  # type: ignore[attr-defined]
+        return body
+
+    def stat_object(self, bucket: str, key: str) -> _Stat:
+        return _Stat(len(self.get_object(bucket, key).read()))
+
+    def list_objects(self, bucket: str, prefix: str = "", recursive: bool = False) -> list[_Obj]:
+        return [_Obj(k) for b, k in self.objects if b == bucket and k.startswith(prefix)]
+
+
+class FakeFollower:
+    """ResultFollower over a list; `wait_for` answers a 'done' event for any slide."""
+
+    backlog_events: list[ResultEvent] = []
+
+    def __init__(self, settings: Any, from_beginning: bool) -> None:
+        self.from_beginning = from_beginning
+
+    def __enter__(self) -> FakeFollower:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def backlog(self) -> list[ResultEvent]:
+        return list(self.backlog_events)
+
+    def wait_for(self, slide_id: str, timeout_s: float) -> ResultEvent:
+        return _event(slide_id, "done")
+
+
+def _event(slide_id: str, status: str) -> ResultEvent:
+    return ResultEvent.model_validate(
+        {
+            "slide_id": slide_id,
+            "source": {"bucket": "histoprompt-slides", "key": "k", "etag": "e"},
+            "model": {"name": "tiny", "version": "v1"},
+            "status": status,
+            "n_tiles": 12,
+            "seconds": {"read": 0.5, "infer": 1.0, "total": 2.0},
+            "error": None if status == "done" else {"code": "no_tissue", "message": "blank"},
+        }
+    )
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeS3:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("HISTOPROMPT_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    fake = FakeS3()
+    monkeypatch.setattr(services, "minio_client", lambda settings: fake)
+    return fake
+
+
+@pytest.fixture
+def kafka(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    published: list[dict[str, Any]] = []
+
+    class Producer:
+        def close(self) -> None:
+            return None
+
+    monkeypatch.setattr(services, "kafka_producer", lambda settings: Producer())
+    monkeypatch.setattr(
+        events,
+        "publish_s3_event",
+        lambda settings, bucket, key, size, etag: published.append(
+            {"bucket": bucket, "key": key, "size": size, "etag": etag}
+        ),
+    )
+    monkeypatch.setattr(events, "ResultFollower", FakeFollower)
+    return published
+
+
+def _store_result(s3: FakeS3, n_tiles: int = 6, source_key: str = "uploads/x/slide.svs") -> None:
+    """A SYNTHETIC result written with the core ResultStore (what ingest would write)."""
+    rng = np.random.default_rng(1)
+    xs, ys = np.meshgrid(np.arange(3) * 256, np.arange(2) * 256)
+    tiles = pd.DataFrame(
+        {
+            "level": 0,
+            "x": xs.ravel()[:n_tiles],
+            "y": ys.ravel()[:n_tiles],
+            "tissue_fraction": 0.8,
+            "attention": np.linspace(0.0, 1.0, n_tiles),
+        }
+    )
+    emb = rng.normal(size=16).astype(np.float32)
+    result = SlideResult(
+        tiles=tiles,
+        tile_embeddings=rng.normal(size=(n_tiles, 8)).astype(np.float32),
+        slide_embedding=emb / np.linalg.norm(emb),
+        pathways={
+            "HALLMARK_HYPOXIA": PathwayScore(score=0.1, method="soft-knn", coverage=0.9),
+            "HALLMARK_E2F_TARGETS": PathwayScore(score=0.7, method="soft-knn", coverage=0.95),
+            "HALLMARK_APOPTOSIS": PathwayScore(score=-0.3, method="soft-knn", coverage=0.8),
+        },
+    )
+    manifest = ResultManifest.model_validate(
+        {
+            "slide_id": SID,
+            "source": {"bucket": "histoprompt-slides", "key": source_key, "etag": "e"},
+            "model": {"name": "tiny", "version": "v1"},
+            "status": "done",
+            "n_tiles": n_tiles,
+            "seconds": {"read": 1, "infer": 1, "total": 2},
+            "software_version": "0.1.0",
+            "synthetic": True,
+        }
+    )
+    ResultStore(s3, "histoprompt-results").write(manifest, result)  # type: ignore[arg-type]
+
+
+def _tiff(path: Path, shape: tuple[int, int] = (96, 160)) -> Path:
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(path, rng.integers(0, 255, (*shape, 3), dtype=np.uint8), photometric="rgb")
+    return path
+
+
+def _series(path: Path) -> list[Path]:
+    from histoprompt.export.synthetic_wsi import (
+        DicomSeriesSpec,
+        TransferSyntax,
+        write_dicom_series,
+    )
+
+    return write_dicom_series(
+        path, DicomSeriesSpec(512, 256, levels=2, syntax=TransferSyntax.explicit_le)
+    )
+
+
+# -- submit ------------------------------------------------------------------------------
+
+
+def test_example_submit_single_file_wait(
+    s3: FakeS3, kafka: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    _tiff(tmp_path / "slide.svs")
+    res = run("histoprompt submit slide.svs --wait")
+    assert res.exit_code == 0, res.output
+    (ev,) = kafka
+    sid = res.stdout.strip()
+    assert sid == slide_id_for(ev["bucket"], ev["key"], ev["etag"])
+    assert s3.objects[("histoprompt-slides", ev["key"])] == (tmp_path / "slide.svs").read_bytes()
+    assert ev["key"].endswith("/slide.svs") and "done, 12 tiles" in res.stderr
+
+
+def test_example_submit_file_and_series_manifest_last(
+    s3: FakeS3, kafka: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    _tiff(tmp_path / "slide.svs")
+    instances = _series(tmp_path / "series_dir")
+    res = run("histoprompt submit slide.svs series_dir/ --wait")
+    assert res.exit_code == 0, res.output
+    ids = res.stdout.split()
+    assert len(ids) == 2 and len(kafka) == 2
+    series_ev = kafka[1]
+    assert series_ev["key"].endswith("/manifest.json")
+    assert s3.order[-1] == series_ev["key"]  # the manifest is the last object written
+    manifest = SeriesManifest.model_validate_json(
+        s3.objects[("histoprompt-slides", series_ev["key"])]
+    )
+    assert [i.size for i in manifest.instances] == [p.stat().st_size for p in instances]
+    assert all(("histoprompt-slides", i.key) in s3.objects for i in manifest.instances)
+    assert ids[1] == slide_id_for(series_ev["bucket"], series_ev["key"], series_ev["etag"])
+
+
+def test_submit_validates_every_path_before_uploading(
+    s3: FakeS3, kafka: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    _tiff(tmp_path / "good.svs")
+    (tmp_path / "bad.svs").write_text("a text file")
+    res = runner.invoke(app, ["submit", "good.svs", "bad.svs"])
+    assert res.exit_code == EXIT_INVALID and "bad.svs" in res.stderr
+    assert s3.objects == {} and kafka == []
+
+
+def test_interrupted_series_upload_leaves_no_manifest(
+    s3: FakeS3, kafka: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    _series(tmp_path / "series_dir")
+    s3.fail_on_put = 1  # Ctrl-C while the second instance goes up
+    res = runner.invoke(app, ["submit", "series_dir"])
+    assert res.exit_code != 0
+    assert s3.objects == {} and len(s3.removed) == 1 and kafka == []
+    assert not any(k.endswith("manifest.json") for k in s3.order)
+
+
+def test_submit_wait_reports_failure(
+    s3: FakeS3, kafka: list[dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _tiff(tmp_path / "slide.svs")
+    monkeypatch.setattr(FakeFollower, "wait_for", lambda self, sid, t: _event(sid, "failed"))
+    res = runner.invoke(app, ["submit", "slide.svs", "--wait"])
+    assert res.exit_code == EXIT_USAGE and "processing failed" in res.stderr
+    assert "no_tissue" in res.stderr
+
+
+# -- watch / results / query / heatmap / status ------------------------------------------
+
+
+def test_example_watch_once(
+    s3: FakeS3, kafka: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        FakeFollower, "backlog_events", [_event("a" * 16, "done"), _event("b" * 16, "failed")]
+    )
+    res = run("histoprompt watch --once")
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert lines[0].split("\t")[:4] == ["slide", "status", "tiles", "seconds"]
+    assert lines[1].split("\t")[:4] == ["a" * 16, "done", "12", "2.0000"]
+    assert lines[2].split("\t")[-1] == "no_tissue"
+
+
+def test_example_results_csv(s3: FakeS3) -> None:
+    _store_result(s3)
+    res = run("histoprompt results 0123456789abcdef --format csv --out scores.csv")
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(io.StringIO(Path("scores.csv").read_text())))
+    assert [r["gene_set"] for r in rows] == [
+        "HALLMARK_E2F_TARGETS",
+        "HALLMARK_HYPOXIA",
+        "HALLMARK_APOPTOSIS",
+    ]
+    assert [float(r["score"]) for r in rows] == [0.7, 0.1, -0.3]
+    assert rows[0]["method"] == "soft-knn" and float(rows[0]["coverage"]) == 0.95
+
+
+def test_results_json_parquet_and_unknown_slide(s3: FakeS3, tmp_path: Path) -> None:
+    _store_result(s3)
+    body = json.loads(runner.invoke(app, ["--json", "results", SID]).stdout)
+    assert body["synthetic"] is True and body["model"]["version"] == "v1"
+    assert body["pathways"][0]["gene_set"] == "HALLMARK_E2F_TARGETS"
+    res = runner.invoke(app, ["results", SID, "-f", "parquet", "-o", "s.parquet"])
+    assert res.exit_code == 0
+    assert pd.read_parquet("s.parquet")["score"].tolist() == [0.7, 0.1, -0.3]
+    res = runner.invoke(app, ["results", "f" * 16])
+    assert res.exit_code == EXIT_NOT_FOUND and "no result for slide" in res.stderr
+
+
+@pytest.fixture
+def triton(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """A fake pathway_query: score = slide-embedding sum x number of genes (deterministic)."""
+    requests: list[list[str]] = []
+
+    def fake(settings: Any, embedding: Any, gene_sets: list[str], method: Any) -> Any:
+        requests.append(gene_sets)
+        sizes = [len(json.loads(g)["genes"]) if g.startswith("{") else 200 for g in gene_sets]
+        base = float(np.sum(embedding))
+        return np.array([base * n for n in sizes]), np.array([0.8] * len(gene_sets))
+
+    monkeypatch.setattr(pathway_query, "run_pathway_query", fake)
+    monkeypatch.setattr(pathway_query, "reference_genes", lambda s: ("CD3E", "CD8A", "GZMB"))
+    return requests
+
+
+def test_example_query(s3: FakeS3, triton: list[list[str]]) -> None:
+    _store_result(s3)
+    res = run("histoprompt query 0123456789abcdef -g E2F_TARGETS --genes CD3E,CD8A,GZMB,PRF1,IFNG")
+    assert res.exit_code == 0, res.output
+    (sent,) = triton
+    assert sent[0] == "HALLMARK_E2F_TARGETS"  # bundled sets go by name
+    assert json.loads(sent[1]) == {
+        "name": "custom",
+        "genes": ["CD3E", "CD8A", "GZMB", "PRF1", "IFNG"],
+    }
+    rows = {ln.split("\t")[0]: ln.split("\t") for ln in res.stdout.splitlines()[1:]}
+    assert rows["custom"][-1] == "PRF1,IFNG"  # unknown genes against the reference
+    assert rows["custom"][4] == "5" and rows["HALLMARK_E2F_TARGETS"][4] == "200"
+
+
+def test_query_bad_input(s3: FakeS3, triton: list[list[str]], tmp_path: Path) -> None:
+    _store_result(s3)
+    assert runner.invoke(app, ["query", SID, "--genes", " , "]).exit_code == EXIT_INVALID
+    assert runner.invoke(app, ["query", SID, "-g", "NOPE_NOT_A_SET"]).exit_code == EXIT_NOT_FOUND
+    assert runner.invoke(app, ["query", SID]).exit_code == EXIT_USAGE
+    assert runner.invoke(app, ["query", "f" * 16, "-g", "HYPOXIA"]).exit_code == EXIT_NOT_FOUND
+    assert triton == []  # nothing reached Triton
+    gmt = tmp_path / "two.gmt"
+    gmt.write_text("A_SET\td\tCD3E\tCD8A\nB_SET\td\tGZMB\n")
+    res = runner.invoke(app, ["--json", "query", SID, "--gmt", str(gmt), "-m", "prototype"])
+    body = json.loads(res.stdout)
+    assert [r["gene_set"] for r in body["results"]] == ["A_SET", "B_SET"] or [
+        r["gene_set"] for r in body["results"]
+    ] == ["B_SET", "A_SET"]
+    assert {r["method"] for r in body["results"]} == {"prototype"}
+
+
+def test_example_heatmap(s3: FakeS3, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    from histoprompt.client.commands import heatmap as heatmap_cmd
+
+    _store_result(s3)
+    source = _tiff(Path("src.tiff"), shape=(600, 900))
+    s3.objects[("histoprompt-slides", "uploads/x/slide.svs")] = source.read_bytes()
+    monkeypatch.setattr(heatmap_cmd, "tile_scores", lambda s, emb, gs: emb.sum(axis=1))
+    res = run("histoprompt heatmap 0123456789abcdef --gene-set HYPOXIA --out hypoxia.png")
+    assert res.exit_code == 0, res.output
+    img = np.asarray(Image.open("hypoxia.png").convert("RGB"))
+    assert abs(img.shape[1] / img.shape[0] - 900 / 600) < 0.01  # the source slide's ratio
+    assert len(np.unique(img.reshape(-1, 3), axis=0)) > 50
+    assert "source TIFF" in res.stderr
+
+
+def test_heatmap_render_colours_follow_values() -> None:
+    from histoprompt.client.heatmap_render import SlideGeometry, render_heatmap
+
+    tiles = pd.DataFrame({"x": [0, 100, 0, 100], "y": [0, 0, 100, 100]})
+    img = render_heatmap(tiles, np.array([0, 1, 2, 3.0]), SlideGeometry(200, 200, "t"), None, 200)
+    px = np.asarray(img)
+    low, high = px[50, 50].astype(int), px[150, 150].astype(int)
+    assert img.size == (200, 200)
+    assert high.sum() > low.sum()  # viridis: bright yellow for the highest value
+
+
+def test_example_status_json_exit_3_when_down(s3: FakeS3, monkeypatch: pytest.MonkeyPatch) -> None:
+    checks = [
+        health.Check("triton", True, "ok", {"models": {"pathway_query": "1:READY"}}),
+        health.Check("kafka", False, "Kafka unreachable"),
+        health.Check("s3", True, "ok"),
+        health.Check("prometheus", True, "ok", {"tiles/s": 3.5}),
+    ]
+    monkeypatch.setattr(health, "run_checks", lambda settings: checks)
+    res = run("histoprompt status --json")
+    assert res.exit_code == EXIT_UNAVAILABLE
+    body = json.loads(res.stdout)
+    assert body["ok"] is False
+    assert [s["service"] for s in body["services"] if not s["ok"]] == ["kafka"]
+    checks[1] = health.Check("kafka", True, "ok", {"lag": 0})
+    assert runner.invoke(app, ["status"]).exit_code == 0
+
+
+def test_example_predict_needs_ingest(s3: FakeS3, tmp_path: Path) -> None:
+    _tiff(tmp_path / "slide.svs")
+    res = run("histoprompt predict slide.svs -g HYPOXIA -g E2F_TARGETS")
+    assert res.exit_code == EXIT_USAGE and "histoprompt-ingest" in res.stderr
+    (tmp_path / "x.svs").write_text("no")
+    assert runner.invoke(app, ["predict", "x.svs"]).exit_code == EXIT_INVALID
+
+
+def test_example_gene_sets(s3: FakeS3) -> None:
+    res = run("histoprompt gene-sets list --contains INTERFERON")
+    names = [ln.split("\t")[0] for ln in res.stdout.splitlines()[1:]]
+    assert names == ["HALLMARK_INTERFERON_ALPHA_RESPONSE", "HALLMARK_INTERFERON_GAMMA_RESPONSE"]
+    res = run("histoprompt gene-sets show E2F_TARGETS")
+    assert res.exit_code == 0
+    head, genes = res.stdout.splitlines()
+    assert head.startswith("HALLMARK_E2F_TARGETS (200 genes)") and len(genes.split()) == 200
