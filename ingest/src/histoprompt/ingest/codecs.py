@@ -1,0 +1,120 @@
+"""Frame decoding: imagecodecs on CPU (JPEG, JPEG 2000, JPEG-LS, raw), nvImageCodec on GPU.
+
+GPU decoding is optional (`histoprompt-ingest[gpu]`) and imported lazily; without it, or
+without a GPU, the CPU path is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from histoprompt.ingest.errors import SlideError
+
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
+JPEG_LOSSLESS = ("1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70")
+JPEG2000 = (
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.4.201",
+    "1.2.840.10008.1.2.4.202",
+    "1.2.840.10008.1.2.4.203",
+)
+JPEGLS = ("1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81")
+NATIVE = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+SUPPORTED = (JPEG_BASELINE, JPEG_EXTENDED, *JPEG_LOSSLESS, *JPEG2000, *JPEGLS, *NATIVE)
+
+
+def _to_rgb(array: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    if array.dtype != np.uint8:
+        raise SlideError(f"frame decodes to {array.dtype}, expected 8-bit", code="unsupported")
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    elif array.ndim == 3 and array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    if array.shape[:2] != (rows, cols) or array.shape[2] != 3:
+        raise SlideError(
+            f"frame decodes to {array.shape}, header says {rows}x{cols}", code="corrupt_frame"
+        )
+    return array
+
+
+def decode_frame(
+    data: bytes, syntax: str, rows: int, cols: int, samples: int, *, ycbcr_raw: bool = False
+) -> np.ndarray:
+    """One DICOM frame -> uint8 [rows, cols, 3] (monochrome replicated to three channels)."""
+    import imagecodecs
+
+    try:
+        if syntax in NATIVE:
+            need = rows * cols * samples
+            if len(data) < need:
+                raise SlideError("frame shorter than its header says", code="truncated")
+            arr = np.frombuffer(data, dtype=np.uint8, count=need)
+            arr = arr.reshape(rows, cols, samples) if samples > 1 else arr.reshape(rows, cols)
+        elif syntax in (JPEG_BASELINE, JPEG_EXTENDED):
+            arr = imagecodecs.jpeg8_decode(data)
+        elif syntax in JPEG_LOSSLESS:
+            arr = imagecodecs.ljpeg_decode(data)
+        elif syntax in JPEG2000:
+            arr = imagecodecs.jpeg2k_decode(data)
+        elif syntax in JPEGLS:
+            arr = imagecodecs.jpegls_decode(data)
+        else:
+            raise SlideError(f"transfer syntax {syntax} is not supported", code="unsupported")
+    except SlideError:
+        raise
+    except Exception as err:  # codec errors have many types; all mean a bad frame
+        raise SlideError(
+            f"frame does not decode: {type(err).__name__}", code="corrupt_frame"
+        ) from err
+    if ycbcr_raw and arr.ndim == 3:
+        arr = ycbcr_to_rgb(arr)
+    return _to_rgb(np.asarray(arr), rows, cols)
+
+
+def ycbcr_to_rgb(arr: np.ndarray) -> np.ndarray:
+    """Full-range YCbCr -> RGB (for uncompressed YBR_FULL frames)."""
+    y, cb, cr = (arr[..., i].astype(np.float32) for i in range(3))
+    r = y + 1.402 * (cr - 128)
+    g = y - 0.344136 * (cb - 128) - 0.714136 * (cr - 128)
+    b = y + 1.772 * (cb - 128)
+    return np.clip(np.stack([r, g, b], -1) + 0.5, 0, 255).astype(np.uint8)
+
+
+class GpuJpegDecoder:
+    """Batch JPEG decode on the GPU with nvImageCodec (imported lazily)."""
+
+    def __init__(self) -> None:
+        try:
+            from nvidia import nvimgcodec
+        except ImportError as err:
+            raise ImportError(
+                "GPU decode needs nvImageCodec: pip install 'histoprompt-ingest[gpu]'"
+            ) from err
+        self._nv: Any = nvimgcodec
+        self._decoder = nvimgcodec.Decoder()
+
+    def decode(self, frames: Sequence[bytes]) -> list[np.ndarray]:
+        images = self._decoder.decode([bytes(f) for f in frames])
+        out = []
+        for img in images:
+            if img is None:
+                raise SlideError("frame does not decode on the GPU", code="corrupt_frame")
+            out.append(np.asarray(img.cpu()))
+        return out
+
+
+def gpu_decoder_or_none(mode: str) -> GpuJpegDecoder | None:
+    """The GPU decoder for mode gpu/auto when nvImageCodec and a GPU exist; None for cpu."""
+    if mode == "cpu":
+        return None
+    try:
+        return GpuJpegDecoder()
+    except Exception:
+        if mode == "gpu":
+            raise
+        return None

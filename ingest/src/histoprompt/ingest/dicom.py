@@ -1,0 +1,339 @@
+"""DICOM-WSI (VL Whole Slide Microscopy Image Storage) over ranged reads.
+
+Per instance: the header (and the Extended or Basic Offset Table) is read through a small
+block cache; frames are fetched only when a region needs them, with adjacent frames merged
+into one GET. TILED_FULL and TILED_SPARSE; JPEG, JPEG 2000, JPEG-LS, uncompressed; RGB and
+monochrome. LABEL and OVERVIEW instances are recognised from the header and never read.
+Patient attributes in the header are never copied out of this module.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from histoprompt.core.units import Mpp
+from histoprompt.ingest.codecs import SUPPORTED, decode_frame
+from histoprompt.ingest.errors import SlideError
+from histoprompt.ingest.ranged import ByteSource, RangedFile, read_ranges
+from histoprompt.ingest.slide import BACKGROUND, Level, Region, paste
+
+WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
+_ITEM = 0xE000FFFE  # (FFFE,E000) read as one little-endian uint32
+_SEQ_END = 0xE0DDFFFE
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    max_pixels: int = 100_000 * 100_000
+    max_frame_pixels: int = 4096 * 4096
+    coalesce_gap: int = 64 * 1024
+    max_range: int = 16 * 1024 * 1024
+    frame_cache: int = 512
+    block_size: int = 256 * 1024
+    block_cache_blocks: int = 16
+
+
+def _item(buf: bytes, at: int = 0) -> tuple[int, int]:
+    tag, length = struct.unpack_from("<II", buf, at)
+    return tag, length
+
+
+class DicomInstance:
+    """One VOLUME instance: geometry, frame index and frame byte ranges (no PHI kept)."""
+
+    def __init__(self, source: ByteSource, limits: ReadLimits) -> None:
+        self._src = source
+        self._limits = limits
+        self._file = RangedFile(source, limits.block_size, limits.block_cache_blocks)
+        ds = read_header(self._file)
+        self.image_type = tuple(str(v).upper() for v in (ds.get("ImageType") or ()))
+        self.flavor = self.image_type[2] if len(self.image_type) > 2 else "VOLUME"
+        self.syntax = str(ds.file_meta.TransferSyntaxUID)
+        self.rows = int(ds.Rows)
+        self.cols = int(ds.Columns)
+        self.samples = int(ds.get("SamplesPerPixel", 1))
+        self.photometric = str(ds.get("PhotometricInterpretation", "RGB"))
+        self.width = int(ds.get("TotalPixelMatrixColumns", self.cols))
+        self.height = int(ds.get("TotalPixelMatrixRows", self.rows))
+        self.n_frames = int(ds.get("NumberOfFrames", 1))
+        self.mpp = _mpp(ds, self.width)
+        self._pixel_pos = self._file.tell()
+        self._ds_eot = ds.get("ExtendedOffsetTable")
+        self._ds_eotl = ds.get("ExtendedOffsetTableLengths")
+        self._check(ds)
+        self.positions = _frame_positions(ds, self)
+        self._index = {pos: i for i, pos in enumerate(self.positions)}
+        self._ranges: list[tuple[int, int]] | None = None
+        self._ranges_lock = threading.Lock()
+        self._frames: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._frames_lock = threading.Lock()
+
+    # -- header checks ---------------------------------------------------------------------
+
+    def _check(self, ds: Any) -> None:
+        if self.syntax not in SUPPORTED:
+            raise SlideError(f"transfer syntax {self.syntax} is not supported", code="unsupported")
+        if int(ds.get("BitsAllocated", 8)) != 8:
+            raise SlideError("only 8-bit slides are supported", code="unsupported")
+        if self.samples not in (1, 3):
+            raise SlideError(f"{self.samples} samples per pixel", code="unsupported")
+        if self.width * self.height > self._limits.max_pixels:
+            raise SlideError(
+                f"slide is {self.width}x{self.height} px, over the limit of "
+                f"{self._limits.max_pixels} px (HISTOPROMPT_INGEST_MAX_PIXELS)",
+                code="too_large",
+            )
+        if self.rows * self.cols > self._limits.max_frame_pixels or self.rows * self.cols == 0:
+            raise SlideError(
+                f"frame size {self.rows}x{self.cols} is out of range", code="too_large"
+            )
+        if self.n_frames <= 0:
+            raise SlideError("instance has no frames", code="corrupt_header")
+
+    # -- frame locations -------------------------------------------------------------------
+
+    def frame_ranges(self) -> list[tuple[int, int]]:
+        """(offset, length) of each frame's bytes, from the offset tables (computed once)."""
+        with self._ranges_lock:
+            if self._ranges is None:
+                self._ranges = self._locate_frames()
+            return self._ranges
+
+    def _locate_frames(self) -> list[tuple[int, int]]:
+        pos = self._pixel_pos
+        head = self._file.pread(pos, 12)
+        if len(head) < 12:
+            raise SlideError("pixel data is missing", code="truncated")
+        group, elem = struct.unpack_from("<HH", head)
+        if (group, elem) != (0x7FE0, 0x0010):
+            raise SlideError("pixel data element not found", code="corrupt_header")
+        vr = head[4:6]
+        if vr in (b"OB", b"OW"):
+            length = struct.unpack_from("<I", head, 8)[0]
+            start = pos + 12
+        else:  # implicit VR: 4-byte length right after the tag
+            length = struct.unpack_from("<I", head, 4)[0]
+            start = pos + 8
+        if length != 0xFFFFFFFF:
+            frame_bytes = self.rows * self.cols * self.samples
+            if start + frame_bytes * self.n_frames > self._src.size:
+                raise SlideError("pixel data is shorter than its frames", code="truncated")
+            return [(start + i * frame_bytes, frame_bytes) for i in range(self.n_frames)]
+        tag, bot_len = _item(self._file.pread(start, 8))
+        if tag != _ITEM:
+            raise SlideError(
+                "encapsulated pixel data has no offset table item", code="corrupt_header"
+            )
+        first = start + 8 + bot_len
+        if self._ds_eot is not None and self._ds_eotl is not None:
+            offs = np.frombuffer(bytes(self._ds_eot), dtype="<u8")
+            lens = np.frombuffer(bytes(self._ds_eotl), dtype="<u8")
+            if len(offs) != self.n_frames or len(lens) != self.n_frames:
+                raise SlideError("extended offset table length mismatch", code="corrupt_header")
+            ranges = [(first + int(o) + 8, int(n)) for o, n in zip(offs, lens, strict=True)]
+        elif bot_len:
+            offs = np.frombuffer(self._file.pread(start + 8, bot_len), dtype="<u4")
+            if len(offs) != self.n_frames:
+                raise SlideError("basic offset table length mismatch", code="corrupt_header")
+            ranges = [
+                (first + int(offs[i]) + 8, int(offs[i + 1]) - int(offs[i]) - 8)
+                for i in range(self.n_frames - 1)
+            ]
+            last = first + int(offs[-1])
+            tag, n = _item(self._file.pread(last, 8).ljust(8, b"\0"))
+            if tag != _ITEM:
+                raise SlideError("offset table points at no frame", code="corrupt_header")
+            ranges.append((last + 8, n))
+        else:
+            ranges = self._scan_items(first)
+        end = self._src.size
+        for off, n in ranges:
+            if n < 0 or off + n > end:
+                raise SlideError("a frame runs past the end of the object", code="truncated")
+        return ranges
+
+    def _scan_items(self, first: int) -> list[tuple[int, int]]:
+        """No offset table: walk the item headers (reads the pixel data once, in blocks)."""
+        ranges: list[tuple[int, int]] = []
+        pos = first
+        while len(ranges) < self.n_frames:
+            head = self._file.pread(pos, 8)
+            if len(head) < 8:
+                raise SlideError("pixel data ends before its last frame", code="truncated")
+            tag, n = _item(head)
+            if tag == _SEQ_END:
+                break
+            if tag != _ITEM:
+                raise SlideError("corrupt fragment item in pixel data", code="corrupt_frame")
+            ranges.append((pos + 8, n))
+            pos += 8 + n
+        if len(ranges) != self.n_frames:
+            raise SlideError(
+                f"{len(ranges)} fragments for {self.n_frames} frames", code="unsupported"
+            )
+        return ranges
+
+    # -- frames ----------------------------------------------------------------------------
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return -(-self.width // self.cols), -(-self.height // self.rows)
+
+    def frames_for(self, region: Region) -> list[int]:
+        c0, r0 = max(region.x, 0) // self.cols, max(region.y, 0) // self.rows
+        c1 = min(region.x + region.w, self.width) - 1
+        r1 = min(region.y + region.h, self.height) - 1
+        out = []
+        for r in range(r0, r1 // self.rows + 1):
+            for c in range(c0, c1 // self.cols + 1):
+                idx = self._index.get((c, r))
+                if idx is not None:
+                    out.append(idx)
+        return out
+
+    def _decode(self, data: bytes) -> np.ndarray:
+        raw_ycbcr = self.syntax in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2") and (
+            self.photometric.startswith("YBR_FULL") and self.photometric != "YBR_FULL_422"
+        )
+        return decode_frame(
+            data, self.syntax, self.rows, self.cols, self.samples, ycbcr_raw=raw_ycbcr
+        )
+
+    def load_frames(self, indices: Sequence[int]) -> dict[int, np.ndarray]:
+        """Decoded frames for `indices`: cached ones, plus missing ones in coalesced GETs."""
+        out: dict[int, np.ndarray] = {}
+        missing = []
+        with self._frames_lock:
+            for i in indices:
+                frame = self._frames.get(i)
+                if frame is None:
+                    missing.append(i)
+                else:
+                    self._frames.move_to_end(i)
+                    out[i] = frame
+        if missing:
+            ranges = self.frame_ranges()
+            wanted = [ranges[i] for i in missing]
+            blobs = read_ranges(
+                self._src, wanted, self._limits.coalesce_gap, self._limits.max_range
+            )
+            for i in missing:
+                out[i] = self._decode(blobs[ranges[i]])
+            with self._frames_lock:
+                for i in missing:
+                    self._frames[i] = out[i]
+                while len(self._frames) > self._limits.frame_cache:
+                    self._frames.popitem(last=False)
+        return out
+
+    def read_regions(self, regions: Sequence[Region]) -> list[np.ndarray]:
+        needed = sorted({i for r in regions for i in self.frames_for(r)})
+        frames = self.load_frames(needed)
+        out = []
+        for reg in regions:
+            canvas = np.full((reg.h, reg.w, 3), BACKGROUND, dtype=np.uint8)
+            for i in self.frames_for(reg):
+                c, r = self.positions[i]
+                paste(canvas, frames[i], c * self.cols - reg.x, r * self.rows - reg.y)
+            # Frames are padded to full tiles; blank what lies beyond the image.
+            vis_w, vis_h = self.width - reg.x, self.height - reg.y
+            if vis_w < reg.w:
+                canvas[:, max(vis_w, 0) :] = BACKGROUND
+            if vis_h < reg.h:
+                canvas[max(vis_h, 0) :, :] = BACKGROUND
+            out.append(canvas)
+        return out
+
+
+def read_header(fileobj: RangedFile) -> Any:
+    """The data set up to the pixel data; leaves `fileobj` at the pixel data element."""
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    fileobj.seek(0)
+    try:
+        ds = dcmread(fileobj, stop_before_pixels=True)
+    except InvalidDicomError as err:
+        raise SlideError("object is not DICOM (no DICM preamble)", code="not_dicom") from err
+    except SlideError:
+        raise
+    except Exception as err:  # pydicom raises many types on corrupt headers
+        raise SlideError(
+            f"DICOM header does not parse: {type(err).__name__}", code="corrupt_header"
+        ) from err
+    sop = str(ds.get("SOPClassUID", ""))
+    if sop != WSI_SOP_CLASS:
+        raise SlideError(
+            "DICOM object is not VL Whole Slide Microscopy Image Storage", code="not_wsi"
+        )
+    if "Rows" not in ds or "Columns" not in ds:
+        raise SlideError("DICOM-WSI header lacks Rows/Columns", code="corrupt_header")
+    return ds
+
+
+def _mpp(ds: Any, width: int) -> Mpp:
+    try:
+        spacing = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
+        return Mpp(float(spacing[1]) * 1000.0)
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+        pass
+    vol = ds.get("ImagedVolumeWidth")
+    if vol and width:
+        return Mpp(float(vol) * 1000.0 / width)
+    raise SlideError("DICOM-WSI header has no pixel spacing", code="corrupt_header")
+
+
+def _frame_positions(ds: Any, inst: DicomInstance) -> list[tuple[int, int]]:
+    cols_n, rows_n = inst.grid
+    if str(ds.get("DimensionOrganizationType", "TILED_FULL")) != "TILED_SPARSE":
+        # TILED_FULL: row-major, first focal plane and optical path first.
+        return [(i % cols_n, (i // cols_n) % rows_n) for i in range(inst.n_frames)]
+    seq = ds.get("PerFrameFunctionalGroupsSequence")
+    if seq is None or len(seq) != inst.n_frames:
+        raise SlideError("TILED_SPARSE without per-frame positions", code="corrupt_header")
+    out = []
+    for item in seq:
+        try:
+            pos = item.PlanePositionSlideSequence[0]
+            col = (int(pos.ColumnPositionInTotalImagePixelMatrix) - 1) // inst.cols
+            row = (int(pos.RowPositionInTotalImagePixelMatrix) - 1) // inst.rows
+        except (AttributeError, IndexError, TypeError, ValueError) as err:
+            raise SlideError("bad per-frame plane position", code="corrupt_header") from err
+        out.append((col, row))
+    return out
+
+
+class DicomSlide:
+    """A series (or one instance) as a pyramid of VOLUME levels, finest first."""
+
+    format = "dicom"
+
+    def __init__(self, sources: Sequence[ByteSource], limits: ReadLimits) -> None:
+        volumes: list[DicomInstance] = []
+        for src in sources:
+            inst = DicomInstance(src, limits)
+            if inst.flavor == "VOLUME" or (inst.flavor == "THUMBNAIL" and not volumes):
+                volumes.append(inst)
+            # LABEL / OVERVIEW: header seen, pixels never fetched.
+        volumes = [v for v in volumes if v.flavor == "VOLUME"] or volumes
+        if not volumes:
+            raise SlideError("series has no VOLUME instance", code="not_wsi")
+        volumes.sort(key=lambda v: v.width * v.height, reverse=True)
+        self._instances = volumes
+        self.levels = [Level(v.width, v.height, v.mpp) for v in volumes]
+
+    def instance(self, level: int) -> DicomInstance:
+        return self._instances[level]
+
+    def read_regions(self, level: int, regions: Sequence[Region]) -> list[np.ndarray]:
+        return self._instances[level].read_regions(regions)
+
+    def close(self) -> None:
+        self._instances = []

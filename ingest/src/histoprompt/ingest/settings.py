@@ -1,0 +1,69 @@
+"""IngestSettings: the one settings class of the ingest service (`HISTOPROMPT_INGEST_*`)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
+
+from histoprompt.core.settings import ConnectionSettings
+
+CommaList = Annotated[tuple[str, ...], NoDecode]
+
+
+class IngestSettings(ConnectionSettings):
+    """Connections (inherited) plus the ingest service's own knobs."""
+
+    ingest_group_id: str = Field("histoprompt-ingest", description="Kafka consumer group")
+    ingest_concurrency: int = Field(1, ge=1, le=64, description="slides in flight per replica")
+    ingest_batch_size: int = Field(32, ge=1, le=256, description="tiles per patch_embed request")
+    ingest_max_inflight: int = Field(
+        4, ge=1, le=64, description="patch_embed requests in flight per slide"
+    )
+    ingest_max_attempts: int = Field(
+        3, ge=1, le=20, description="tries per event before it goes to the DLQ"
+    )
+    ingest_retry_base_s: float = Field(0.5, gt=0, description="first backoff step")
+    ingest_allowed_buckets: CommaList = Field(
+        (), description="comma-separated; empty means only HISTOPROMPT_SLIDES_BUCKET"
+    )
+    ingest_allowed_prefixes: CommaList = Field(
+        (), description="comma-separated key prefixes; empty allows every key"
+    )
+    ingest_series_member_glob: str = Field(
+        "instance-*.dcm", description="objects of a DICOM series: wait for its manifest.json"
+    )
+    ingest_max_pixels: int = Field(
+        100_000 * 100_000, gt=0, description="decompression-bomb guard on level-0 pixels"
+    )
+    ingest_max_frame_pixels: int = Field(4096 * 4096, gt=0)
+    ingest_min_tissue_fraction: float = Field(0.25, ge=0.0, le=1.0)
+    ingest_mask_max_px: int = Field(2048, ge=64, description="longest edge of the tissue mask")
+    ingest_mpp_tolerance: float = Field(
+        0.1, ge=0.0, description="a level this much coarser than the target still counts"
+    )
+    ingest_block_size: int = Field(256 * 1024, ge=4096, description="ranged-read cache block")
+    ingest_block_cache_blocks: int = Field(64, ge=1)
+    ingest_coalesce_gap: int = Field(64 * 1024, ge=0, description="merge ranges this close")
+    ingest_max_range: int = Field(16 * 1024 * 1024, ge=65536, description="largest single GET")
+    ingest_frame_cache: int = Field(512, ge=16, description="decoded frames kept per slide")
+    ingest_decoder: str = Field("auto", pattern="^(auto|cpu|gpu)$")
+    ingest_tiff_backend: str = Field("auto", pattern="^(auto|tiffslide|cucim)$")
+    ingest_triton_timeout_s: float = Field(120.0, gt=0)
+    ingest_metrics_port: int = Field(9108, ge=0, le=65535, description="0 disables /metrics")
+    ingest_metrics_host: str = Field("127.0.0.1", description="bind address of /metrics")
+    ingest_shutdown_deadline_s: float = Field(25.0, gt=0)
+    ingest_max_poll_interval_s: float = Field(600.0, ge=10)
+    ingest_poll_timeout_s: float = Field(0.5, gt=0)
+    ingest_liveness_timeout_s: float = Field(120.0, gt=0)
+
+    @field_validator("ingest_allowed_buckets", "ingest_allowed_prefixes", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        return value
+
+    def allowed_buckets(self) -> tuple[str, ...]:
+        return self.ingest_allowed_buckets or (self.slides_bucket,)

@@ -1,0 +1,153 @@
+"""Tile grid at the encoder's target MPP: which level to read, where, and how to resize.
+
+Coordinates in results are level-0 pixels. A slide smaller than one tile yields one tile,
+padded with background.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from histoprompt.core.modelspec import EncoderSpec
+from histoprompt.ingest.errors import SlideError
+from histoprompt.ingest.slide import Level, Region, SlideReader
+from histoprompt.ingest.tissue import area_fractions, tissue_mask
+
+
+def pick_level(levels: Sequence[Level], target_mpp: float, tolerance: float = 0.1) -> int:
+    """The coarsest level whose MPP is at most target*(1+tolerance); else the finest level.
+
+    Reading a finer level and downsampling keeps detail; a coarser one would be upsampled.
+    """
+    best = 0
+    for i, lvl in enumerate(levels):
+        if lvl.mpp <= target_mpp * (1 + tolerance) and lvl.mpp >= levels[best].mpp:
+            best = i
+    return best
+
+
+def mask_level(levels: Sequence[Level]) -> int:
+    """The coarsest level (smallest area): the tissue mask is computed there."""
+    return min(range(len(levels)), key=lambda i: levels[i].width * levels[i].height)
+
+
+def resize(tile: np.ndarray, size: int) -> np.ndarray:
+    """Square uint8 tile -> size x size: box filter for integer factors, else nearest."""
+    n = tile.shape[0]
+    if n == size:
+        return tile
+    if n > size and n % size == 0:
+        f = n // size
+        return tile.reshape(size, f, size, f, 3).mean(axis=(1, 3)).round().astype(np.uint8)
+    idx = np.minimum((np.arange(size) * n / size).astype(np.int64), n - 1)
+    return tile[idx][:, idx]
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """The tiles of one slide: where to read them and their tissue fraction."""
+
+    level: int
+    read_px: int
+    tile_px: int
+    downsample: float
+    xy0: np.ndarray
+    tissue: np.ndarray
+
+    @property
+    def n_tiles(self) -> int:
+        return int(self.xy0.shape[0])
+
+    def regions(self, start: int, stop: int) -> list[Region]:
+        """Regions to read (at `level`) for tiles [start, stop)."""
+        return [
+            Region(
+                int(round(x / self.downsample)),
+                int(round(y / self.downsample)),
+                self.read_px,
+                self.read_px,
+            )
+            for x, y in self.xy0[start:stop]
+        ]
+
+
+def read_mask(slide: SlideReader, max_px: int, strip: int = 1024) -> tuple[np.ndarray, float]:
+    """Tissue mask (bool) of the coarsest level, downsampled to <= max_px; and its factor
+    relative to level 0 (mask px -> level-0 px). Read in strips so memory stays bounded."""
+    li = mask_level(slide.levels)
+    lvl = slide.levels[li]
+    f = max(1, math.ceil(max(lvl.width, lvl.height) / max_px))
+    out_w, out_h = max(1, lvl.width // f), max(1, lvl.height // f)
+    thumb = np.empty((out_h, out_w, 3), dtype=np.uint8)
+    rows_per = max(f, (strip // f) * f)
+    for y in range(0, out_h * f, rows_per):
+        h = min(rows_per, out_h * f - y)
+        (band,) = slide.read_regions(li, [Region(0, y, out_w * f, h)])
+        band = band[: (h // f) * f, : out_w * f]
+        small = band.reshape(h // f, f, out_w, f, 3).mean(axis=(1, 3)).astype(np.uint8)
+        thumb[y // f : y // f + small.shape[0]] = small
+    level0 = slide.levels[0]
+    scale = (lvl.mpp / level0.mpp) * f
+    return tissue_mask(thumb), float(scale)
+
+
+def plan_tiles(
+    slide: SlideReader,
+    spec: EncoderSpec,
+    *,
+    min_tissue: float,
+    mask_max_px: int = 2048,
+    mpp_tolerance: float = 0.1,
+) -> TilePlan:
+    """Grid at spec.target_mpp over level 0, keeping tiles with enough tissue."""
+    levels = slide.levels
+    level0 = levels[0]
+    li = pick_level(levels, float(spec.target_mpp), mpp_tolerance)
+    lvl = levels[li]
+    tile0 = spec.tile_px * float(spec.target_mpp) / float(level0.mpp)  # tile edge, level-0 px
+    downsample = float(lvl.mpp) / float(level0.mpp)
+    read_px = max(1, int(round(tile0 / downsample)))
+    nx = max(1, int(level0.width // tile0))
+    ny = max(1, int(level0.height // tile0))
+    gx, gy = np.meshgrid(np.arange(nx), np.arange(ny))
+    xy0 = np.stack([gx.ravel(), gy.ravel()], axis=1).astype(np.float64) * tile0
+    mask, mscale = read_mask(slide, mask_max_px)
+    boxes = np.stack(
+        [
+            xy0[:, 0] / mscale,
+            xy0[:, 1] / mscale,
+            np.minimum(xy0[:, 0] + tile0, level0.width) / mscale,
+            np.minimum(xy0[:, 1] + tile0, level0.height) / mscale,
+        ],
+        axis=1,
+    )
+    lo = np.floor(boxes[:, :2])
+    hi = np.maximum(np.ceil(boxes[:, 2:]), lo + 1)
+    frac = area_fractions(mask, np.concatenate([lo, hi], axis=1).astype(np.int64))
+    small = tile0 > level0.width or tile0 > level0.height
+    keep = frac > 0 if small else frac >= min_tissue
+    if not keep.any():
+        raise SlideError(
+            f"no tissue: no tile reaches the minimum tissue fraction {min_tissue}", code="no_tissue"
+        )
+    return TilePlan(
+        level=li,
+        read_px=read_px,
+        tile_px=int(spec.tile_px),
+        downsample=downsample,
+        xy0=np.round(xy0[keep]).astype(np.int64),
+        tissue=frac[keep].astype(np.float32),
+    )
+
+
+def read_tiles(slide: SlideReader, plan: TilePlan, start: int, stop: int) -> np.ndarray:
+    """uint8 [n, tile_px, tile_px, 3] for tiles [start, stop) of the plan."""
+    crops = slide.read_regions(plan.level, plan.regions(start, stop))
+    out = np.empty((len(crops), plan.tile_px, plan.tile_px, 3), dtype=np.uint8)
+    for i, crop in enumerate(crops):
+        out[i] = resize(crop, plan.tile_px)
+    return out

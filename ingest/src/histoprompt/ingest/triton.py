@@ -1,0 +1,181 @@
+"""Triton over async gRPC: the served encoder's spec, batched patch_embed, slide_to_pathways.
+
+UNAVAILABLE / DEADLINE_EXCEEDED / RESOURCE_EXHAUSTED are retried with exponential backoff;
+other errors are the request's own and fail the slide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+from histoprompt.core import names
+from histoprompt.core.modelspec import EncoderSpec
+from histoprompt.core.units import Mpp, Pixels
+from histoprompt.ingest.errors import SlideError, TransientError
+
+T = TypeVar("T")
+RETRYABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "CANCELLED")
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What Triton serves: the encoder contract and the version stamped into results."""
+
+    spec: EncoderSpec
+    version: str
+    name: str
+    synthetic: bool
+    pathway_method: str
+
+
+def _params(config: dict[str, Any]) -> dict[str, str]:
+    raw = config.get("config", config).get("parameters", {})
+    return {k: str(v.get("string_value", "")) for k, v in raw.items()}
+
+
+def served_model_from_config(config: dict[str, Any], pathway_config: dict[str, Any]) -> ServedModel:
+    """Parse tile_preprocess's config parameters (the EncoderSpec fields) into a ServedModel."""
+    from histoprompt.core.pathway_engine import DEFAULT_METHOD
+
+    p = _params(config)
+    try:
+        spec = EncoderSpec(
+            name=p["encoder"],
+            tile_px=Pixels(int(p["tile_px"])),
+            input_px=Pixels(int(p["input_px"])),
+            target_mpp=Mpp(float(p["target_mpp"])),
+            mean=tuple(json.loads(p["mean"])),
+            std=tuple(json.loads(p["std"])),
+            embed_dim=int(p["embed_dim"]),
+            untrained=p.get("untrained", "false") == "true",
+        )
+    except (KeyError, ValueError) as err:
+        raise TransientError(
+            f"{names.MODEL_TILE_PREPROCESS} config lacks the encoder parameters: {err}",
+            code="model_config",
+        ) from err
+    method = _params(pathway_config).get("default_method") or DEFAULT_METHOD
+    return ServedModel(
+        spec=spec,
+        version=p.get("model_version") or "unversioned",
+        name=p.get("encoder", "unknown"),
+        synthetic=p.get("synthetic", "false") == "true",
+        pathway_method=method,
+    )
+
+
+def _status(err: BaseException) -> str:
+    status = getattr(err, "status", None)
+    text = str(status() if callable(status) else status or "")
+    return text.rsplit(".", 1)[-1]
+
+
+async def with_retries(
+    call: Callable[[], Awaitable[T]], *, attempts: int, base_s: float, what: str
+) -> T:
+    """Run `call`, retrying retryable Triton errors with exponential backoff."""
+    from tritonclient.utils import InferenceServerException
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return await call()
+        except InferenceServerException as err:
+            code = _status(err)
+            if code not in RETRYABLE and "connect" not in str(err).lower():
+                raise SlideError(
+                    f"{what} rejected the request: {err.message()}", code="infer_error"
+                ) from err
+            if attempt == attempts:
+                raise TransientError(
+                    f"{what}: Triton {code or 'unreachable'}", code="triton_unavailable"
+                ) from err
+            await asyncio.sleep(base_s * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
+
+
+class TritonClient:
+    """One aio gRPC channel per service; requests from many slides share it."""
+
+    def __init__(self, url: str, timeout_s: float, attempts: int, base_s: float) -> None:
+        import tritonclient.grpc.aio as grpcaio
+
+        self._client: Any = grpcaio.InferenceServerClient(url)
+        self._timeout = timeout_s
+        self._attempts = attempts
+        self._base = base_s
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def ready(self) -> bool:
+        try:
+            return bool(await self._client.is_model_ready(names.MODEL_PATCH_EMBED)) and bool(
+                await self._client.is_model_ready(names.MODEL_SLIDE_TO_PATHWAYS)
+            )
+        except Exception:
+            return False
+
+    async def served_model(self) -> ServedModel:
+        async def fetch() -> ServedModel:
+            pre = await self._client.get_model_config(names.MODEL_TILE_PREPROCESS, as_json=True)
+            path = await self._client.get_model_config(names.MODEL_PATHWAY_QUERY, as_json=True)
+            return served_model_from_config(pre, path)
+
+        return await with_retries(
+            fetch, attempts=self._attempts, base_s=self._base, what="model config"
+        )
+
+    async def patch_embed(self, tiles: np.ndarray) -> np.ndarray:
+        """uint8 [n, H, W, 3] -> float32 [n, D]."""
+        from tritonclient.grpc import InferInput, InferRequestedOutput
+
+        inp = InferInput(names.TENSOR_TILES, list(tiles.shape), "UINT8")
+        inp.set_data_from_numpy(np.ascontiguousarray(tiles))
+        out = [InferRequestedOutput(names.TENSOR_TILE_EMBEDDING)]
+
+        async def call() -> np.ndarray:
+            res = await self._client.infer(
+                names.MODEL_PATCH_EMBED, [inp], outputs=out, client_timeout=self._timeout
+            )
+            return np.asarray(res.as_numpy(names.TENSOR_TILE_EMBEDDING), dtype=np.float32)
+
+        return await with_retries(
+            call, attempts=self._attempts, base_s=self._base, what=names.MODEL_PATCH_EMBED
+        )
+
+    async def slide_to_pathways(
+        self, embeddings: np.ndarray, gene_sets: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        """[N, D] tile embeddings of one slide -> slide embedding, attention, scores, coverage."""
+        from tritonclient.grpc import InferInput, InferRequestedOutput
+
+        emb = InferInput(names.TENSOR_TILE_EMBEDDING, list(embeddings.shape), "FP32")
+        emb.set_data_from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))
+        sets = InferInput(names.TENSOR_GENE_SETS, [len(gene_sets)], "BYTES")
+        sets.set_data_from_numpy(np.array([s.encode() for s in gene_sets], dtype=np.object_))
+        wanted = (
+            names.TENSOR_SLIDE_EMBEDDING,
+            names.TENSOR_ATTENTION,
+            names.TENSOR_SCORES,
+            names.TENSOR_COVERAGE,
+        )
+        outs = [InferRequestedOutput(n) for n in wanted]
+
+        async def call() -> dict[str, np.ndarray]:
+            res = await self._client.infer(
+                names.MODEL_SLIDE_TO_PATHWAYS,
+                [emb, sets],
+                outputs=outs,
+                client_timeout=self._timeout,
+            )
+            return {n: np.asarray(res.as_numpy(n)) for n in wanted}
+
+        return await with_retries(
+            call, attempts=self._attempts, base_s=self._base, what=names.MODEL_SLIDE_TO_PATHWAYS
+        )
