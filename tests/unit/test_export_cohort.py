@@ -87,3 +87,25 @@ def test_mosaic_places_tiles_on_background() -> None:
 def test_invalid_config_is_refused() -> None:
     with pytest.raises(ValueError):
         CohortConfig(n_patients=1)
+
+
+def test_cohort_files_are_readable_dicom_wsi_with_the_generated_tiles(tmp_path: Path) -> None:
+    from wsidicom import WsiDicom
+
+    from histoprompt.core.schemas import SeriesManifest
+    from histoprompt.export.cohort_files import write_cohort_files
+
+    cohort = make_cohort(SMALL)
+    first = cohort.slides[0].slide_id
+    files = write_cohort_files(cohort, tmp_path, mpp=1.0, slide_ids=[first])
+    assert list(files.slides) == [first]
+    manifest = SeriesManifest.model_validate_json(files.slides[first][-1].read_bytes())
+    assert len(manifest.instances) == 2
+    image = mosaic(cohort.slides[0].tiles)
+    with WsiDicom.open(tmp_path / "slides" / first) as wsi:
+        assert len(wsi.levels) == 2
+        assert wsi.mpp.width == pytest.approx(1.0)
+        region = np.asarray(
+            wsi.read_region((0, 0), 0, (image.shape[1], image.shape[0])).convert("RGB")
+        )
+    assert np.abs(region.astype(int) - image).mean() < 6  # JPEG q95

@@ -164,4 +164,23 @@ def tensorrt(
     typer.echo(f"wrote {plan}")
 
 
+@app.command("cohort")
+def cohort(
+    out: Annotated[Path, typer.Option(help="folder for slides/, expression.parquet, cohort.json")],
+    patients: int = 8,
+    seed: int = 0,
+) -> None:
+    """Write a SYNTHETIC paired cohort as DICOM-WSI series and an expression parquet.
+
+    Example: histoprompt-export cohort --out .demo/cohort --patients 8
+    """
+    from histoprompt.export.cohort import CohortConfig, make_cohort
+    from histoprompt.export.cohort_files import write_cohort_files
+    from histoprompt.export.encoder_specs import encoder_spec
+
+    data = make_cohort(CohortConfig(n_patients=patients, seed=seed))
+    files = write_cohort_files(data, out, mpp=float(encoder_spec("tiny").target_mpp))
+    typer.echo(f"wrote {len(files.slides)} SYNTHETIC slides and {files.expression} to {out}")
+
+
 _register_optional_groups()
