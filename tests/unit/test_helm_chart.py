@@ -1,0 +1,522 @@
+"""helm/histoprompt: lint, render, validate against Kubernetes 1.31 schemas (offline), and check
+what the schemas cannot: the values schema's refusals, security settings, secrets, wiring
+between objects, and the custom resources (ServiceMonitor, PrometheusRule, KEDA).
+
+helm is the pinned `go install` build from `make install-helm` (.cache/go/bin/helm); when it
+is missing the fixture builds it with deploy/install/helm.sh and fails (never skips) if
+that does not work.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from histoprompt.core.settings import ConnectionSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "histoprompt"
+PROD_VALUES = CHART / "ci" / "production-values.yaml"
+RULES = ROOT / "deploy" / "prometheus" / "rules" / "histoprompt.yml"
+DASHBOARD = ROOT / "deploy" / "grafana" / "histoprompt-dashboard.json"
+KUBE_VERSION = "1.31.0"
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "ScaledObject", "TriggerAuthentication"}
+RELEASE = "hp"
+
+Manifest = dict[str, Any]
+Render = Callable[..., list[Manifest]]
+
+
+def _makefile_helm_version() -> str:
+    match = re.search(r"^HELM_VERSION\s*\?=\s*(\S+)", (ROOT / "Makefile").read_text(), re.M)
+    assert match, "Makefile lost its HELM_VERSION pin"
+    return match.group(1)
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    """The pinned helm binary; built with deploy/install/helm.sh when it is missing."""
+    gopath = ROOT / ".cache" / "go"
+    binary = gopath / "bin" / "helm"
+    if not binary.is_file():
+        result = subprocess.run(
+            [
+                "bash",
+                str(ROOT / "deploy" / "install" / "helm.sh"),
+                _makefile_helm_version(),
+                str(gopath),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=1200,
+            check=False,
+        )
+        if result.returncode != 0 or not binary.is_file():
+            pytest.fail(f"could not build helm (make install-helm):\n{result.stderr[-3000:]}")
+    return str(binary)
+
+
+def _run_helm(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([helm, *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.fixture(scope="session")
+def render(helm: str) -> Render:
+    """`helm template` with optional values files and --set flags, as parsed manifests."""
+    cache: dict[tuple[Any, ...], list[Manifest]] = {}
+
+    def _render(*values_files: Path, sets: tuple[str, ...] = ()) -> list[Manifest]:
+        key = (values_files, sets)
+        if key not in cache:
+            args = ["template", RELEASE, str(CHART), "--kube-version", KUBE_VERSION]
+            for path in values_files:
+                args += ["-f", str(path)]
+            for item in sets:
+                args += ["--set", item]
+            result = _run_helm(helm, *args)
+            assert result.returncode == 0, result.stderr
+            cache[key] = [d for d in yaml.safe_load_all(result.stdout) if d]
+        return cache[key]
+
+    return _render
+
+
+def _by_kind(docs: list[Manifest], kind: str) -> list[Manifest]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def _one(docs: list[Manifest], kind: str, name_suffix: str = "") -> Manifest:
+    found = [d for d in _by_kind(docs, kind) if d["metadata"]["name"].endswith(name_suffix)]
+    assert len(found) == 1, f"expected one {kind} *{name_suffix}, got {len(found)}"
+    return found[0]
+
+
+def _env(container: Manifest) -> dict[str, Manifest]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def _pod_specs(docs: list[Manifest]) -> list[tuple[str, Manifest]]:
+    return [
+        (f"{d['kind']}/{d['metadata']['name']}", d["spec"]["template"]["spec"])
+        for d in docs
+        if d["kind"] in {"Deployment", "Job", "StatefulSet", "DaemonSet"}
+    ]
+
+
+VALUE_SETS = {"default": (), "production": (PROD_VALUES,)}
+
+
+# --- helm lint and Kubernetes schemas ---------------------------------------------------
+
+
+@pytest.mark.parametrize("values", list(VALUE_SETS))
+def test_helm_lint_strict(helm: str, values: str) -> None:
+    args = ["lint", "--strict", str(CHART), "--kube-version", KUBE_VERSION]
+    for path in VALUE_SETS[values]:
+        args += ["-f", str(path)]
+    result = _run_helm(helm, *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 chart(s) linted, 0 chart(s) failed" in result.stdout
+
+
+@pytest.mark.parametrize("values", list(VALUE_SETS))
+def test_rendered_objects_validate_against_kubernetes_schemas(render: Render, values: str) -> None:
+    docs = render(*VALUE_SETS[values])
+    validated: list[str] = []
+    for doc in docs:
+        if doc["kind"] in CRD_KINDS:
+            # kubernetes-validate ships core schemas only; these get structural tests below.
+            with pytest.raises(kubernetes_validate.SchemaNotFoundError):
+                kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+            continue
+        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+        validated.append(doc["kind"])
+    assert {"Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy"} <= set(validated)
+    assert validated.count("Deployment") == 2
+
+
+def test_kubernetes_validate_catches_a_broken_manifest(render: Render) -> None:
+    """The validator is not a rubber stamp: a wrong type in a rendered Deployment fails."""
+    deployment = json.loads(json.dumps(_one(render(), "Deployment", "-ingest")))
+    deployment["spec"]["replicas"] = "two"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBE_VERSION, strict=True)
+
+
+def test_production_values_render_every_component(render: Render) -> None:
+    kinds = sorted(d["kind"] for d in render(PROD_VALUES))
+    assert kinds == sorted(
+        [
+            "ConfigMap",
+            "Deployment",
+            "Deployment",
+            "Job",
+            "NetworkPolicy",
+            "NetworkPolicy",
+            "PodDisruptionBudget",
+            "PodDisruptionBudget",
+            "PrometheusRule",
+            "ScaledObject",
+            "Service",
+            "Service",
+            "ServiceAccount",
+            "ServiceMonitor",
+            "ServiceMonitor",
+            "TriggerAuthentication",
+        ]
+    )
+
+
+# --- values schema ------------------------------------------------------------------------
+
+BAD_VALUES = [
+    ("triton.replicas=-1", "triton.replicas"),
+    ("ingest.replicas=-3", "ingest.replicas"),
+    ("triton.modelRepository.uri=null", "uri is required"),
+    ("triton.modelRepository.uri=", "triton.modelRepository.uri"),
+    ("triton.modelRepository.uri=/models", "triton.modelRepository.uri"),
+    ("s3.credentialsSecret.name=null", "name is required"),
+    ("kafka.securityProtocol=SASL_SSL", "kafka.sasl"),
+    ("kafka.securityProtocol=TLS", "kafka.securityProtocol"),
+    ("ingest.settings.batchSize=0", "ingest.settings.batchSize"),
+    ("ingest.securityContext.readOnlyRootFilesystem=false", "readOnlyRootFilesystem"),
+    ("triton.podSecurityContext.runAsNonRoot=false", "runAsNonRoot"),
+    ("triton.image.digest=latest", "triton.image.digest"),
+    ("ingest.replica=2", "replica"),
+]
+
+
+@pytest.mark.parametrize(("setting", "message"), BAD_VALUES, ids=[s for s, _ in BAD_VALUES])
+def test_schema_rejects_bad_values(helm: str, setting: str, message: str) -> None:
+    result = _run_helm(
+        helm, "template", RELEASE, str(CHART), "--kube-version", KUBE_VERSION, "--set", setting
+    )
+    assert result.returncode != 0, f"--set {setting} was accepted"
+    assert "values don't meet the specifications of the schema" in result.stderr
+    assert message in result.stderr, result.stderr
+
+
+def test_schema_accepts_a_minio_model_repository(render: Render) -> None:
+    uri = "s3://http://minio.storage:9000/models/model_repository"
+    triton = _one(render(sets=(f"triton.modelRepository.uri={uri}",)), "Deployment", "-triton")
+    assert (
+        f"--model-repository={uri}" in triton["spec"]["template"]["spec"]["containers"][0]["args"]
+    )
+
+
+# --- Triton -------------------------------------------------------------------------------
+
+
+def test_triton_deployment_on_gpu_nodes(render: Render) -> None:
+    prod = yaml.safe_load(PROD_VALUES.read_text())
+    deployment = _one(render(PROD_VALUES), "Deployment", "-triton")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert deployment["spec"]["replicas"] == prod["triton"]["replicas"]
+    assert container["image"] == "nvcr.io/nvidia/tritonserver:" + prod["triton"]["image"]["tag"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert pod["nodeSelector"] == prod["triton"]["nodeSelector"]
+    assert pod["tolerations"] == prod["triton"]["tolerations"]
+    assert pod["affinity"] == prod["triton"]["affinity"]
+    assert f"--model-repository={prod['triton']['modelRepository']['uri']}" in container["args"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
+    assert container["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    shm = next(v for v in pod["volumes"] if v["name"] == "shm")
+    assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "4Gi"}
+    assert {"name": "shm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    env = _env(container)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        ref = env[name]["valueFrom"]["secretKeyRef"]
+        assert ref["name"] == prod["s3"]["credentialsSecret"]["name"]
+        assert "value" not in env[name]
+
+
+def test_triton_shared_memory_is_optional(render: Render) -> None:
+    pod = _one(render(sets=("triton.shm.enabled=false",)), "Deployment", "-triton")["spec"][
+        "template"
+    ]["spec"]
+    assert all(v["name"] != "shm" for v in pod["volumes"])
+
+
+def test_model_build_job_runs_on_the_triton_gpu_pool(render: Render) -> None:
+    docs = render(PROD_VALUES)
+    job = _one(docs, "Job", "-model-build")
+    triton_pod = _one(docs, "Deployment", "-triton")["spec"]["template"]["spec"]
+    pod = job["spec"]["template"]["spec"]
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    for key in ("nodeSelector", "tolerations", "affinity"):
+        assert pod[key] == triton_pod[key]
+    build = next(c for c in pod["initContainers"] if c["name"] == "build-plan")
+    assert build["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert "--maxShapes=PIXELS:256x3x224x224" in build["args"]
+    assert "--saveEngine=/work/model.plan" in build["args"]
+    # The plan must be built by the TensorRT of Triton's own NGC release.
+    triton_tag = triton_pod["containers"][0]["image"].rsplit(":", 1)[1]
+    assert build["image"].rsplit(":", 1)[1].split("-")[0] == triton_tag.split("-")[0]
+    upload = pod["containers"][0]
+    assert "s3/histoprompt-models/model_repository/tile_encoder/1/model.plan" in upload["args"][0]
+
+
+# --- ingest -------------------------------------------------------------------------------
+
+
+def _ingest_container(docs: list[Manifest]) -> Manifest:
+    (container,) = _one(docs, "Deployment", "-ingest")["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def test_ingest_env_uses_connection_settings_names(render: Render) -> None:
+    env = _env(_ingest_container(render(PROD_VALUES)))
+    fields = set(ConnectionSettings.model_fields)
+    connection = {n for n in env if n.startswith("HISTOPROMPT_") and "_INGEST_" not in n}
+    unknown = {n for n in connection if n.removeprefix("HISTOPROMPT_").lower() not in fields}
+    assert not unknown, f"env names that ConnectionSettings does not read: {unknown}"
+    assert env["HISTOPROMPT_KAFKA_SECURITY_PROTOCOL"]["value"] == "SASL_SSL"
+    assert env["HISTOPROMPT_KAFKA_SASL_MECHANISM"]["value"] == "SCRAM-SHA-512"
+    assert env["HISTOPROMPT_KAFKA_SSL_CAFILE"]["value"] == "/etc/histoprompt/kafka-ca/ca.crt"
+    assert env["HISTOPROMPT_S3_ENDPOINT"]["value"] == "minio.storage.svc:9000"
+    assert env["HISTOPROMPT_TRITON_URL"]["value"] == f"{RELEASE}-histoprompt-triton:8001"
+    settings = ConnectionSettings(
+        _env_file=None,  # type: ignore[call-arg]
+        **{
+            n.removeprefix("HISTOPROMPT_").lower(): e["value"]
+            for n, e in env.items()
+            if n in connection and "value" in e
+        },
+    )
+    assert settings.s3_secure is True
+    assert settings.kafka_config()["security_protocol"] == "SASL_SSL"
+
+
+def test_ingest_settings_map_onto_histoprompt_ingest_env(render: Render) -> None:
+    prod = yaml.safe_load(PROD_VALUES.read_text())["ingest"]["settings"]
+    env = _env(_ingest_container(render(PROD_VALUES)))
+    assert env["HISTOPROMPT_INGEST_CONCURRENCY"]["value"] == str(prod["concurrency"])
+    assert env["HISTOPROMPT_INGEST_BATCH_SIZE"]["value"] == str(prod["batchSize"])
+    assert env["HISTOPROMPT_INGEST_MAX_INFLIGHT"]["value"] == str(prod["maxInflight"])
+    assert env["HISTOPROMPT_INGEST_DLQ_ATTEMPTS"]["value"] == str(prod["dlqAttempts"])
+    assert json.loads(env["HISTOPROMPT_INGEST_ALLOW_LIST"]["value"]) == prod["allowList"]
+    default_env = _env(_ingest_container(render()))
+    assert json.loads(default_env["HISTOPROMPT_INGEST_ALLOW_LIST"]["value"]) == [
+        "histoprompt-slides"
+    ]
+
+
+@pytest.mark.parametrize("deadline", [60, 90, 300])
+def test_termination_grace_covers_the_sigterm_deadline(render: Render, deadline: int) -> None:
+    docs = render(sets=(f"ingest.settings.shutdownDeadlineSeconds={deadline}",))
+    pod = _one(docs, "Deployment", "-ingest")["spec"]["template"]["spec"]
+    env = _env(pod["containers"][0])
+    assert env["HISTOPROMPT_INGEST_SHUTDOWN_DEADLINE_S"]["value"] == str(deadline)
+    assert pod["terminationGracePeriodSeconds"] == deadline + 15
+
+
+def test_kafka_and_s3_credentials_come_from_secrets(render: Render) -> None:
+    prod = yaml.safe_load(PROD_VALUES.read_text())
+    container = _ingest_container(render(PROD_VALUES))
+    env = _env(container)
+    expected = {
+        "HISTOPROMPT_KAFKA_SASL_USERNAME": prod["kafka"]["sasl"]["secret"]["name"],
+        "HISTOPROMPT_KAFKA_SASL_PASSWORD": prod["kafka"]["sasl"]["secret"]["name"],
+        "HISTOPROMPT_S3_ACCESS_KEY": prod["s3"]["credentialsSecret"]["name"],
+        "HISTOPROMPT_S3_SECRET_KEY": prod["s3"]["credentialsSecret"]["name"],
+    }
+    for name, secret in expected.items():
+        assert env[name]["valueFrom"]["secretKeyRef"]["name"] == secret
+    pod = _one(render(PROD_VALUES), "Deployment", "-ingest")["spec"]["template"]["spec"]
+    ca = next(v for v in pod["volumes"] if v["name"] == "kafka-ca")
+    assert ca["secret"]["secretName"] == prod["kafka"]["tls"]["caSecret"]["name"]
+
+
+@pytest.mark.parametrize("values", list(VALUE_SETS))
+def test_no_secret_material_in_values_or_manifests(render: Render, values: str) -> None:
+    docs = render(*VALUE_SETS[values])
+    assert not _by_kind(docs, "Secret")
+    sensitive = re.compile(r"PASSWORD|SECRET|ACCESS_KEY|TOKEN", re.I)
+    for label, pod in _pod_specs(docs):
+        for container in pod["containers"] + pod.get("initContainers", []):
+            for name, entry in _env(container).items():
+                if sensitive.search(name):
+                    assert "secretKeyRef" in entry.get("valueFrom", {}), f"{label} {name}"
+    default_values = yaml.safe_load((CHART / "values.yaml").read_text())
+    # Secret names and the key names inside them (e.g. secretKeyKey) are references, not
+    # secrets; any other sensitive-looking key must be empty by default.
+    leaked = [
+        p
+        for p, v in _leaves(default_values)
+        if sensitive.search(p) and v and not p.endswith(("Key", ".key", ".name"))
+    ]
+    assert leaked == []
+
+
+def _leaves(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(node, dict):
+        return [x for k, v in node.items() for x in _leaves(v, f"{prefix}{k}.")]
+    return [(prefix.rstrip("."), node)]
+
+
+@pytest.mark.parametrize("values", list(VALUE_SETS))
+def test_every_container_is_locked_down(render: Render, values: str) -> None:
+    pods = _pod_specs(render(*VALUE_SETS[values]))
+    assert pods
+    for label, pod in pods:
+        assert pod["securityContext"]["runAsNonRoot"] is True, label
+        assert pod["securityContext"]["runAsUser"] != 0, label
+        assert pod["automountServiceAccountToken"] is False, label
+        for container in pod["containers"] + pod.get("initContainers", []):
+            ctx = container["securityContext"]
+            where = f"{label}/{container['name']}"
+            assert ctx["readOnlyRootFilesystem"] is True, where
+            assert ctx["allowPrivilegeEscalation"] is False, where
+            assert ctx["capabilities"]["drop"] == ["ALL"], where
+            assert "add" not in ctx["capabilities"], where
+
+
+def test_pod_disruption_budgets_select_their_pods(render: Render) -> None:
+    docs = render()
+    for component in ("triton", "ingest"):
+        pdb = _one(docs, "PodDisruptionBudget", f"-{component}")
+        labels = _one(docs, "Deployment", f"-{component}")["spec"]["template"]["metadata"]["labels"]
+        assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        assert pdb["spec"]["maxUnavailable"] == 1
+
+
+# --- network policy -----------------------------------------------------------------------
+
+
+def test_ingest_network_policy_allows_only_dns_kafka_s3_triton(render: Render) -> None:
+    docs = render(PROD_VALUES)
+    policy = _one(docs, "NetworkPolicy", "-ingest")
+    prod = yaml.safe_load(PROD_VALUES.read_text())["networkPolicy"]
+    ingest_labels = _one(docs, "Deployment", "-ingest")["spec"]["template"]["metadata"]["labels"]
+    triton_labels = _one(docs, "Deployment", "-triton")["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= ingest_labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    egress = policy["spec"]["egress"]
+    assert all(rule.get("ports") for rule in egress), "an egress rule without ports allows all"
+    assert all(rule.get("to") for rule in egress), "production egress rules name their peers"
+    ports = [sorted(p["port"] for p in rule["ports"]) for rule in egress]
+    assert ports == [[53, 53], prod["kafka"]["ports"], prod["s3"]["ports"], [8000, 8001]]
+    assert egress[1]["to"] == prod["kafka"]["peers"]
+    assert egress[2]["to"] == prod["s3"]["peers"]
+    triton_selector = egress[3]["to"][0]["podSelector"]["matchLabels"]
+    assert triton_selector.items() <= triton_labels.items()
+    assert not triton_selector.items() <= ingest_labels.items()
+    (ingress,) = policy["spec"]["ingress"]
+    assert ingress["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+
+
+# --- autoscaling --------------------------------------------------------------------------
+
+
+def test_keda_scales_ingest_on_consumer_lag(render: Render) -> None:
+    docs = render(PROD_VALUES)
+    deployment = _one(docs, "Deployment", "-ingest")
+    scaled = _one(docs, "ScaledObject")
+    auth = _one(docs, "TriggerAuthentication")
+    env = _env(deployment["spec"]["template"]["spec"]["containers"][0])
+    prod = yaml.safe_load(PROD_VALUES.read_text())
+    assert "replicas" not in deployment["spec"], "KEDA owns the replica count"
+    spec = scaled["spec"]
+    assert spec["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
+    assert spec["minReplicaCount"] == 2 and spec["maxReplicaCount"] == 20
+    assert set(spec["fallback"]) == {"failureThreshold", "replicas"}
+    assert all(isinstance(v, int) and v >= 0 for v in spec["fallback"].values())
+    (trigger,) = spec["triggers"]
+    assert trigger["type"] == "kafka"
+    meta = trigger["metadata"]
+    assert all(isinstance(v, str) for v in meta.values()), "KEDA trigger metadata is strings"
+    assert meta["topic"] == "histoprompt.slides.incoming"
+    assert meta["consumerGroup"] == env["HISTOPROMPT_INGEST_CONSUMER_GROUP"]["value"]
+    assert meta["bootstrapServers"] == env["HISTOPROMPT_KAFKA_BOOTSTRAP"]["value"]
+    assert meta["lagThreshold"] == "10"
+    assert meta["sasl"] == "scram_sha512" and meta["tls"] == "enable"
+    assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+    refs = {r["parameter"]: r for r in auth["spec"]["secretTargetRef"]}
+    assert set(refs) == {"username", "password", "ca"}
+    assert refs["password"]["name"] == prod["kafka"]["sasl"]["secret"]["name"]
+    assert refs["ca"]["name"] == prod["kafka"]["tls"]["caSecret"]["name"]
+
+
+def test_hpa_is_the_fallback_without_keda(render: Render) -> None:
+    docs = render(sets=("autoscaling.hpa.enabled=true",))
+    hpa = _one(docs, "HorizontalPodAutoscaler")
+    kubernetes_validate.validate(hpa, KUBE_VERSION, strict=True)
+    assert not _by_kind(docs, "ScaledObject")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == f"{RELEASE}-histoprompt-ingest"
+    both = render(PROD_VALUES, sets=("autoscaling.hpa.enabled=true",))
+    assert not _by_kind(both, "HorizontalPodAutoscaler"), "two autoscalers would fight"
+
+
+# --- observability ------------------------------------------------------------------------
+
+
+def test_service_monitors_select_a_service_with_a_metrics_port(render: Render) -> None:
+    docs = render(PROD_VALUES)
+    services = _by_kind(docs, "Service")
+    monitors = _by_kind(docs, "ServiceMonitor")
+    assert len(monitors) == 2
+    for monitor in monitors:
+        assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        matched = [s for s in services if selector.items() <= s["metadata"]["labels"].items()]
+        assert len(matched) == 1, monitor["metadata"]["name"]
+        port_names = {p["name"] for p in matched[0]["spec"]["ports"]}
+        for endpoint in monitor["spec"]["endpoints"]:
+            assert endpoint["port"] in port_names
+            assert endpoint["path"] == "/metrics"
+            assert re.fullmatch(r"\d+(ms|s|m)", endpoint["interval"])
+
+
+def test_prometheus_rule_is_the_rule_file_and_passes_promtool(
+    render: Render, tmp_path: Path
+) -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: make install-prometheus"
+    rule = _one(render(PROD_VALUES), "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["spec"]["groups"] == yaml.safe_load(RULES.read_text())["groups"]
+    extracted = tmp_path / "rendered-rules.yml"
+    extracted.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    result = subprocess.run(
+        [promtool, "check", "rules", str(extracted)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_dashboard_configmap_carries_the_dashboard(render: Render) -> None:
+    docs = render(PROD_VALUES)
+    config_map = _one(docs, "ConfigMap", "-dashboard")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert config_map["metadata"]["namespace"] == "monitoring"
+    (payload,) = config_map["data"].values()
+    assert json.loads(payload) == json.loads(DASHBOARD.read_text())
+
+
+def test_chart_files_are_the_deploy_sources() -> None:
+    """One source of truth: the chart's files/ are links to deploy/, not copies."""
+    files = CHART / "files"
+    assert (files / "histoprompt-rules.yml").resolve() == RULES.resolve()
+    assert (files / "histoprompt-dashboard.json").resolve() == DASHBOARD.resolve()
+
+
+def test_monitoring_objects_are_opt_in(render: Render) -> None:
+    kinds = {d["kind"] for d in render()}
+    assert not kinds & (CRD_KINDS | {"ConfigMap", "Job", "HorizontalPodAutoscaler"})
