@@ -16,13 +16,31 @@ import pytest
 import tritonclient.http as httpclient
 
 from histoprompt.core.settings import ConnectionSettings
-from histoprompt.stack import StackError, StackSettings, up
-from histoprompt.stack.ports import listening_ports
+from histoprompt.stack import StackError, StackHandle, StackSettings, up
+from histoprompt.stack.ports import listening_addresses, listening_ports
 from histoprompt.stack.supervisor import group_pids
 
 pytestmark = pytest.mark.integration
 
 ASSETS = Path(__file__).parent / "assets" / "stack_models"
+
+
+def test_every_service_listens_on_loopback_only(stack: StackHandle) -> None:
+    pids = [p for rec in stack.state.processes.values() for p in group_pids(rec.pid)]
+    sockets = listening_addresses(pids)
+    ports = {port for _, port in sockets}
+    state_ports = stack.state.ports
+    expected = {
+        state_ports.kafka,
+        state_ports.kafka_controller,
+        state_ports.s3,
+        state_ports.triton_grpc,
+        state_ports.triton_http,
+        state_ports.triton_metrics,
+        state_ports.prometheus,
+    }
+    assert expected <= ports
+    assert {host for host, _ in sockets} == {"127.0.0.1"}
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -58,7 +58,11 @@ def run_demo(
     from histoprompt.stack.report import status_table
     from histoprompt.stack.settings import StackSettings
 
-    settings = StackSettings() if state_dir is None else StackSettings(stack_state_dir=state_dir)
+    # The services die with the demo even if it is killed outright: a demo leaves nothing.
+    overrides: dict[str, object] = {"stack_die_with_parent": True}
+    if state_dir is not None:
+        overrides["stack_state_dir"] = state_dir
+    settings = StackSettings(**overrides)  # type: ignore[arg-type]
     console.print("starting the local stack (Kafka, SeaweedFS S3, Triton, Prometheus) ...")
     handle = up(settings)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import os
 import random
 import socket
 from pathlib import Path
@@ -95,4 +97,38 @@ def listening_ports() -> set[int]:
             fields = line.split()
             if len(fields) > 3 and fields[3] == _TCP_LISTEN:
                 found.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return found
+
+
+def _decode_address(hex_addr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address from /proc/net/tcp{,6}: host byte order per 32-bit word."""
+    raw = bytes.fromhex(hex_addr)
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    if len(words) == 4:
+        return ipaddress.IPv4Address(words)
+    v6 = ipaddress.IPv6Address(words)
+    return v6.ipv4_mapped or v6
+
+
+def listening_addresses(pids: list[int]) -> set[tuple[str, int]]:
+    """(address, port) of every TCP socket the given processes listen on."""
+    inodes: set[str] = set()
+    for pid in pids:
+        fd_dir = Path(f"/proc/{pid}/fd")
+        try:
+            links = [os.readlink(fd) for fd in fd_dir.iterdir()]
+        except OSError:
+            continue
+        inodes.update(link[8:-1] for link in links if link.startswith("socket:["))
+    found: set[tuple[str, int]] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == _TCP_LISTEN and fields[9] in inodes:
+                host, port = fields[1].rsplit(":", 1)
+                found.add((str(_decode_address(host)), int(port, 16)))
     return found

@@ -99,7 +99,7 @@ def prepare(settings: StackSettings, state_dir: Path, ports: StackPorts) -> Proc
         log_path=state_dir / "logs" / f"{NAME}.log",
         cwd=home,
         # weed ignores SIGTERM while it drains; there is nothing to lose here, so be brief.
-        stop_timeout=3.0,
+        stop_timeout=1.5,
     )
 
 
