@@ -43,6 +43,6 @@ ENV PATH=/opt/venv/bin:$PATH \
     HOME=/tmp
 WORKDIR /tmp
 USER 10001:10001
-EXPOSE 9400
+EXPOSE 9108
 ENTRYPOINT ["histoprompt-ingest"]
 CMD ["run"]

@@ -10,6 +10,7 @@ that does not work.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -21,7 +22,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from histoprompt.core import names
 from histoprompt.core.settings import ConnectionSettings
+from histoprompt.ingest.settings import IngestSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "histoprompt"
@@ -188,6 +191,7 @@ BAD_VALUES = [
     ("kafka.securityProtocol=SASL_SSL", "kafka.sasl"),
     ("kafka.securityProtocol=TLS", "kafka.securityProtocol"),
     ("ingest.settings.batchSize=0", "ingest.settings.batchSize"),
+    ("ingest.settings.batchSize=257", "ingest.settings.batchSize"),
     ("ingest.securityContext.readOnlyRootFilesystem=false", "readOnlyRootFilesystem"),
     ("triton.podSecurityContext.runAsNonRoot=false", "runAsNonRoot"),
     ("triton.image.digest=latest", "triton.image.digest"),
@@ -203,6 +207,24 @@ def test_schema_rejects_bad_values(helm: str, setting: str, message: str) -> Non
     assert result.returncode != 0, f"--set {setting} was accepted"
     assert "values don't meet the specifications of the schema" in result.stderr
     assert message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "field"),
+    [
+        ("concurrency", "ingest_concurrency"),
+        ("batchSize", "ingest_batch_size"),
+        ("maxInflight", "ingest_max_inflight"),
+        ("maxAttempts", "ingest_max_attempts"),
+    ],
+)
+def test_schema_bounds_match_ingest_settings(value: str, field: str) -> None:
+    """A value the schema lets through must not crash the service's settings at start."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    bounds = schema["properties"]["ingest"]["properties"]["settings"]["properties"][value]
+    limits = {type(m).__name__: m for m in IngestSettings.model_fields[field].metadata}
+    assert bounds["minimum"] == limits["Ge"].ge
+    assert bounds["maximum"] == limits["Le"].le
 
 
 def test_schema_accepts_a_minio_model_repository(render: Render) -> None:
@@ -277,41 +299,69 @@ def _ingest_container(docs: list[Manifest]) -> Manifest:
     return container
 
 
-def test_ingest_env_uses_connection_settings_names(render: Render) -> None:
+def _settings_from_env(env: dict[str, Manifest]) -> IngestSettings:
+    """IngestSettings built from the rendered env, as the service would (no env file)."""
+    plain = {n: e["value"] for n, e in env.items() if "value" in e}
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [n for n in os.environ if n.startswith("HISTOPROMPT_")]:
+            patch.delenv(name)
+        for name, value in plain.items():
+            patch.setenv(name, value)
+        return IngestSettings(_env_file=None)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("values", list(VALUE_SETS))
+def test_ingest_env_names_are_settings_fields(render: Render, values: str) -> None:
+    env = _env(_ingest_container(render(*VALUE_SETS[values])))
+    fields = set(IngestSettings.model_fields)
+    assert set(ConnectionSettings.model_fields) <= fields
+    names = [n for n in env if n.startswith("HISTOPROMPT_")]
+    unknown = [n for n in names if n.removeprefix("HISTOPROMPT_").lower() not in fields]
+    assert unknown == [], "env names that IngestSettings does not read"
+    assert len(names) >= 20
+
+
+def test_ingest_settings_read_from_the_rendered_env(render: Render) -> None:
+    prod = yaml.safe_load(PROD_VALUES.read_text())
     env = _env(_ingest_container(render(PROD_VALUES)))
-    fields = set(ConnectionSettings.model_fields)
-    connection = {n for n in env if n.startswith("HISTOPROMPT_") and "_INGEST_" not in n}
-    unknown = {n for n in connection if n.removeprefix("HISTOPROMPT_").lower() not in fields}
-    assert not unknown, f"env names that ConnectionSettings does not read: {unknown}"
-    assert env["HISTOPROMPT_KAFKA_SECURITY_PROTOCOL"]["value"] == "SASL_SSL"
-    assert env["HISTOPROMPT_KAFKA_SASL_MECHANISM"]["value"] == "SCRAM-SHA-512"
-    assert env["HISTOPROMPT_KAFKA_SSL_CAFILE"]["value"] == "/etc/histoprompt/kafka-ca/ca.crt"
-    assert env["HISTOPROMPT_S3_ENDPOINT"]["value"] == "minio.storage.svc:9000"
-    assert env["HISTOPROMPT_TRITON_URL"]["value"] == f"{RELEASE}-histoprompt-triton:8001"
-    settings = ConnectionSettings(
-        _env_file=None,  # type: ignore[call-arg]
-        **{
-            n.removeprefix("HISTOPROMPT_").lower(): e["value"]
-            for n, e in env.items()
-            if n in connection and "value" in e
-        },
-    )
+    settings = _settings_from_env(env)
+    wanted = prod["ingest"]["settings"]
+    assert settings.ingest_concurrency == wanted["concurrency"]
+    assert settings.ingest_batch_size == wanted["batchSize"]
+    assert settings.ingest_max_inflight == wanted["maxInflight"]
+    assert settings.ingest_max_attempts == wanted["maxAttempts"]
+    assert settings.ingest_allowed_buckets == tuple(wanted["allowedBuckets"])
+    assert settings.ingest_allowed_prefixes == tuple(wanted["allowedPrefixes"])
+    assert settings.ingest_shutdown_deadline_s == wanted["shutdownDeadlineSeconds"]
+    assert settings.ingest_group_id == "histoprompt-ingest"  # the chart default
+    assert settings.ingest_metrics_port == 9108
+    assert settings.ingest_metrics_host == "0.0.0.0"
+    assert settings.kafka_bootstrap == prod["kafka"]["bootstrap"]
+    assert settings.kafka_security_protocol == "SASL_SSL"
+    assert settings.kafka_sasl_mechanism == "SCRAM-SHA-512"
+    assert settings.kafka_ssl_cafile == "/etc/histoprompt/kafka-ca/ca.crt"
+    assert settings.s3_endpoint == prod["s3"]["endpoint"]
     assert settings.s3_secure is True
-    assert settings.kafka_config()["security_protocol"] == "SASL_SSL"
+    assert settings.s3_region == "eu-west-1"
+    assert settings.triton_url == f"{RELEASE}-histoprompt-triton:8001"
+    assert settings.triton_http_url == f"{RELEASE}-histoprompt-triton:8000"
 
 
-def test_ingest_settings_map_onto_histoprompt_ingest_env(render: Render) -> None:
-    prod = yaml.safe_load(PROD_VALUES.read_text())["ingest"]["settings"]
-    env = _env(_ingest_container(render(PROD_VALUES)))
-    assert env["HISTOPROMPT_INGEST_CONCURRENCY"]["value"] == str(prod["concurrency"])
-    assert env["HISTOPROMPT_INGEST_BATCH_SIZE"]["value"] == str(prod["batchSize"])
-    assert env["HISTOPROMPT_INGEST_MAX_INFLIGHT"]["value"] == str(prod["maxInflight"])
-    assert env["HISTOPROMPT_INGEST_DLQ_ATTEMPTS"]["value"] == str(prod["dlqAttempts"])
-    assert json.loads(env["HISTOPROMPT_INGEST_ALLOW_LIST"]["value"]) == prod["allowList"]
-    default_env = _env(_ingest_container(render()))
-    assert json.loads(default_env["HISTOPROMPT_INGEST_ALLOW_LIST"]["value"]) == [
-        "histoprompt-slides"
-    ]
+def test_ingest_defaults_allow_only_the_slides_bucket(render: Render) -> None:
+    settings = _settings_from_env(_env(_ingest_container(render())))
+    assert settings.allowed_buckets() == ("histoprompt-slides",)
+    assert settings.ingest_allowed_prefixes == ()
+
+
+def test_keda_watches_the_topic_ingest_consumes() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["kafka"]["topics"]["incoming"] == names.TOPIC_INCOMING
+
+
+def test_probes_hit_the_ingest_health_endpoints(render: Render) -> None:
+    container = _ingest_container(render())
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
 
 
 @pytest.mark.parametrize("deadline", [60, 90, 300])
@@ -443,7 +493,7 @@ def test_keda_scales_ingest_on_consumer_lag(render: Render) -> None:
     meta = trigger["metadata"]
     assert all(isinstance(v, str) for v in meta.values()), "KEDA trigger metadata is strings"
     assert meta["topic"] == "histoprompt.slides.incoming"
-    assert meta["consumerGroup"] == env["HISTOPROMPT_INGEST_CONSUMER_GROUP"]["value"]
+    assert meta["consumerGroup"] == env["HISTOPROMPT_INGEST_GROUP_ID"]["value"]
     assert meta["bootstrapServers"] == env["HISTOPROMPT_KAFKA_BOOTSTRAP"]["value"]
     assert meta["lagThreshold"] == "10"
     assert meta["sasl"] == "scram_sha512" and meta["tls"] == "enable"
