@@ -147,7 +147,10 @@ class DicomInstance:
                 for i in range(self.n_frames - 1)
             ]
             last = first + int(offs[-1])
-            tag, n = _item(self._file.pread(last, 8).ljust(8, b"\0"))
+            head = self._file.pread(last, 8)
+            if len(head) < 8:
+                raise SlideError("pixel data ends before its last frame", code="truncated")
+            tag, n = _item(head)
             if tag != _ITEM:
                 raise SlideError("offset table points at no frame", code="corrupt_header")
             ranges.append((last + 8, n))
