@@ -445,10 +445,68 @@ def test_example_status_json_exit_3_when_down(s3: FakeS3, monkeypatch: pytest.Mo
     assert runner.invoke(app, ["status"]).exit_code == 0
 
 
-def test_example_predict_needs_ingest(s3: FakeS3, tmp_path: Path) -> None:
-    _tiff(tmp_path / "slide.svs")
+class FakeTriton:
+    """ingest's TritonClient surface: patch_embed = per-tile mean colour, scores = sums."""
+
+    calls: list[tuple[str, Any]] = []
+
+    def __init__(self, url: str, timeout_s: float, attempts: int, base_s: float) -> None:
+        return None
+
+    async def served_model(self) -> Any:
+        from histoprompt.core.modelspec import EncoderSpec
+        from histoprompt.ingest.triton import ServedModel
+
+        spec = EncoderSpec(
+            name="tiny",
+            tile_px=64,
+            input_px=32,
+            target_mpp=0.5,
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
+            embed_dim=3,
+            untrained=True,
+        )
+        return ServedModel(spec, "v1", "tiny", True, "soft-knn")
+
+    async def patch_embed(self, tiles: np.ndarray) -> np.ndarray:
+        self.calls.append(("patch_embed", tiles.shape))
+        return tiles.reshape(tiles.shape[0], -1, 3).mean(axis=1).astype(np.float32)
+
+    async def slide_to_pathways(self, emb: np.ndarray, sets: list[str]) -> dict[str, np.ndarray]:
+        self.calls.append(("slide_to_pathways", list(sets)))
+        k = len(sets)
+        return {
+            "SCORES": np.arange(k, dtype=np.float32).reshape(1, k),
+            "COVERAGE": np.full(k, 0.9, dtype=np.float32),
+            "SLIDE_EMBEDDING": emb.mean(axis=0, keepdims=True),
+            "ATTENTION": np.full(emb.shape[0], 1 / emb.shape[0], dtype=np.float32),
+        }
+
+    async def close(self) -> None:
+        return None
+
+
+def test_example_predict_uses_the_ingest_reader_and_tiler(
+    s3: FakeS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("histoprompt.ingest.tiling")
+    from histoprompt.export.synthetic_wsi import write_tiff
+    from histoprompt.ingest import triton as ingest_triton
+
+    monkeypatch.setattr(ingest_triton, "TritonClient", FakeTriton)
+    FakeTriton.calls = []
+    write_tiff(tmp_path / "slide.svs", 512, 384, levels=2, tile=128)  # SYNTHETIC
     res = run("histoprompt predict slide.svs -g HYPOXIA -g E2F_TARGETS")
-    assert res.exit_code == EXIT_USAGE and "histoprompt-ingest" in res.stderr
+    assert res.exit_code == 0, res.output
+    kinds = [c[0] for c in FakeTriton.calls]
+    assert kinds[-1] == "slide_to_pathways" and "patch_embed" in kinds
+    assert FakeTriton.calls[-1][1] == ["HALLMARK_HYPOXIA", "HALLMARK_E2F_TARGETS"]
+    n_tiles = sum(c[1][0] for c in FakeTriton.calls if c[0] == "patch_embed")
+    assert all(c[1][1:] == (64, 64, 3) for c in FakeTriton.calls if c[0] == "patch_embed")
+    rows = [ln.split("\t") for ln in res.stdout.splitlines()[1:]]
+    assert [r[0] for r in rows] == ["HALLMARK_E2F_TARGETS", "HALLMARK_HYPOXIA"]  # by score
+    assert 0 < n_tiles <= (512 // 64) * (384 // 64)
     (tmp_path / "x.svs").write_text("no")
     assert runner.invoke(app, ["predict", "x.svs"]).exit_code == EXIT_INVALID
 

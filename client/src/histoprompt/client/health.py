@@ -68,11 +68,32 @@ def check_triton(settings: ClientSettings) -> Check:
     detail = f"{settings.triton_url} ready={live}, {len(ready)}/{len(models)} models ready"
     if missing:
         detail += f"; not ready: {', '.join(missing)}"
-    return Check("triton", bool(live), detail, {"models": models})
+    # Without its models Triton cannot serve the pipeline: that counts as down.
+    return Check("triton", bool(live) and not missing, detail, {"models": models})
+
+
+def _committed_offsets(settings: ClientSettings) -> dict[Any, Any]:
+    """The ingest group's committed offsets; empty when the group has not committed yet."""
+    from kafka.admin import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    ms = int(settings.connect_timeout * 1000)
+    admin = KafkaAdminClient(
+        **settings.kafka_config(), request_timeout_ms=ms * 3, bootstrap_timeout_ms=ms
+    )
+    try:
+        group = settings.ingest_group
+        offsets: dict[Any, Any] = admin.list_group_offsets({group: None}).get(group, {})
+        return offsets
+    except KafkaError:
+        # No such group yet (or no coordinator before the first commit): lag is unknown.
+        return {}
+    finally:
+        admin.close()
 
 
 def check_kafka(settings: ClientSettings) -> Check:
-    from kafka import KafkaAdminClient, TopicPartition
+    from kafka import TopicPartition
 
     from histoprompt.client.services import kafka_consumer, kafka_errors
 
@@ -86,15 +107,7 @@ def check_kafka(settings: ClientSettings) -> Check:
             ends = consumer.end_offsets(tps) if tps else {}
         finally:
             consumer.close()
-        admin = KafkaAdminClient(
-            **settings.kafka_config(),
-            request_timeout_ms=int(settings.connect_timeout * 1000) * 3,
-            bootstrap_timeout_ms=int(settings.connect_timeout * 1000),
-        )
-        try:
-            committed = admin.list_consumer_group_offsets(settings.ingest_group)
-        finally:
-            admin.close()
+        committed = _committed_offsets(settings)
     if committed:
         lag = sum(max(0, end - committed[tp].offset) for tp, end in ends.items() if tp in committed)
     ours = sorted(t for t in topics if t in names.ALL_TOPICS)

@@ -33,7 +33,17 @@ def predict(
 
     state = get_state(ctx)
     slide = inspect_slide(path)
-    result = predict_local(state.settings(), slide, gene_set or [])
+    settings = state.settings()
+    requests: dict[str, str] = {}
+    if gene_set:
+        from histoprompt.client.catalog import gene_set_catalog
+        from histoprompt.client.pathway_query import request_strings
+        from histoprompt.core.genesets import load_hallmark
+
+        sets = [gene_set_catalog(settings).lookup(n) for n in gene_set]
+        strings = request_strings(sets, set(load_hallmark()))
+        requests = {gs.name: r for gs, r in zip(sets, strings, strict=True)}
+    result = predict_local(settings, slide, requests)
     rows = sorted(result.rows, key=lambda r: float(r["score"]), reverse=True)
     state.output(as_json).table(
         rows,
