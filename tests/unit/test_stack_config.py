@@ -110,3 +110,26 @@ def test_missing_prometheus_names_the_fix(tmp_path: Path) -> None:
     )
     with pytest.raises(StackError, match="apt-get install -y prometheus"):
         up(settings)
+
+
+def test_kafka_class_archive_is_keyed_by_the_jars(tmp_path: Path) -> None:
+    from histoprompt.stack.kafka import class_archive, keep_class_archive
+
+    libs = tmp_path / "libs"
+    libs.mkdir()
+    (libs / "kafka_2.13-4.1.1.jar").write_bytes(b"x" * 10)
+    settings = StackSettings(stack_kafka_libs=libs)
+    first = class_archive(settings)
+    assert first.parent == tmp_path
+    assert class_archive(settings) == first
+    (libs / "extra.jar").write_bytes(b"y")
+    second = class_archive(settings)
+    assert second != first
+
+    dumped = tmp_path / "classes.jsa"
+    dumped.write_bytes(b"archive-1")
+    keep_class_archive(dumped, second)
+    assert second.read_bytes() == b"archive-1"
+    dumped.write_bytes(b"archive-2")
+    keep_class_archive(dumped, second)  # an archive in the cache is never replaced
+    assert second.read_bytes() == b"archive-1"

@@ -7,6 +7,9 @@ The jars come from deploy/kafka/pom.xml (`make install-kafka`). Storage is forma
 from __future__ import annotations
 
 import base64
+import contextlib
+import hashlib
+import os
 import shutil
 import subprocess
 import uuid
@@ -20,6 +23,7 @@ from histoprompt.stack.settings import StackSettings
 from histoprompt.stack.supervisor import ProcessSpec, log_tail
 
 NAME = "kafka"
+DUMPED_ARCHIVE = "classes.jsa"
 FORMAT_TIMEOUT_S = 120.0
 _TOPIC_ALREADY_EXISTS = 36
 
@@ -80,7 +84,33 @@ def server_properties(ports: StackPorts, data_dir: Path) -> str:
     return "".join(f"{k}={v}\n" for k, v in props.items())
 
 
-def _java_argv(settings: StackSettings, log4j: Path, main: str, *args: str) -> list[str]:
+def class_archive(settings: StackSettings) -> Path:
+    """Where the broker's class-data-sharing archive is cached, keyed by jars and JVM.
+
+    A JVM that finds the archive stale (other jars, another JDK build) ignores it and
+    starts without it, so a wrong key costs time, never correctness.
+    """
+    libs = settings.project_path(settings.stack_kafka_libs)
+    java = shutil.which(settings.stack_java) or settings.stack_java
+    key = hashlib.sha256()
+    for jar in sorted(libs.glob("*.jar")):
+        key.update(f"{jar.name}:{jar.stat().st_size}\n".encode())
+    with contextlib.suppress(OSError):
+        real = Path(java).resolve()
+        key.update(f"{real}:{real.stat().st_mtime_ns}".encode())
+    return libs.parent / f"kafka-classes-{key.hexdigest()[:16]}.jsa"
+
+
+def keep_class_archive(dumped: Path, target: Path) -> None:
+    """Move the archive the broker dumped at exit into the cache, unless one is there."""
+    if dumped.is_file() and not target.exists():
+        with contextlib.suppress(OSError):
+            os.replace(dumped, target)
+
+
+def _java_argv(
+    settings: StackSettings, log4j: Path, main: str, *args: str, cds: tuple[str, ...] = ()
+) -> list[str]:
     libs = settings.project_path(settings.stack_kafka_libs)
     return [
         settings.stack_java,
@@ -89,6 +119,10 @@ def _java_argv(settings: StackSettings, log4j: Path, main: str, *args: str) -> l
         "-XX:+UseSerialGC",
         # C1 only: the broker starts about twice as fast on a small box; it is a test broker.
         "-XX:TieredStopAtLevel=1",
+        # Class-data sharing: about 40% off the JVM's start-up once an archive exists.
+        *cds,
+        "-Xlog:cds=off",
+        "-Xlog:cds+dynamic=off",
         "-Djava.awt.headless=true",
         f"-Dlog4j2.configurationFile={log4j}",
         "-cp",
@@ -125,6 +159,14 @@ def prepare(settings: StackSettings, state_dir: Path, ports: StackPorts) -> Proc
     log4j.write_text(_LOG4J2)
     log_path = state_dir / "logs" / f"{NAME}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    archive = class_archive(settings)
+    use_archive: tuple[str, ...] = ()
+    if archive.is_file():
+        use_archive = (f"-XX:SharedArchiveFile={archive}",)
+        broker_cds = use_archive
+    else:
+        # The first broker writes the archive when it stops; down() moves it to the cache.
+        broker_cds = (f"-XX:ArchiveClassesAtExit={home / DUMPED_ARCHIVE}",)
     fmt = _java_argv(
         settings,
         log4j,
@@ -135,6 +177,7 @@ def prepare(settings: StackSettings, state_dir: Path, ports: StackPorts) -> Proc
         "--config",
         str(config),
         "--ignore-formatted",
+        cds=use_archive,
     )
     with log_path.open("ab") as log:
         try:
@@ -157,7 +200,7 @@ def prepare(settings: StackSettings, state_dir: Path, ports: StackPorts) -> Proc
         )
     return ProcessSpec(
         name=NAME,
-        argv=_java_argv(settings, log4j, "kafka.Kafka", str(config)),
+        argv=_java_argv(settings, log4j, "kafka.Kafka", str(config), cds=broker_cds),
         log_path=log_path,
         env={"KAFKA_LOG4J_OPTS": "", "LOG_DIR": str(home)},
         stop_timeout=20.0,

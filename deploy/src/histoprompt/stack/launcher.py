@@ -165,6 +165,7 @@ def up(settings: StackSettings | None = None) -> StackHandle:
         ports=ports,
         env=env,
         started_at=datetime.now(UTC),
+        kafka_class_archive=kafka.class_archive(settings) if "kafka" in services else None,
     )
     conn = StackHandle(state).settings
     records: dict[str, ProcessRecord] = {}
@@ -266,6 +267,10 @@ def down(state_dir: Path = Path(".stack")) -> list[str]:
     if state is None:
         return []
     killed = stop_all(list(reversed(state.processes.values())))
+    if state.kafka_class_archive is not None:
+        kafka.keep_class_archive(
+            state_dir / kafka.NAME / kafka.DUMPED_ARCHIVE, state.kafka_class_archive
+        )
     with contextlib.suppress(OSError):
         if state.env_file.is_file() and state.env["HISTOPROMPT_KAFKA_BOOTSTRAP"] in (
             state.env_file.read_text()

@@ -32,6 +32,8 @@ class StackState(BaseModel):
     startup_seconds: dict[str, float] = Field(default_factory=dict)
     started_at: datetime
     ready: bool = False
+    # Where down() keeps the Kafka class archive the broker dumps at exit (None: keep none).
+    kafka_class_archive: Path | None = None
 
 
 def state_path(state_dir: Path) -> Path:
