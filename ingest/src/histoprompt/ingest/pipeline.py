@@ -85,6 +85,7 @@ class SlideProcessor:
             self.log.info("already done", extra={"slide_id": sid, "status": "skipped_duplicate"})
             return SlideOutcome("skipped_duplicate", None)
         t0 = time.perf_counter()
+        self.log.info("slide started", extra={"slide_id": sid, "status": "started"})
         try:
             return await self._run(job, t0)
         except SlideError as err:

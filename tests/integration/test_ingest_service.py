@@ -1,0 +1,440 @@
+"""The ingest service on the real local stack: Kafka events -> S3 ranged reads -> Triton ->
+results in S3 + result events; redelivery, poison and DLQ, PHI, SIGTERM with restart."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from histoprompt.core import names
+from histoprompt.core.results import ResultStore
+from histoprompt.core.s3 import make_minio
+from histoprompt.export.synthetic_wsi import (
+    DicomSeriesSpec,
+    TransferSyntax,
+    blank_tiles,
+    write_dicom_series,
+    write_tiff,
+)
+from histoprompt.ingest.harness import (
+    TopicWatcher,
+    Uploaded,
+    dlq_of,
+    event_bytes,
+    make_producer,
+    publish,
+    publish_upload,
+    put_bytes,
+    put_file,
+    results_of,
+    skip_group_to_end,
+    upload_series,
+)
+from histoprompt.ingest.logs import JsonFormatter
+from histoprompt.ingest.service import IngestService
+from histoprompt.ingest.settings import IngestSettings
+
+pytestmark = pytest.mark.integration
+
+PHI = {"PatientName": "DOE^JANE^SYNTH", "PatientID": "MRN-99812345", "PatientBirthDate": "19610407"}
+MODELS_IN_ORDER = (
+    names.MODEL_TILE_PREPROCESS,
+    names.MODEL_TILE_ENCODER,
+    names.MODEL_SLIDE_EMBED,
+    names.MODEL_PATHWAY_QUERY,
+    names.MODEL_PATCH_EMBED,
+    names.MODEL_SLIDE_TO_PATHWAYS,
+)
+TIMEOUT_S = 180.0
+
+
+@pytest.fixture(scope="module")
+def served_model(stack, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001, ANN201
+    """The demo bundle (tiny UNTRAINED encoder, SYNTHETIC alignment) loaded in Triton."""
+    import tritonclient.grpc as grpcclient
+
+    from histoprompt.export.bundle import build_demo_bundle
+
+    bundle = build_demo_bundle(
+        tmp_path_factory.mktemp("demo"), seed=0, repo_dir=stack.model_repository
+    )
+    client = grpcclient.InferenceServerClient(stack.triton_grpc)
+    try:
+        for model in MODELS_IN_ORDER:
+            client.load_model(model)
+    finally:
+        client.close()
+    return bundle
+
+
+@pytest.fixture(scope="module")
+def settings(stack, served_model) -> IngestSettings:  # noqa: ANN001
+    group = f"ingest-test-{uuid.uuid4().hex[:8]}"
+    s = IngestSettings.load(
+        stack.env_file,
+        ingest_group_id=group,
+        ingest_metrics_port=stack.ingest_metrics_port,
+        ingest_batch_size=16,
+        ingest_max_inflight=3,
+        ingest_concurrency=2,
+        ingest_max_attempts=2,
+        ingest_retry_base_s=0.1,
+        ingest_max_pixels=3000 * 3000,
+        ingest_shutdown_deadline_s=10.0,
+    )
+    skip_group_to_end(s, group)
+    return s
+
+
+@pytest.fixture(scope="module")
+def log_capture() -> Iterator[io.StringIO]:
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("histoprompt.ingest")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield buf
+    logger.removeHandler(handler)
+
+
+@pytest.fixture(scope="module")
+def service(settings: IngestSettings, log_capture: io.StringIO) -> Iterator[IngestService]:
+    svc = IngestService(settings)
+    thread = threading.Thread(target=svc.run, kwargs={"install_signals": False}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + TIMEOUT_S
+    while not svc.health.ready and time.monotonic() < deadline and thread.is_alive():
+        time.sleep(0.2)
+    assert svc.health.ready, log_capture.getvalue()[-3000:]
+    time.sleep(3.0)  # let the consumer join its group before events arrive
+    yield svc
+    svc.request_stop()
+    thread.join(timeout=settings.ingest_shutdown_deadline_s + 10)
+    assert not thread.is_alive(), "service did not stop within its deadline"
+
+
+@pytest.fixture(scope="module")
+def minio(stack):  # noqa: ANN001, ANN201
+    return make_minio(stack.settings)
+
+
+@pytest.fixture(scope="module")
+def producer(stack):  # noqa: ANN001, ANN201
+    p = make_producer(stack.settings)
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def results(stack) -> Iterator[TopicWatcher]:  # noqa: ANN001
+    w = TopicWatcher(stack.settings, names.TOPIC_RESULTS)
+    yield w
+    w.close()
+
+
+@pytest.fixture
+def dlq(stack) -> Iterator[TopicWatcher]:  # noqa: ANN001
+    w = TopicWatcher(stack.settings, names.TOPIC_DLQ)
+    yield w
+    w.close()
+
+
+def _prefix() -> str:
+    return f"ingest-test/{uuid.uuid4().hex[:12]}"
+
+
+def _wait_results(watcher: TopicWatcher, ids: set[str], timeout: float = TIMEOUT_S) -> dict:
+    seen = watcher.wait_for(lambda s: ids <= {e.slide_id for e in results_of(s)}, timeout_s=timeout)
+    by_id = {e.slide_id: e for e in results_of(seen) if e.slide_id in ids}
+    assert set(by_id) == ids, f"missing results for {ids - set(by_id)}"
+    return by_id
+
+
+def _series(tmp: Path, **kw: object) -> list[Path]:
+    spec = DicomSeriesSpec(width=1024, height=768, levels=3, tile=256, **kw)  # type: ignore[arg-type]
+    return write_dicom_series(tmp, spec)
+
+
+def test_series_and_svs_give_results_and_events(
+    service: IngestService,
+    minio,  # noqa: ANN001
+    producer,  # noqa: ANN001
+    results: TopicWatcher,
+    settings: IngestSettings,
+    stack,  # noqa: ANN001
+    tmp_path: Path,
+    log_capture: io.StringIO,
+) -> None:
+    bucket = settings.slides_bucket
+    series = upload_series(
+        minio,
+        bucket,
+        _prefix(),
+        _series(tmp_path / "s", syntax=TransferSyntax.jpeg_baseline, phi=PHI, with_label=True),
+    )
+    sparse = upload_series(
+        minio,
+        bucket,
+        _prefix(),
+        _series(tmp_path / "j2k", syntax=TransferSyntax.jpeg2000, sparse=True, phi=PHI),
+    )
+    svs = put_file(
+        minio, bucket, _prefix() + "/slide.svs", write_tiff(tmp_path / "x.svs", 1200, 900)
+    )
+    for up in (series, sparse, svs):
+        publish_upload(producer, up)
+    ids = {series.slide_id, sparse.slide_id, svs.slide_id}
+    events = _wait_results(results, ids)
+    store = ResultStore(minio, settings.results_bucket)
+    version = service.served.version  # type: ignore[union-attr]
+    from histoprompt.core.genesets import load_hallmark
+
+    hallmarks = set(load_hallmark())
+    for sid, ev in events.items():
+        assert ev.status == "done", ev
+        assert ev.model.version == version
+        assert ev.result_uri == store.uri(sid, version)
+        assert ev.n_tiles > 0
+        assert ev.seconds.total >= ev.seconds.infer > 0
+        manifest = store.read_manifest(sid, version)
+        assert manifest.status == "done" and manifest.synthetic
+        assert manifest.n_tiles == ev.n_tiles
+        tiles = store.read_tiles(sid, version)
+        emb = store.read_tile_embeddings(sid, version)
+        assert len(tiles) == ev.n_tiles == emb.shape[0]
+        assert emb.shape[1] == service.served.spec.embed_dim  # type: ignore[union-attr]
+        assert np.isfinite(emb.astype(np.float32)).all() and np.abs(emb).sum() > 0
+        slide_emb = store.read_slide_embedding(sid, version)
+        assert abs(float(np.linalg.norm(slide_emb)) - 1.0) < 1e-4
+        assert tiles["attention"].sum() == pytest.approx(1.0, abs=1e-3)
+        assert (tiles["tissue_fraction"] >= settings.ingest_min_tissue_fraction).all()
+        # level-0 coordinates on the tile grid: tile edge = 64 px at 1.0 mpp = 128 px at 0.5
+        assert (tiles["x"] % 128 == 0).all() and (tiles["y"] % 128 == 0).all()
+        pathways = store.read_pathways(sid, version)
+        assert set(pathways) == hallmarks
+        assert all(np.isfinite(p.score) and 0 <= p.coverage <= 1 for p in pathways.values())
+    # JPEG DICOM and lossless sparse J2K of the same picture give the same tile grid
+    a = store.read_tiles(series.slide_id, version)
+    b = store.read_tiles(sparse.slide_id, version)
+    assert list(zip(a["x"], a["y"], strict=True)) == list(zip(b["x"], b["y"], strict=True))
+
+    # metrics on the scraped port carry the outcome, never keys or PHI
+    text = httpx.get(f"http://127.0.0.1:{stack.ingest_metrics_port}/metrics").text
+    done = [
+        ln
+        for ln in text.splitlines()
+        if ln.startswith('histoprompt_ingest_slides_total{status="done"}')
+    ]
+    assert float(done[0].split()[-1]) >= 3
+    tiles_total = [
+        ln for ln in text.splitlines() if ln.startswith("histoprompt_ingest_tiles_total ")
+    ]
+    assert float(tiles_total[0].split()[-1]) >= sum(e.n_tiles for e in events.values())
+
+    # PHI: nowhere in logs, metrics, result objects or result events
+    blobs = [log_capture.getvalue(), text]
+    blobs += [v.decode() for _, v in results.seen]
+    for sid in (series.slide_id, sparse.slide_id):
+        prefix = names.result_prefix(sid, version)
+        for obj in minio.list_objects(settings.results_bucket, prefix=prefix, recursive=True):
+            resp = minio.get_object(settings.results_bucket, obj.object_name)
+            blobs.append(resp.read().decode("latin-1"))
+            resp.close()
+            resp.release_conn()
+    for value in PHI.values():
+        for part in value.split("^"):
+            assert all(part not in blob for blob in blobs), f"PHI {part!r} leaked"
+    assert "slide_id" in log_capture.getvalue()
+
+
+def test_redelivery_gives_no_second_result(
+    service: IngestService,
+    minio,  # noqa: ANN001
+    producer,  # noqa: ANN001
+    results: TopicWatcher,
+    settings: IngestSettings,
+    tmp_path: Path,
+) -> None:
+    up = put_file(
+        minio,
+        settings.slides_bucket,
+        _prefix() + "/a.svs",
+        write_tiff(tmp_path / "a.svs", 700, 600),
+    )
+    publish_upload(producer, up)
+    _wait_results(results, {up.slide_id})
+    before = service.metrics.slides.labels(status="skipped_duplicate")._value.get()
+    publish(producer, event_bytes(up), up.key.encode())
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        results.poll(0.5)
+        if service.metrics.slides.labels(status="skipped_duplicate")._value.get() > before:
+            break
+    assert service.metrics.slides.labels(status="skipped_duplicate")._value.get() == before + 1
+    results.poll(1.0)
+    assert [e.slide_id for e in results_of(results.seen)].count(up.slide_id) == 1
+
+
+def test_poison_goes_to_dlq_bad_slides_fail_and_next_slide_completes(
+    service: IngestService,
+    minio,  # noqa: ANN001
+    producer,  # noqa: ANN001
+    results: TopicWatcher,
+    dlq: TopicWatcher,
+    settings: IngestSettings,
+    tmp_path: Path,
+) -> None:
+    bucket = settings.slides_bucket
+    publish(producer, b"{this is not json", b"poison-1")
+    publish(producer, event_bytes(Uploaded("not-an-allowed-bucket", "x/slide.svs", "e", 1)))
+    not_dicom = put_bytes(minio, bucket, _prefix() + "/junk.dcm", b"\0" * 128 + b"NOPE" * 100)
+    good_series = _series(tmp_path / "g", syntax=TransferSyntax.jpegls)
+    data = good_series[0].read_bytes()
+    truncated = put_bytes(minio, bucket, _prefix() + "/trunc.dcm", data[: len(data) * 2 // 3])
+    big = write_dicom_series(
+        tmp_path / "big",
+        DicomSeriesSpec(width=3200, height=3000, levels=1, tile=512, syntax=TransferSyntax.jpegls),
+    )
+    too_large = put_file(minio, bucket, _prefix() + "/big.dcm", big[0])
+    missing = upload_series(minio, bucket, _prefix(), good_series, skip=[1])
+    blank = write_dicom_series(
+        tmp_path / "blank", DicomSeriesSpec(width=512, height=512, levels=1), tile_fn=blank_tiles
+    )
+    no_tissue = put_file(minio, bucket, _prefix() + "/blank.dcm", blank[0])
+    ct = _ct_dicom(tmp_path / "ct.dcm")
+    not_wsi = put_file(minio, bucket, _prefix() + "/ct.dcm", ct)
+    bad = {
+        not_dicom.slide_id: "not_dicom",
+        truncated.slide_id: "truncated",
+        too_large.slide_id: "too_large",
+        missing.slide_id: "missing_instance",
+        no_tissue.slide_id: "no_tissue",
+        not_wsi.slide_id: "not_wsi",
+    }
+    for up in (not_dicom, truncated, too_large, missing, no_tissue, not_wsi):
+        publish_upload(producer, up, with_members=False)
+    good = put_file(minio, bucket, _prefix() + "/ok.svs", write_tiff(tmp_path / "ok.svs", 800, 640))
+    publish_upload(producer, good)
+
+    events = _wait_results(results, {*bad, good.slide_id})
+    assert events[good.slide_id].status == "done"
+    for sid, code in bad.items():
+        assert events[sid].status == "failed", (code, events[sid])
+        assert events[sid].error is not None and events[sid].error.code == code
+    seen = dlq.wait_for(lambda s: len(s) >= 2, timeout_s=30)
+    codes = sorted(e.error.code for e in dlq_of(seen))
+    assert codes == ["forbidden_source", "malformed_event"]
+    malformed = next(e for e in dlq_of(seen) if e.error.code == "malformed_event")
+    assert malformed.original == "{this is not json" and malformed.attempts == 1
+
+
+def _ct_dicom(path: Path) -> Path:
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.SeriesDescription = "SYNTHETIC"
+    ds.Rows = ds.Columns = 4
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    return path
+
+
+def _spawn(stack, group: str, deadline_s: float) -> subprocess.Popen[str]:  # noqa: ANN001
+    env = dict(os.environ)
+    env.update(
+        HISTOPROMPT_ENV_FILE=str(stack.env_file),
+        HISTOPROMPT_INGEST_GROUP_ID=group,
+        HISTOPROMPT_INGEST_METRICS_PORT="0",
+        HISTOPROMPT_INGEST_BATCH_SIZE="8",
+        HISTOPROMPT_INGEST_MAX_INFLIGHT="1",
+        HISTOPROMPT_INGEST_SHUTDOWN_DEADLINE_S=str(deadline_s),
+    )
+    return subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "histoprompt.ingest", "run"],
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+def _read_until(proc: subprocess.Popen[str], needle: str, timeout: float) -> list[str]:
+    lines: list[str] = []
+    found = threading.Event()
+
+    def reader() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if needle in line:
+                found.set()
+
+    threading.Thread(target=reader, daemon=True).start()
+    found.wait(timeout)
+    return lines
+
+
+def test_sigterm_mid_slide_then_restart_finishes_exactly_once(
+    stack,  # noqa: ANN001
+    served_model,  # noqa: ANN001
+    minio,  # noqa: ANN001
+    producer,  # noqa: ANN001
+    results: TopicWatcher,
+    settings: IngestSettings,
+    tmp_path: Path,
+) -> None:
+    group = f"ingest-sigterm-{uuid.uuid4().hex[:8]}"
+    skip_group_to_end(settings, group)
+    # big enough that the slide is still in flight when SIGTERM lands (~1000 tiles)
+    path = write_tiff(tmp_path / "long.svs", 4096, 4096, levels=2, tile=512)
+    up = put_file(minio, settings.slides_bucket, _prefix() + "/long.svs", path)
+    first = _spawn(stack, group, deadline_s=2.0)
+    try:
+        publish_upload(producer, up)
+        lines = _read_until(first, '"slide started"', timeout=TIMEOUT_S)
+        assert any(up.slide_id in ln and "slide started" in ln for ln in lines), lines[-20:]
+        t0 = time.monotonic()
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=30) == 0
+        assert time.monotonic() - t0 < 2.0 + 8.0  # deadline plus Kafka/gRPC close
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert not any(e.slide_id == up.slide_id for e in results_of(results.seen))
+    second = _spawn(stack, group, deadline_s=10.0)
+    second_lines = _read_until(second, "never-logged", timeout=0)
+    try:
+        _wait_results(results, {up.slide_id}, timeout=300)
+        time.sleep(3.0)
+        results.poll(1.0)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(timeout=30)
+    events = [e for e in results_of(results.seen) if e.slide_id == up.slide_id]
+    assert len(events) == 1 and events[0].status == "done"
+    store = ResultStore(minio, settings.results_bucket)
+    assert store.read_manifest(up.slide_id).n_tiles == events[0].n_tiles
+    logged = [json.loads(ln) for ln in second_lines if ln.startswith("{")]
+    assert any(d.get("slide_id") == up.slide_id and d.get("status") == "done" for d in logged)
