@@ -38,12 +38,12 @@ def test_python_model_and_ensemble_over_grpc(triton: grpcclient.InferenceServerC
 
 
 def test_python_backend_imports_project_venv(
-    triton: grpcclient.InferenceServerClient, repo_root: Path
+    triton: grpcclient.InferenceServerClient, repo_root: Path, stack: StackHandle
 ) -> None:
     dummy = grpcclient.InferInput("DUMMY", [1], "INT32")
     dummy.set_data_from_numpy(np.zeros(1, dtype=np.int32))
     info = triton.infer("stack_import_probe", [dummy]).as_numpy("INFO")
-    names_file, ort_version, topic = (v.decode() for v in info)
+    names_file, ort_version, topic, s3_endpoint = (v.decode() for v in info)
     assert Path(names_file).resolve() == (
         repo_root / "core" / "src" / "histoprompt" / "core" / "names.py"
     )
@@ -51,6 +51,8 @@ def test_python_backend_imports_project_venv(
 
     assert ort_version == onnxruntime.__version__
     assert topic == TOPIC_INCOMING
+    # The model's own ConnectionSettings() sees the stack's S3, through Triton's environment.
+    assert s3_endpoint == stack.settings.s3_endpoint
 
 
 def test_unknown_model_load_fails(stack: StackHandle) -> None:

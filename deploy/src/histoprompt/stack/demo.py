@@ -27,7 +27,10 @@ if TYPE_CHECKING:
     from histoprompt.stack.handle import StackHandle
 
 # The demo's steps, in order. Each part appends its own entry when it lands.
-DEMO_STEPS: tuple[str, ...] = ()
+DEMO_STEPS: tuple[str, ...] = (
+    # train (or reuse) the SYNTHETIC alignment, build the model repository, load it in Triton
+    "histoprompt.export.demo_step:serve_models",
+)
 
 DemoStep = Callable[["StackHandle", "Console"], None]
 

@@ -114,9 +114,10 @@ def _prepare(
     state_dir: Path,
     ports: StackPorts,
     model_repository: Path,
+    env: dict[str, str],
 ) -> ProcessSpec:
     if name == "triton":
-        return triton.prepare(settings, state_dir, ports, model_repository)
+        return triton.prepare(settings, state_dir, ports, model_repository, env)
     if name == "seaweed":
         return seaweed.prepare(settings, state_dir, ports)
     if name == "prometheus":
@@ -200,7 +201,7 @@ def up(settings: StackSettings | None = None) -> StackHandle:
         try:
             for name in services:
                 t0 = time.monotonic()
-                spec = _prepare(name, settings, state_dir, ports, model_repository)
+                spec = _prepare(name, settings, state_dir, ports, model_repository, env)
                 records[name] = launch(spec, die_with_parent=settings.stack_die_with_parent)
                 # Recorded at once, so `down` from elsewhere can clean a half-started stack.
                 write_state(state.model_copy(update={"processes": dict(records)}))

@@ -97,9 +97,18 @@ def check_installed(settings: StackSettings) -> Path:
 
 
 def prepare(
-    settings: StackSettings, state_dir: Path, ports: StackPorts, model_repository: Path
+    settings: StackSettings,
+    state_dir: Path,
+    ports: StackPorts,
+    model_repository: Path,
+    connection_env: dict[str, str] | None = None,
 ) -> ProcessSpec:
-    """Assemble the backend dir and return how to start Triton on loopback ports."""
+    """Assemble the backend dir and return how to start Triton on loopback ports.
+
+    `connection_env` (the HISTOPROMPT_* values of stack.env) goes into Triton's
+    environment, so a python-backend model's `ConnectionSettings()` finds the stack's S3
+    and Kafka the same way a pod does from the Helm chart's env vars.
+    """
     binary = check_installed(settings)
     root = binary.parent.parent
     home = state_dir / NAME
@@ -125,6 +134,7 @@ def prepare(
         "--log-verbose=0",
     ]
     env = {
+        **(connection_env or {}),
         "PATH": venv_path_env(),
         "LD_LIBRARY_PATH": library_path(root),
         "PYTHONNOUSERSITE": "1",

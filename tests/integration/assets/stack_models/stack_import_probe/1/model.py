@@ -1,4 +1,4 @@
-"""INFO = [histoprompt.core.names file, onnxruntime version, TOPIC_INCOMING]."""
+"""INFO = [histoprompt.core.names file, onnxruntime version, TOPIC_INCOMING, S3 endpoint]."""
 
 from __future__ import annotations
 
@@ -10,13 +10,20 @@ import triton_python_backend_utils as pb_utils
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, Any]) -> None:
-        # Imported here so a broken PYTHONPATH fails the load with the import error.
+        # Imported here so a model that cannot see the venv fails its load with the import error.
         import onnxruntime
 
         from histoprompt.core import names
+        from histoprompt.core.settings import ConnectionSettings
 
         self.info = np.array(
-            [names.__file__, onnxruntime.__version__, names.TOPIC_INCOMING], dtype=np.object_
+            [
+                names.__file__,
+                onnxruntime.__version__,
+                names.TOPIC_INCOMING,
+                ConnectionSettings().s3_endpoint,
+            ],
+            dtype=np.object_,
         )
 
     def execute(self, requests: list[Any]) -> list[Any]:
