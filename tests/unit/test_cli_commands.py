@@ -361,7 +361,8 @@ def triton(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
         requests.append(gene_sets)
         sizes = [len(json.loads(g)["genes"]) if g.startswith("{") else 200 for g in gene_sets]
         base = float(np.sum(embedding))
-        return np.array([base * n for n in sizes]), np.array([0.8] * len(gene_sets))
+        used = (method or "soft-knn").replace("-", "_")
+        return np.array([base * n for n in sizes]), np.array([0.8] * len(gene_sets)), used
 
     monkeypatch.setattr(pathway_query, "run_pathway_query", fake)
     monkeypatch.setattr(pathway_query, "reference_genes", lambda s: ("CD3E", "CD8A", "GZMB"))
@@ -380,7 +381,8 @@ def test_example_query(s3: FakeS3, triton: list[list[str]]) -> None:
     }
     rows = {ln.split("\t")[0]: ln.split("\t") for ln in res.stdout.splitlines()[1:]}
     assert rows["custom"][-1] == "PRF1,IFNG"  # unknown genes against the reference
-    assert rows["custom"][4] == "5" and rows["HALLMARK_E2F_TARGETS"][4] == "200"
+    assert rows["custom"][4] == "4/5" and rows["HALLMARK_E2F_TARGETS"][4] == "160/200"
+    assert rows["custom"][2] == "soft_knn"
 
 
 def test_query_bad_input(s3: FakeS3, triton: list[list[str]], tmp_path: Path) -> None:
@@ -398,6 +400,9 @@ def test_query_bad_input(s3: FakeS3, triton: list[list[str]], tmp_path: Path) ->
         r["gene_set"] for r in body["results"]
     ] == ["B_SET", "A_SET"]
     assert {r["method"] for r in body["results"]} == {"prototype"}
+    assert [r["found"] for r in body["results"]] == [
+        round(0.8 * r["genes"]) for r in body["results"]
+    ]
 
 
 def test_example_heatmap(s3: FakeS3, monkeypatch: pytest.MonkeyPatch) -> None:

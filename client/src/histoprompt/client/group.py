@@ -60,6 +60,9 @@ class RootGroup(TyperGroup):
             raise
         except (typer.TyperException, typer.Exit, typer.Abort):
             raise
+        except BrokenPipeError:
+            # `histoprompt results X | head`: the reader left; nothing more to say.
+            raise typer.Exit(0) from None
         except KeyboardInterrupt:
             sys.stderr.write("interrupted\n")
             raise typer.Exit(130) from None

@@ -26,6 +26,11 @@ class QueryRow:
     genes: int
     unknown: tuple[str, ...] | None
 
+    @property
+    def found(self) -> int:
+        """Genes of the set the reference has (from the server's coverage fraction)."""
+        return round(self.coverage * self.genes)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "gene_set": self.gene_set,
@@ -33,6 +38,7 @@ class QueryRow:
             "method": self.method,
             "coverage": self.coverage,
             "genes": self.genes,
+            "found": self.found,
             "unknown": None if self.unknown is None else list(self.unknown),
         }
 
@@ -50,8 +56,11 @@ def run_pathway_query(
     embedding: NDArray[Any],
     gene_sets: list[str],
     method: str | None,
-) -> tuple[NDArray[Any], NDArray[Any]]:
-    """SCORES [K] and COVERAGE [K] for one slide embedding [E]."""
+) -> tuple[NDArray[Any], NDArray[Any], str]:
+    """SCORES [K], COVERAGE [K] for one slide embedding [E], and the method that scored.
+
+    The CLI spells methods with a dash (soft-knn), the server with an underscore (soft_knn).
+    """
     import numpy as np
     import tritonclient.grpc as grpcclient
 
@@ -65,9 +74,10 @@ def run_pathway_query(
     ]
     inputs[0].set_data_from_numpy(emb)
     inputs[1].set_data_from_numpy(sets)
-    if method:
+    wire = method.replace("-", "_") if method else None
+    if wire:
         m = grpcclient.InferInput(names.TENSOR_METHOD, [1], "BYTES")
-        m.set_data_from_numpy(np.array([method.encode()], dtype=np.object_))
+        m.set_data_from_numpy(np.array([wire.encode()], dtype=np.object_))
         inputs.append(m)
     outputs = [
         grpcclient.InferRequestedOutput(names.TENSOR_SCORES),
@@ -79,6 +89,14 @@ def run_pathway_query(
             result = client.infer(
                 names.MODEL_PATHWAY_QUERY, inputs, outputs=outputs, client_timeout=300.0
             )
+            if not wire:
+                config = client.get_model_config(names.MODEL_PATHWAY_QUERY, as_json=True)
+                params = config.get("config", config).get("parameters", {})
+                wire = str(params.get("default_method", {}).get("string_value", ""))
+            if not wire:
+                from histoprompt.core.pathway_engine import DEFAULT_METHOD
+
+                wire = DEFAULT_METHOD
     finally:
         client.close()
     scores = np.asarray(result.as_numpy(names.TENSOR_SCORES), dtype=np.float64).reshape(-1)
@@ -90,7 +108,7 @@ def run_pathway_query(
             f"{names.MODEL_PATHWAY_QUERY} returned {scores.shape[0]} scores for "
             f"{len(gene_sets)} gene sets"
         )
-    return scores, coverage
+    return scores, coverage, wire
 
 
 def reference_genes(settings: ClientSettings) -> tuple[str, ...] | None:

@@ -2,8 +2,10 @@
 
 - TIFF/SVS: level-0 size from the first page; the thumbnail is the smallest pyramid level
   (tifffile; JPEG levels need imagecodecs, which the ingest package installs).
-- DICOM-WSI (series manifest or one instance): level-0 size from TotalPixelMatrix headers;
-  no thumbnail (the tile grid is drawn on a plain background).
+- DICOM-WSI (series manifest or one instance): the ingest package's DicomSlide reader
+  (ranged reads, all transfer syntaxes it decodes) gives the levels and the smallest level as
+  thumbnail; without histoprompt-ingest, the size comes from TotalPixelMatrix headers and the
+  tile grid is drawn on a plain background.
 Whatever cannot be read falls back to the extent of the tile grid.
 """
 
@@ -46,19 +48,52 @@ def _tiff_view(client: Minio, bucket: str, key: str) -> tuple[SlideGeometry, Ima
     return geom, thumb
 
 
-def _dicom_geometry(client: Minio, bucket: str, key: str) -> SlideGeometry:
+def _dicom_keys(client: Minio, bucket: str, key: str) -> list[str]:
     import json
-
-    import pydicom
 
     from histoprompt.client.s3file import S3RangeFile
     from histoprompt.core.schemas import SeriesManifest
 
-    keys = [key]
-    if key.endswith(".json"):
-        with S3RangeFile(client, bucket, key) as fh:
-            manifest = SeriesManifest.model_validate(json.loads(fh.read()))
-        keys = [i.key for i in manifest.instances]
+    if not key.endswith(".json"):
+        return [key]
+    with S3RangeFile(client, bucket, key) as fh:
+        manifest = SeriesManifest.model_validate(json.loads(fh.read()))
+    return [i.key for i in manifest.instances]
+
+
+def _dicom_view(client: Minio, bucket: str, key: str) -> tuple[SlideGeometry, Image.Image | None]:
+    """Through histoprompt.ingest's DicomSlide when installed, else headers only."""
+    keys = _dicom_keys(client, bucket, key)
+    try:
+        from histoprompt.ingest.dicom import DicomSlide
+        from histoprompt.ingest.ranged import S3Object
+        from histoprompt.ingest.settings import IngestSettings
+        from histoprompt.ingest.slide import Region
+        from histoprompt.ingest.sources import limits_from
+    except ImportError:
+        return _dicom_geometry(client, bucket, keys), None
+    from PIL import Image
+
+    limits = limits_from(IngestSettings(_env_file=None))  # type: ignore[call-arg]
+    reader = DicomSlide([S3Object(client, bucket, k) for k in keys], limits)
+    try:
+        level0, last = reader.levels[0], reader.levels[-1]
+        geom = SlideGeometry(level0.width, level0.height, "source DICOM")
+        if last.width * last.height > _MAX_THUMB_PIXELS:
+            return geom, None
+        (pixels,) = reader.read_regions(
+            len(reader.levels) - 1, [Region(0, 0, last.width, last.height)]
+        )
+        return geom, Image.fromarray(pixels[..., :3])
+    finally:
+        reader.close()
+
+
+def _dicom_geometry(client: Minio, bucket: str, keys: list[str]) -> SlideGeometry:
+    import pydicom
+
+    from histoprompt.client.s3file import S3RangeFile
+
     best = (0, 0)
     for k in keys:
         with S3RangeFile(client, bucket, k, block=64 * 1024) as fh:
@@ -89,7 +124,7 @@ def slide_view(
     try:
         if _sniff(client, source.bucket, source.key) == "tiff":
             return _tiff_view(client, source.bucket, source.key)
-        return _dicom_geometry(client, source.bucket, source.key), None
+        return _dicom_view(client, source.bucket, source.key)
     except Exception:  # noqa: BLE001 - the source may be gone or unreadable; still draw
         return grid_geometry(tiles), None
 

@@ -93,7 +93,7 @@ def query(
     sets = collect_gene_sets(settings, gene_set or [], genes or [], gmt)
     embedding = result_store(settings).read_slide_embedding(slide_id, version)
     bundled = set(load_hallmark())
-    scores, coverage = run_pathway_query(
+    scores, coverage, used = run_pathway_query(
         settings, embedding, request_strings(sets, bundled), method.value if method else None
     )
     ref = reference_genes(settings)
@@ -102,7 +102,7 @@ def query(
         QueryRow(
             gene_set=gs.name,
             score=float(s),
-            method=method.value if method else "default",
+            method=used,
             coverage=float(c),
             genes=len(gs.genes),
             unknown=None if known is None else tuple(g for g in gs.genes if g not in known),
@@ -112,7 +112,11 @@ def query(
     rows.sort(key=lambda r: r.score, reverse=True)
     out = state.output(as_json)
     table = [
-        {**r.as_dict(), "unknown": "-" if r.unknown is None else ",".join(r.unknown) or "none"}
+        {
+            **r.as_dict(),
+            "genes": f"{r.found}/{r.genes}",
+            "unknown": "-" if r.unknown is None else ",".join(r.unknown) or "none",
+        }
         for r in rows
     ]
     out.table(
