@@ -149,6 +149,8 @@ def up(settings: StackSettings | None = None) -> StackHandle:
                 f"a stack is already running from {state_dir}; stop it first with "
                 "`histoprompt stack down` (or python -m histoprompt.stack down)"
             )
+        # A crashed stack may leave children (e.g. a backend stub) whose leader is gone.
+        stop_all(list(previous.processes.values()))
         remove_state(state_dir)
     services = tuple(s for s in ALL_SERVICES if s in settings.stack_services)
     for name in services:
