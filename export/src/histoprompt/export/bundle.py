@@ -54,8 +54,11 @@ class DemoConfig(BaseModel):
     train: TrainConfig = TrainConfig()
 
 
-def demo_config(seed: int = 0) -> DemoConfig:
+def demo_config(seed: int = 0, encoder: str = "tiny") -> DemoConfig:
+    """The demo configuration; `encoder="null"` gives the near-free data-path bundle."""
+    encoder_spec(encoder)  # unknown names fail here, before any work
     return DemoConfig(
+        encoder=encoder,
         seed=seed,
         cohort=CohortConfig(seed=seed),
         train=TrainConfig(seed=seed),
@@ -245,13 +248,14 @@ def build_demo_bundle(
     cache_dir: Path | None = None,
     repo_dir: Path | None = None,
     progress: bool = False,
+    encoder: str = "tiny",
 ) -> DemoBundle:
     """Train (or reuse) the demo alignment and write a served-ready repository.
 
     The repository goes to `repo_dir` (default `out_dir/model_repository`); `out_dir/bundle`
     is a copy of the artifacts. Takes ~40 s on 2 cores the first time, < 1 s when cached.
     """
-    config = demo_config(seed)
+    config = demo_config(seed, encoder)
     cached = ensure_bundle(config, cache_dir, progress=progress)
     bundle = out_dir / "bundle"
     if bundle.exists():

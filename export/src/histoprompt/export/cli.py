@@ -80,6 +80,7 @@ def demo_bundle(
     repo: Annotated[Path | None, typer.Option(help="write the repository here instead")] = None,
     flavor: Flavor = Flavor.cpu,
     cache_dir: Annotated[Path | None, typer.Option(envvar="HISTOPROMPT_CACHE_DIR")] = None,
+    encoder: Annotated[str, typer.Option(help="tiny (demo) or null (data-path bench)")] = "tiny",
 ) -> None:
     """Train (or reuse) the SYNTHETIC demo alignment and write a served-ready repository.
 
@@ -88,11 +89,17 @@ def demo_bundle(
     from histoprompt.export.bundle import build_demo_bundle
 
     result = build_demo_bundle(
-        out, seed, flavor=flavor, cache_dir=cache_dir, repo_dir=repo, progress=True
+        out,
+        seed,
+        flavor=flavor,
+        cache_dir=cache_dir,
+        repo_dir=repo,
+        progress=True,
+        encoder=encoder,
     )
     val, base = result.metrics["val"], result.metrics["val_unaligned"]
     typer.echo(
-        f"{result.card.version} (SYNTHETIC cohort, UNTRAINED tiny encoder): held-out "
+        f"{result.card.version} (SYNTHETIC cohort, UNTRAINED {encoder} encoder): held-out "
         f"Recall@5 {val['recall@5']:.3f} vs chance {val['chance@5']:.3f} vs unaligned "
         f"{base['recall@5']:.3f}; repository {result.model_repository}"
     )
