@@ -21,9 +21,10 @@ FROM ${TRITON_IMAGE} AS build
 ARG PYTRITON_VERSION
 ARG ONNXRUNTIME_GPU_VERSION
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# Python 3.11 from Ubuntu 22.04 (the NGC base); apt versions follow its security updates.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3.11 python3.11-venv \
+ && apt-get install -y --no-install-recommends python3.11 libpython3.11 \
  && rm -rf /var/lib/apt/lists/*
 ENV UV_LINK_MODE=copy UV_PYTHON_DOWNLOADS=never UV_COMPILE_BYTECODE=1
 COPY --from=uv /uv /usr/local/bin/uv
@@ -57,6 +58,7 @@ RUN uv venv /tmp/pytriton --python /usr/bin/python3.11 \
 FROM ${TRITON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="histoprompt-triton" \
       org.opencontainers.image.description="NGC Triton with histoprompt's python-backend dependencies"
+# Python 3.11 from Ubuntu 22.04 (the NGC base); apt versions follow its security updates.
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3.11 libpython3.11 \

@@ -570,3 +570,25 @@ def test_chart_files_are_the_deploy_sources() -> None:
 def test_monitoring_objects_are_opt_in(render: Render) -> None:
     kinds = {d["kind"] for d in render()}
     assert not kinds & (CRD_KINDS | {"ConfigMap", "Job", "HorizontalPodAutoscaler"})
+
+
+def _documented_keys(readme: str) -> set[str]:
+    """Backticked keys in the README, with shorthand like `a.b.c` / `.d` expanded to a.b.d."""
+    keys = set(re.findall(r"`([A-Za-z][\w.*/-]*)`", readme))
+    for first, rest in re.findall(r"`([A-Za-z][\w.*/-]*)`((?:\s*/\s*`\.[\w]+`)+)", readme):
+        base = first.rsplit(".", 1)[0]
+        keys |= {base + suffix for suffix in re.findall(r"`(\.[\w]+)`", rest)}
+    return keys
+
+
+def test_readme_documents_every_value() -> None:
+    documented = _documented_keys((CHART / "README.md").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    undocumented = []
+    for path, _ in _leaves(values):
+        parts = path.split(".")
+        prefixes = {".".join(parts[:n]) for n in range(min(2, len(parts)), len(parts) + 1)}
+        wildcard = any(k.endswith(".*") and path.startswith(k[:-1]) for k in documented)
+        if not (prefixes & documented or wildcard):
+            undocumented.append(path)
+    assert undocumented == []
