@@ -45,26 +45,36 @@ def _makefile_helm_version() -> str:
     return match.group(1)
 
 
+def _built_version(binary: Path) -> str | None:
+    """The helm module version a `go install` build embeds (`helm version` says only v3.16)."""
+    go = shutil.which("go")
+    if go is None or not binary.is_file():
+        return None
+    out = subprocess.run(
+        [go, "version", "-m", str(binary)], capture_output=True, text=True, check=False
+    ).stdout
+    match = re.search(r"^\s*mod\s+helm\.sh/helm/v3\s+(\S+)", out, re.M)
+    return match.group(1) if match else None
+
+
 @pytest.fixture(scope="session")
 def helm() -> str:
     """The pinned helm binary; built with deploy/install/helm.sh when it is missing."""
     gopath = ROOT / ".cache" / "go"
     binary = gopath / "bin" / "helm"
-    if not binary.is_file():
+    pinned = _makefile_helm_version()
+    if _built_version(binary) != pinned:
         result = subprocess.run(
-            [
-                "bash",
-                str(ROOT / "deploy" / "install" / "helm.sh"),
-                _makefile_helm_version(),
-                str(gopath),
-            ],
+            ["bash", str(ROOT / "deploy" / "install" / "helm.sh"), pinned, str(gopath)],
             capture_output=True,
             text=True,
             timeout=1200,
             check=False,
         )
-        if result.returncode != 0 or not binary.is_file():
-            pytest.fail(f"could not build helm (make install-helm):\n{result.stderr[-3000:]}")
+        if result.returncode != 0 or _built_version(binary) != pinned:
+            pytest.fail(
+                f"could not build helm {pinned} (make install-helm):\n{result.stderr[-3000:]}"
+            )
     return str(binary)
 
 
