@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import rankdata, spearmanr
 
 from histoprompt.core.errors import InvalidInputError
-from histoprompt.core.ssgsea import average_ranks, ssgsea, ssgsea_frame
+from histoprompt.core.ssgsea import _ranks, _ranks_at, average_ranks, ssgsea, ssgsea_frame
 
 
 def _walk_es(x: np.ndarray, members: np.ndarray, alpha: float) -> float:
@@ -33,6 +33,38 @@ def _synthetic(n: int, g: int, seed: int, ties: bool) -> np.ndarray:
 def test_average_ranks_match_scipy() -> None:
     x = _synthetic(7, 300, 1, ties=True)
     np.testing.assert_array_equal(average_ranks(x), rankdata(x, axis=1))
+
+
+def test_key_sort_ranks_equal_argsort_ranks() -> None:
+    """The fast path (float32 bit keys) against the argsort path: ties, negatives, -0.0."""
+    rng = np.random.default_rng(11)
+    x = np.round(rng.normal(size=(9, 700)), 1).astype(np.float32)
+    x[:, :50] = 0.0
+    x[:, 50:60] = -0.0
+    x[3] = 1.5  # a row that is one big tie
+    cols = np.sort(rng.choice(700, size=120, replace=False))
+    fast_r, fast_o = _ranks_at(x, cols)
+    slow_r, slow_o = _ranks(x.astype(np.float64))
+    np.testing.assert_array_equal(fast_r, slow_r[:, cols])
+    np.testing.assert_array_equal(fast_o, slow_o[:, cols])
+    no_ties = rng.permutation(700).astype(np.float32)[None, :]
+    r, o = _ranks_at(no_ties, np.arange(700))
+    np.testing.assert_array_equal(r, o)
+    np.testing.assert_array_equal(r[0], no_ties[0] + 1)
+
+
+def test_key_sort_and_argsort_paths_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    import histoprompt.core.ssgsea as module
+
+    x = _synthetic(8, 500, 12, ties=True).astype(np.float32)
+    sets = [np.arange(0, 40), np.arange(100, 300)]
+    fast = ssgsea(x, sets)
+    monkeypatch.setattr(module, "_float32_exact", lambda _x: None)  # force the argsort path
+    slow = ssgsea(x, sets, chunk_size=3)
+    np.testing.assert_allclose(fast, slow, rtol=1e-12)
+    # a float64 matrix that float32 would tie up takes the exact path
+    y = np.array([[1.0, 1.0 + 1e-12, 0.5, 0.2, 0.1, 0.3]])
+    assert _ranks_at(y, np.arange(6))[0][0, 1] == 6.0
 
 
 def test_closed_form_equals_random_walk() -> None:
@@ -84,8 +116,10 @@ def test_nan_and_bad_shapes_are_rejected() -> None:
         ssgsea(np.ones((2, 50)), [np.arange(5)], ties="max")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("ties", [False, True])
-def test_matches_gseapy(ties: bool) -> None:
+@pytest.mark.parametrize(
+    ("ties", "dtype"), [(False, np.float64), (True, np.float64), (True, np.float32)]
+)
+def test_matches_gseapy(ties: bool, dtype: type) -> None:
     """Raw scores equal gseapy's `ES` (rtol 1e-9); normalised ones its `NES`.
 
     gseapy ranks with `sample_norm_method="rank"` (average ranks scaled by 10000/G; the
@@ -94,7 +128,7 @@ def test_matches_gseapy(ties: bool) -> None:
     """
     gseapy = pytest.importorskip("gseapy")
     n, g = 12, 800
-    x = _synthetic(n, g, 8, ties=ties)
+    x = _synthetic(n, g, 8, ties=ties).astype(dtype)
     genes = [f"G{i}" for i in range(g)]
     rng = np.random.default_rng(9)
     sets = {
