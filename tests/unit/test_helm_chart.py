@@ -254,7 +254,8 @@ def test_triton_deployment_on_gpu_nodes(render: Render) -> None:
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert deployment["spec"]["replicas"] == prod["triton"]["replicas"]
-    assert container["image"] == "nvcr.io/nvidia/tritonserver:" + prod["triton"]["image"]["tag"]
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())["triton"]["image"]
+    assert container["image"] == f"{defaults['repository']}:{prod['triton']['image']['tag']}"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert pod["nodeSelector"] == prod["triton"]["nodeSelector"]
     assert pod["tolerations"] == prod["triton"]["tolerations"]
@@ -478,6 +479,25 @@ def test_ingest_network_policy_allows_only_dns_kafka_s3_triton(render: Render) -
     assert ingress["ports"] == [{"port": "metrics", "protocol": "TCP"}]
 
 
+def test_triton_network_policy_takes_inference_only_from_ingest(render: Render) -> None:
+    docs = render(PROD_VALUES)
+    policy = _one(docs, "NetworkPolicy", "-triton")
+    ingest_labels = _one(docs, "Deployment", "-ingest")["spec"]["template"]["metadata"]["labels"]
+    triton_labels = _one(docs, "Deployment", "-triton")["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= triton_labels.items()
+    inference, metrics = policy["spec"]["ingress"]
+    (peer,) = inference["from"]
+    assert peer["podSelector"]["matchLabels"].items() <= ingest_labels.items()
+    assert {p["port"] for p in inference["ports"]} == {"grpc", "http"}
+    assert metrics["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    egress_ports = [sorted(p["port"] for p in rule["ports"]) for rule in policy["spec"]["egress"]]
+    assert egress_ports == [[53, 53], [9000]]  # DNS and S3 (model repository) only
+
+
+def test_network_policies_can_be_turned_off(render: Render) -> None:
+    assert not _by_kind(render(sets=("networkPolicy.enabled=false",)), "NetworkPolicy")
+
+
 # --- autoscaling --------------------------------------------------------------------------
 
 
@@ -512,6 +532,18 @@ def test_keda_scales_ingest_on_consumer_lag(render: Render) -> None:
     assert set(refs) == {"username", "password", "ca"}
     assert refs["password"]["name"] == prod["kafka"]["sasl"]["secret"]["name"]
     assert refs["ca"]["name"] == prod["kafka"]["tls"]["caSecret"]["name"]
+
+
+@pytest.mark.parametrize(
+    ("mechanism", "keda"),
+    [("PLAIN", "plaintext"), ("SCRAM-SHA-256", "scram_sha256"), ("SCRAM-SHA-512", "scram_sha512")],
+)
+def test_keda_sasl_mode_follows_the_kafka_mechanism(
+    render: Render, mechanism: str, keda: str
+) -> None:
+    docs = render(PROD_VALUES, sets=(f"kafka.sasl.mechanism={mechanism}",))
+    (trigger,) = _one(docs, "ScaledObject")["spec"]["triggers"]
+    assert trigger["metadata"]["sasl"] == keda
 
 
 def test_hpa_is_the_fallback_without_keda(render: Render) -> None:
