@@ -1,0 +1,182 @@
+"""One user's session on the real stack: submit -> result -> results -> query -> heatmap ->
+status -> predict, with the demo model bundle (tiny encoder, UNTRAINED, SYNTHETIC cohort)
+served by Triton and the ingest service consuming Kafka in this process."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from histoprompt.client.cli import app
+from histoprompt.core import names
+from histoprompt.stack import StackHandle
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+runner = CliRunner()
+SERVED = (
+    names.MODEL_TILE_PREPROCESS,
+    names.MODEL_TILE_ENCODER,
+    names.MODEL_PATCH_EMBED,
+    names.MODEL_SLIDE_EMBED,
+    names.MODEL_PATHWAY_QUERY,
+    names.MODEL_SLIDE_TO_PATHWAYS,
+)
+SLIDE_W, SLIDE_H = 1024, 768
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("HISTOPROMPT_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+
+
+def cli(stack: StackHandle, *args: str) -> Any:
+    return runner.invoke(app, ["--env-file", str(stack.env_file), *args])
+
+
+@pytest.fixture(scope="module")
+def pipeline(stack: StackHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The demo bundle loaded in Triton and an ingest service consuming, until module end."""
+    ingest = pytest.importorskip("histoprompt.ingest.service", reason="needs histoprompt-ingest")
+    import tritonclient.grpc as grpcclient
+
+    from histoprompt.export.bundle import build_demo_bundle
+    from histoprompt.ingest.settings import IngestSettings
+
+    build_demo_bundle(tmp_path_factory.mktemp("demo"), seed=0, repo_dir=stack.model_repository)
+    client = grpcclient.InferenceServerClient(stack.triton_grpc)
+    try:
+        for model in SERVED:
+            client.load_model(model)
+            assert client.is_model_ready(model), model
+    finally:
+        client.close()
+    conn = {k: getattr(stack.settings, k) for k in type(stack.settings).model_fields}
+    settings = IngestSettings(
+        _env_file=None,  # type: ignore[call-arg]
+        **conn,
+        ingest_metrics_port=stack.ingest_metrics_port,
+    )
+    service = ingest.IngestService(settings)
+    thread = threading.Thread(target=service.run, kwargs={"install_signals": False}, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        service.request_stop()
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "the ingest service did not stop"
+
+
+@pytest.fixture(scope="module")
+def slides(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from histoprompt.export.synthetic_wsi import DicomSeriesSpec, write_dicom_series, write_tiff
+
+    root = tmp_path_factory.mktemp("flow-slides")
+    write_tiff(root / "synthetic.svs", SLIDE_W, SLIDE_H, levels=3)
+    write_dicom_series(root / "series", DicomSeriesSpec(SLIDE_W, SLIDE_H, levels=2))
+    return {"svs": root / "synthetic.svs", "series": root / "series"}
+
+
+@pytest.fixture(scope="module")
+def submitted(stack: StackHandle, pipeline: None, slides: dict[str, Path]) -> dict[str, str]:
+    res = runner.invoke(
+        app,
+        [
+            "--env-file",
+            str(stack.env_file),
+            "submit",
+            str(slides["svs"]),
+            str(slides["series"]),
+            "--wait",
+            "--timeout",
+            "300",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    svs_id, series_id = res.stdout.split()
+    assert f"{svs_id}: done" in res.stderr and f"{series_id}: done" in res.stderr
+    return {"svs": svs_id, "series": series_id}
+
+
+def test_watch_once_lists_both_results(stack: StackHandle, submitted: dict[str, str]) -> None:
+    res = cli(stack, "--json", "watch", "--once")
+    assert res.exit_code == 0, res.output
+    rows = {r["slide"]: r for r in json.loads(res.stdout)}
+    for sid in submitted.values():
+        assert rows[sid]["status"] == "done" and rows[sid]["tiles"] > 0
+
+
+def test_results_then_query_agree(stack: StackHandle, submitted: dict[str, str]) -> None:
+    sid = submitted["svs"]
+    res = cli(stack, "--json", "results", sid)
+    assert res.exit_code == 0, res.output
+    body = json.loads(res.stdout)
+    scores = [p["score"] for p in body["pathways"]]
+    assert len(scores) == 50 and scores == sorted(scores, reverse=True)
+    assert body["synthetic"] is True and body["n_tiles"] > 0
+    stored = {p["gene_set"]: p for p in body["pathways"]}
+    from histoprompt.core.genesets import load_hallmark
+
+    five = ",".join(load_hallmark().lookup("HYPOXIA").genes[:5]) + ",NOT_A_GENE_XYZ"
+    res = cli(stack, "--json", "query", sid, "-g", "HYPOXIA", "-g", "E2F_TARGETS", "--genes", five)
+    assert res.exit_code == 0, res.output
+    got = {r["gene_set"]: r for r in json.loads(res.stdout)["results"]}
+    # The same embedding through the same pathway_query: the stored scores come back.
+    for name in ("HALLMARK_HYPOXIA", "HALLMARK_E2F_TARGETS"):
+        np.testing.assert_allclose(got[name]["score"], stored[name]["score"], rtol=1e-4, atol=1e-4)
+        assert got[name]["coverage"] == pytest.approx(stored[name]["coverage"])
+    custom = got["custom"]
+    assert custom["genes"] == 6 and custom["found"] <= 5 and 0 < custom["coverage"] < 1
+
+
+def test_heatmap_has_the_slide_aspect_ratio_and_content(
+    stack: StackHandle, submitted: dict[str, str]
+) -> None:
+    from PIL import Image
+
+    for sid, extra in ((submitted["svs"], []), (submitted["series"], ["-g", "HYPOXIA"])):
+        res = cli(stack, "heatmap", sid, "--out", f"{sid}.png", *extra)
+        assert res.exit_code == 0, res.output
+        img = np.asarray(Image.open(f"{sid}.png").convert("RGB")).astype(np.int16)
+        h, w = img.shape[:2]
+        assert abs(w / h - SLIDE_W / SLIDE_H) < 0.01
+        assert len(np.unique(img.reshape(-1, 3), axis=0)) > 50  # thumbnail + overlay
+        assert img.std() > 10
+        assert "no thumbnail" not in res.stderr
+
+
+def test_status_is_all_up(stack: StackHandle, submitted: dict[str, str]) -> None:
+    res = cli(stack, "--json", "status")
+    body = json.loads(res.stdout)
+    assert res.exit_code == 0, body
+    triton = next(s for s in body["services"] if s["service"] == "triton")
+    for model in SERVED:
+        assert triton["figures"]["models"][model].endswith(":READY")
+    prom = next(s for s in body["services"] if s["service"] == "prometheus")
+    assert set(prom["figures"]) >= {"tiles/s", "slides/h", "p95 slide s", "DLQ (total)"}
+
+
+def test_predict_matches_the_pipeline(
+    stack: StackHandle, submitted: dict[str, str], slides: dict[str, Path]
+) -> None:
+    res = cli(stack, "--json", "predict", str(slides["svs"]), "-g", "HYPOXIA", "-g", "E2F_TARGETS")
+    assert res.exit_code == 0, res.output
+    local = {r["gene_set"]: r["score"] for r in json.loads(res.stdout)["results"]}
+    stored = json.loads(cli(stack, "--json", "results", submitted["svs"]).stdout)["pathways"]
+    for row in stored:
+        if row["gene_set"] in local:
+            np.testing.assert_allclose(local[row["gene_set"]], row["score"], rtol=1e-3, atol=1e-3)
+    assert set(local) == {"HALLMARK_HYPOXIA", "HALLMARK_E2F_TARGETS"}
