@@ -445,6 +445,15 @@ def test_every_container_is_locked_down(render: Render, values: str) -> None:
             assert "add" not in ctx["capabilities"], where
 
 
+def test_image_pull_secrets_reach_every_pod(render: Render) -> None:
+    docs = render(PROD_VALUES, sets=("imagePullSecrets[0].name=ngc-pull",))
+    pods = _pod_specs(docs)
+    assert len(pods) == 3
+    for label, pod in pods:
+        assert pod["imagePullSecrets"] == [{"name": "ngc-pull"}], label
+    assert all("imagePullSecrets" not in pod for _, pod in _pod_specs(render(PROD_VALUES)))
+
+
 def test_pod_disruption_budgets_select_their_pods(render: Render) -> None:
     docs = render()
     for component in ("triton", "ingest"):
