@@ -1,0 +1,173 @@
+"""`make demo` step: serve the demo model, run the ingest service, upload a SYNTHETIC slide,
+print its pathway scores.
+
+As a stack demo step: `histoprompt.ingest.demo:demo_step` (a `(handle, console)` callable).
+Standalone against a running stack: `python -m histoprompt.ingest.demo --env-file stack.env`.
+The demo model needs `histoprompt-export` (torch), which the dev workspace installs.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from histoprompt.core import names
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from histoprompt.ingest.settings import IngestSettings
+
+MODELS_IN_ORDER = (
+    names.MODEL_TILE_PREPROCESS,
+    names.MODEL_TILE_ENCODER,
+    names.MODEL_SLIDE_EMBED,
+    names.MODEL_PATHWAY_QUERY,
+    names.MODEL_PATCH_EMBED,
+    names.MODEL_SLIDE_TO_PATHWAYS,
+)
+
+
+def load_demo_model(triton_grpc: str, model_repository: Path, work_dir: Path) -> Any:
+    """Write the demo bundle (tiny UNTRAINED encoder, SYNTHETIC alignment) into the served
+    repository and load it in Triton (explicit model control). Returns the DemoBundle."""
+    import tritonclient.grpc as grpcclient
+
+    from histoprompt.export.bundle import build_demo_bundle
+
+    bundle = build_demo_bundle(work_dir, seed=0, repo_dir=model_repository)
+    client = grpcclient.InferenceServerClient(triton_grpc)
+    try:
+        if _already_served(client, bundle.card.version):
+            return bundle
+        for model in MODELS_IN_ORDER:
+            client.load_model(model)
+    finally:
+        client.close()
+    return bundle
+
+
+def _already_served(client: Any, version: str) -> bool:
+    """True when every model is ready and tile_preprocess serves this model version."""
+    try:
+        if not all(client.is_model_ready(m) for m in MODELS_IN_ORDER):
+            return False
+        cfg = client.get_model_config(names.MODEL_TILE_PREPROCESS, as_json=True)
+    except Exception:
+        return False
+    params = cfg.get("config", {}).get("parameters", {})
+    return bool(params.get("model_version", {}).get("string_value") == version)
+
+
+def run_demo(settings: IngestSettings, console: Console, work_dir: Path) -> dict[str, float]:
+    """Start the service in a thread, upload one SYNTHETIC DICOM-WSI series, print scores."""
+    from rich.table import Table
+
+    from histoprompt.core.results import ResultStore
+    from histoprompt.core.s3 import make_minio
+    from histoprompt.export.synthetic_wsi import DicomSeriesSpec, write_dicom_series
+    from histoprompt.ingest.harness import (
+        TopicWatcher,
+        make_producer,
+        publish_upload,
+        results_of,
+        skip_group_to_end,
+        upload_series,
+    )
+    from histoprompt.ingest.service import IngestService
+
+    skip_group_to_end(settings, settings.ingest_group_id)
+    service = IngestService(settings)
+    thread = threading.Thread(target=service.run, kwargs={"install_signals": False}, daemon=True)
+    thread.start()
+    watcher = TopicWatcher(settings, names.TOPIC_RESULTS)
+    producer = make_producer(settings)
+    try:
+        deadline = time.monotonic() + 120
+        while not service.health.ready and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if not service.health.ready:
+            raise RuntimeError("the ingest service did not become ready (is the model loaded?)")
+        time.sleep(2.0)
+        paths = write_dicom_series(
+            work_dir / "slide", DicomSeriesSpec(width=2048, height=1536, levels=3, tile=256)
+        )
+        client = make_minio(settings)
+        up = upload_series(client, settings.slides_bucket, f"demo/{uuid.uuid4().hex[:8]}", paths)
+        console.print(
+            f"uploaded a SYNTHETIC 3-level DICOM-WSI series (slide_id {up.slide_id}); "
+            "publishing its S3 events ..."
+        )
+        t0 = time.monotonic()
+        publish_upload(producer, up)
+        seen = watcher.wait_for(
+            lambda s: any(e.slide_id == up.slide_id for e in results_of(s)), timeout_s=300
+        )
+        event = next((e for e in results_of(seen) if e.slide_id == up.slide_id), None)
+        if event is None or event.status != "done":
+            raise RuntimeError(f"no result for the demo slide: {event}")
+        console.print(
+            f"result in {time.monotonic() - t0:.1f} s: {event.n_tiles} tiles, "
+            f"model {event.model.version}, {event.result_uri}"
+        )
+        pathways = ResultStore(client, settings.results_bucket).read_pathways(up.slide_id)
+        table = Table(title="Hallmark pathway scores (SYNTHETIC slide, UNTRAINED encoder)")
+        table.add_column("gene set")
+        table.add_column("score", justify="right")
+        table.add_column("coverage", justify="right")
+        ranked = sorted(pathways.items(), key=lambda kv: kv[1].score, reverse=True)
+        for name, score in ranked[:10]:
+            table.add_row(name, f"{score.score:+.3f}", f"{score.coverage:.2f}")
+        console.print(table)
+        return {k: v.score for k, v in pathways.items()}
+    finally:
+        producer.close()
+        watcher.close()
+        service.request_stop()
+        thread.join(timeout=settings.ingest_shutdown_deadline_s + 10)
+
+
+def demo_step(handle: Any, console: Console) -> None:
+    """The stack demo hook: `(StackHandle, Console) -> None`."""
+    from histoprompt.ingest.settings import IngestSettings
+
+    work = Path(tempfile.mkdtemp(prefix="histoprompt-ingest-demo-"))
+    console.print("loading the demo model into Triton (tiny UNTRAINED encoder) ...")
+    load_demo_model(handle.triton_grpc, handle.model_repository, work)
+    settings = IngestSettings.load(
+        handle.env_file,
+        ingest_group_id="histoprompt-ingest-demo",
+        ingest_metrics_port=handle.ingest_metrics_port,
+    )
+    run_demo(settings, console, work)
+
+
+def main(
+    env_file: Annotated[Path, typer.Option(help="stack.env of a running stack")] = Path(
+        "stack.env"
+    ),
+    model_repository: Annotated[
+        Path | None, typer.Option(help="the repository Triton serves; loads the demo model")
+    ] = None,
+) -> None:
+    """Upload a SYNTHETIC slide through the running stack and print its pathway scores."""
+    from rich.console import Console
+
+    from histoprompt.ingest.settings import IngestSettings
+
+    console = Console()
+    settings = IngestSettings.load(env_file, ingest_group_id="histoprompt-ingest-demo")
+    work = Path(tempfile.mkdtemp(prefix="histoprompt-ingest-demo-"))
+    if model_repository is not None:
+        load_demo_model(settings.triton_url, model_repository, work)
+    run_demo(settings, console, work)
+
+
+if __name__ == "__main__":
+    typer.run(main)

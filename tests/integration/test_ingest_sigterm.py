@@ -1,0 +1,137 @@
+"""SIGTERM mid-slide: the service releases the slide within its deadline and exits 0; a
+restarted service finishes it, and exactly one result event and one result exist."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from histoprompt.core import names
+from histoprompt.core.results import ResultStore
+from histoprompt.core.s3 import make_minio
+from histoprompt.export.synthetic_wsi import write_tiff
+from histoprompt.ingest.demo import load_demo_model
+from histoprompt.ingest.harness import (
+    TopicWatcher,
+    make_producer,
+    publish_upload,
+    put_file,
+    results_of,
+    skip_group_to_end,
+)
+from histoprompt.ingest.settings import IngestSettings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def served_model(stack, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001, ANN201
+    return load_demo_model(
+        stack.triton_grpc, stack.model_repository, tmp_path_factory.mktemp("demo")
+    )
+
+
+@pytest.fixture
+def results(stack) -> Iterator[TopicWatcher]:  # noqa: ANN001
+    w = TopicWatcher(stack.settings, names.TOPIC_RESULTS)
+    yield w
+    w.close()
+
+
+def _wait_results(watcher: TopicWatcher, ids: set[str], timeout: float) -> None:
+    seen = watcher.wait_for(lambda s: ids <= {e.slide_id for e in results_of(s)}, timeout)
+    assert ids <= {e.slide_id for e in results_of(seen)}
+
+
+def _spawn(stack, group: str, deadline_s: float) -> subprocess.Popen[str]:  # noqa: ANN001
+    env = dict(os.environ)
+    env.update(
+        HISTOPROMPT_ENV_FILE=str(stack.env_file),
+        HISTOPROMPT_INGEST_GROUP_ID=group,
+        HISTOPROMPT_INGEST_METRICS_PORT="0",
+        HISTOPROMPT_INGEST_BATCH_SIZE="8",
+        HISTOPROMPT_INGEST_MAX_INFLIGHT="1",
+        HISTOPROMPT_INGEST_SHUTDOWN_DEADLINE_S=str(deadline_s),
+    )
+    return subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "histoprompt.ingest", "run"],
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+def _read_until(proc: subprocess.Popen[str], needle: str, timeout: float) -> list[str]:
+    lines: list[str] = []
+    found = threading.Event()
+
+    def reader() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if needle in line:
+                found.set()
+
+    threading.Thread(target=reader, daemon=True).start()
+    found.wait(timeout)
+    return lines
+
+
+def test_sigterm_mid_slide_then_restart_finishes_exactly_once(
+    stack,  # noqa: ANN001
+    served_model,  # noqa: ANN001
+    results: TopicWatcher,
+    tmp_path: Path,
+) -> None:
+    settings = IngestSettings.load(stack.env_file)
+    minio = make_minio(settings)
+    producer = make_producer(settings)
+    group = f"ingest-sigterm-{uuid.uuid4().hex[:8]}"
+    skip_group_to_end(settings, group)
+    # big enough that the slide is still in flight when SIGTERM lands (~1000 tiles)
+    path = write_tiff(tmp_path / "long.svs", 4096, 4096, levels=2, tile=512)
+    up = put_file(
+        minio, settings.slides_bucket, f"ingest-sigterm/{uuid.uuid4().hex[:12]}/long.svs", path
+    )
+    first = _spawn(stack, group, deadline_s=2.0)
+    try:
+        publish_upload(producer, up)
+        lines = _read_until(first, '"slide started"', timeout=180)
+        assert any(up.slide_id in ln and "slide started" in ln for ln in lines), lines[-20:]
+        t0 = time.monotonic()
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=30) == 0
+        time.sleep(0.2)  # the reader thread drains the last lines
+        assert any("released in-flight slides" in ln for ln in lines), lines[-10:]
+        assert time.monotonic() - t0 < 2.0 + 8.0  # deadline plus Kafka/gRPC close
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert not any(e.slide_id == up.slide_id for e in results_of(results.seen))
+    producer.close()
+    second = _spawn(stack, group, deadline_s=10.0)
+    second_lines = _read_until(second, "never-logged", timeout=0)
+    try:
+        _wait_results(results, {up.slide_id}, timeout=300)
+        time.sleep(3.0)
+        results.poll(1.0)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(timeout=30)
+    events = [e for e in results_of(results.seen) if e.slide_id == up.slide_id]
+    assert len(events) == 1 and events[0].status == "done"
+    store = ResultStore(minio, settings.results_bucket)
+    assert store.read_manifest(up.slide_id).n_tiles == events[0].n_tiles
+    logged = [json.loads(ln) for ln in second_lines if ln.startswith("{")]
+    assert any(d.get("slide_id") == up.slide_id and d.get("status") == "done" for d in logged)
