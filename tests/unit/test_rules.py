@@ -71,6 +71,7 @@ def test_every_alert_has_severity_component_and_text() -> None:
         "HistopromptIngestDLQGrowing",
         "HistopromptIngestConsumerLagHigh",
         "HistopromptIngestStalled",
+        "HistopromptIngestAbsent",
         "HistopromptTritonQueueTimeHigh",
         "HistopromptTritonInferenceFailures",
         "HistopromptGPUIdleWithBacklog",
@@ -151,6 +152,19 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "busy, lag grows: not stalled": {
         "input_series": [_series(LAG, "0+5x40"), _series(TILES, "0+100x40")],
         "alert_rule_test": [_expect("HistopromptIngestStalled", "25m", [])],
+    },
+    "no ingest metrics at all": {
+        "input_series": [_series('nv_inference_request_success{model="m",version="1"}', "0+1x30")],
+        "alert_rule_test": [
+            _expect("HistopromptIngestAbsent", "5m", []),
+            _expect(
+                "HistopromptIngestAbsent", "15m", [{"severity": "critical", "component": "ingest"}]
+            ),
+        ],
+    },
+    "ingest scraped": {
+        "input_series": [_series(TILES, "0x30")],
+        "alert_rule_test": [_expect("HistopromptIngestAbsent", "15m", [])],
     },
     "triton queue time above compute time": {
         "input_series": [
