@@ -240,3 +240,37 @@ def test_slide_to_pathways_answers(
     assert result.as_numpy(names.TENSOR_SCORES).shape == (1, 2)
     assert result.as_numpy(names.TENSOR_COVERAGE).shape == (2,)
     assert np.isfinite(result.as_numpy(names.TENSOR_SCORES)).all()
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("histoprompt.core.pathway_engine") is None,
+    reason="histoprompt.core.pathway_engine not installed yet",
+)
+def test_pathway_query_methods_and_bad_gene_sets(
+    client: grpcclient.InferenceServerClient, demo: DemoBundle
+) -> None:
+    client.load_model(names.MODEL_PATHWAY_QUERY)
+    emb = np.random.default_rng(5).standard_normal((2, demo.card.aligned_dim)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+
+    def query(sets: list[bytes], method: bytes | None) -> grpcclient.InferResult:
+        inputs = [
+            grpcclient.InferInput(names.TENSOR_SLIDE_EMBEDDING, list(emb.shape), "FP32"),
+            grpcclient.InferInput(names.TENSOR_GENE_SETS, [len(sets)], "BYTES"),
+        ]
+        inputs[0].set_data_from_numpy(emb)
+        inputs[1].set_data_from_numpy(np.array(sets, dtype=object))
+        if method is not None:
+            m = grpcclient.InferInput(names.TENSOR_METHOD, [1], "BYTES")
+            m.set_data_from_numpy(np.array([method], dtype=object))
+            inputs.append(m)
+        return client.infer(names.MODEL_PATHWAY_QUERY, inputs)
+
+    for method in (b"soft_knn", b"prototype"):
+        scores = query([b"HALLMARK_HYPOXIA", b"HALLMARK_E2F_TARGETS"], method).as_numpy(
+            names.TENSOR_SCORES
+        )
+        assert scores.shape == (2, 2) and np.isfinite(scores).all()
+    _expect_invalid(lambda: query([b"HALLMARK_NOT_A_SET"], None), "HALLMARK_NOT_A_SET")
+    _expect_invalid(lambda: query([b"HALLMARK_HYPOXIA"], b"astrology"), "astrology")
+    assert query([b"HALLMARK_HYPOXIA"], None).as_numpy(names.TENSOR_SCORES).shape == (2, 1)

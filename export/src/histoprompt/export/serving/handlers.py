@@ -206,8 +206,16 @@ def _load_engine(ctx: ModelContext) -> Any:
             "histoprompt.core.pathway_engine is not installed; pathway_query cannot load"
         ) from err
     reference = ctx.param("reference_uri", "") or str(_local_reference(ctx))
+    embed_fn = None
+    rna_onnx = ctx.artifact_dir() / "rna_embed.onnx"
+    if rna_onnx.is_file():
+        runner = OnnxRunner(rna_onnx, intra_op_threads=1)
+
+        def embed_fn(x: np.ndarray) -> np.ndarray:
+            return runner.run(np.ascontiguousarray(x, dtype=np.float32))[names.TENSOR_RNA_EMBEDDING]
+
     try:
-        return pathway_engine.PathwayEngine.load(reference)
+        return pathway_engine.PathwayEngine.load(reference, embed_fn=embed_fn)
     except Exception as err:
         raise ModelConfigError(f"{ctx.name}: cannot build the pathway engine: {err}") from err
 
