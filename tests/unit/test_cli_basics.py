@@ -291,3 +291,22 @@ def test_stack_is_mounted_lazily() -> None:
     assert res.exit_code == 0
     for sub in ("up", "down", "status"):
         assert sub in res.output
+
+
+def _complete(words: str, cword: int) -> list[str]:
+    import os
+
+    env = {**os.environ, "_HISTOPROMPT_COMPLETE": "complete_bash", "COMP_WORDS": words}
+    env["COMP_CWORD"] = str(cword)
+    code = "from histoprompt.client.cli import app; app(prog_name='histoprompt')"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    return out.stdout.split()
+
+
+def test_shell_completion_of_commands_and_gene_sets() -> None:
+    assert _complete("histoprompt res", 1) == ["results"]
+    assert _complete("histoprompt gene-sets sh", 2) == ["show"]
+    assert _complete("histoprompt gene-sets show E2", 3) == ["E2F_TARGETS"]
+    assert _complete("histoprompt query x -g HALLMARK_HYP", 4) == ["HALLMARK_HYPOXIA"]
+    res = runner.invoke(app, ["--show-completion", "bash"])
+    assert res.exit_code == 0 and "_HISTOPROMPT_COMPLETE" in res.output

@@ -8,7 +8,7 @@ if TYPE_CHECKING:
     from histoprompt.client.settings import ClientSettings
     from histoprompt.core.genesets import GeneSetCollection
 
-__all__ = ["gene_set_catalog"]
+__all__ = ["complete_gene_set", "gene_set_catalog"]
 
 
 def gene_set_catalog(settings: ClientSettings) -> GeneSetCollection:
@@ -23,3 +23,17 @@ def gene_set_catalog(settings: ClientSettings) -> GeneSetCollection:
     if not path.is_file():
         raise ConfigError(f"HISTOPROMPT_GENE_SETS_GMT={path} does not exist")
     return hallmark.merged(GeneSetCollection.from_gmt(path))
+
+
+def complete_gene_set(incomplete: str) -> list[str]:
+    """Shell completion for set names: `HALLMARK_E2...` or the short `E2...` form."""
+    from histoprompt.core.genesets import load_hallmark
+
+    out = []
+    for name in load_hallmark():
+        short = name.removeprefix("HALLMARK_")
+        if name.startswith(incomplete):
+            out.append(name)
+        elif short.startswith(incomplete):
+            out.append(short)
+    return out

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from histoprompt.client.catalog import complete_gene_set
 from histoprompt.client.state import get_state
 
 app = typer.Typer(
@@ -45,7 +46,12 @@ def list_sets(
 @app.command("show")
 def show(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Set name; the HALLMARK_ prefix is optional.")],
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="Set name; the HALLMARK_ prefix is optional.", autocompletion=complete_gene_set
+        ),
+    ],
     as_json: JsonFlag = False,
 ) -> None:
     """Show one gene set's genes (exit 2 with suggestions for an unknown name).

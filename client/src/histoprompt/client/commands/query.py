@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from histoprompt.client.catalog import complete_gene_set
 from histoprompt.client.state import get_state
 
 if TYPE_CHECKING:
@@ -57,7 +58,12 @@ def query(
     slide_id: Annotated[str, typer.Argument(help="A processed slide's id.")],
     gene_set: Annotated[
         list[str] | None,
-        typer.Option("--gene-set", "-g", help="A set name (repeatable); HALLMARK_ is optional."),
+        typer.Option(
+            "--gene-set",
+            "-g",
+            help="A set name (repeatable); HALLMARK_ is optional.",
+            autocompletion=complete_gene_set,
+        ),
     ] = None,
     genes: Annotated[
         list[str] | None,
