@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from histoprompt.core.units import Mpp
-from histoprompt.ingest.codecs import SUPPORTED, decode_frame
+from histoprompt.ingest.codecs import JPEG_BASELINE, SUPPORTED, GpuJpegDecoder, decode_frame
 from histoprompt.ingest.errors import SlideError
 from histoprompt.ingest.ranged import ByteSource, RangedFile, read_ranges
 from histoprompt.ingest.slide import BACKGROUND, Level, Region, paste
@@ -48,8 +48,11 @@ def _item(buf: bytes, at: int = 0) -> tuple[int, int]:
 class DicomInstance:
     """One VOLUME instance: geometry, frame index and frame byte ranges (no PHI kept)."""
 
-    def __init__(self, source: ByteSource, limits: ReadLimits) -> None:
+    def __init__(
+        self, source: ByteSource, limits: ReadLimits, gpu_decoder: GpuJpegDecoder | None = None
+    ) -> None:
         self._src = source
+        self._gpu = gpu_decoder
         self._limits = limits
         self._file = RangedFile(source, limits.block_size, limits.block_cache_blocks)
         ds = read_header(self._file)
@@ -227,8 +230,17 @@ class DicomInstance:
             blobs = read_ranges(
                 self._src, wanted, self._limits.coalesce_gap, self._limits.max_range
             )
-            for i in missing:
-                out[i] = self._decode(blobs[ranges[i]])
+            if self._gpu is not None and self.syntax == JPEG_BASELINE and self.samples == 3:
+                decoded = self._gpu.decode([blobs[ranges[i]] for i in missing])
+                for i, arr in zip(missing, decoded, strict=True):
+                    if arr.shape != (self.rows, self.cols, 3):
+                        raise SlideError(
+                            "GPU-decoded frame has the wrong shape", code="corrupt_frame"
+                        )
+                    out[i] = arr
+            else:
+                for i in missing:
+                    out[i] = self._decode(blobs[ranges[i]])
             with self._frames_lock:
                 for i in missing:
                     self._frames[i] = out[i]
@@ -318,10 +330,15 @@ class DicomSlide:
 
     format = "dicom"
 
-    def __init__(self, sources: Sequence[ByteSource], limits: ReadLimits) -> None:
+    def __init__(
+        self,
+        sources: Sequence[ByteSource],
+        limits: ReadLimits,
+        gpu_decoder: GpuJpegDecoder | None = None,
+    ) -> None:
         volumes: list[DicomInstance] = []
         for src in sources:
-            inst = DicomInstance(src, limits)
+            inst = DicomInstance(src, limits, gpu_decoder)
             if inst.flavor == "VOLUME" or (inst.flavor == "THUMBNAIL" and not volumes):
                 volumes.append(inst)
             # LABEL / OVERVIEW: header seen, pixels never fetched.

@@ -26,6 +26,7 @@ from histoprompt.core.schemas import (
     Timings,
 )
 from histoprompt.core.version import __version__ as SOFTWARE_VERSION  # noqa: N812
+from histoprompt.ingest.codecs import gpu_decoder_or_none
 from histoprompt.ingest.errors import SlideError
 from histoprompt.ingest.events import SlideJob
 from histoprompt.ingest.logs import get_logger
@@ -68,6 +69,8 @@ class SlideProcessor:
         self.gene_sets = gene_sets
         self.metrics = metrics
         self.log = get_logger()
+        # One decoder per service: nvImageCodec on GPU nodes, None (imagecodecs) elsewhere.
+        self.gpu_decoder = gpu_decoder_or_none(settings.ingest_decoder)
 
     def _event(self, job: SlideJob, status: Literal["done", "failed"], **kw: object) -> ResultEvent:
         return ResultEvent(
@@ -103,7 +106,9 @@ class SlideProcessor:
 
     async def _run(self, job: SlideJob, t0: float) -> SlideOutcome:
         sid = job.slide_id
-        opened: OpenedSlide = await asyncio.to_thread(open_slide, self.minio, job, self.settings)
+        opened: OpenedSlide = await asyncio.to_thread(
+            open_slide, self.minio, job, self.settings, self.gpu_decoder
+        )
         try:
             t_open = time.perf_counter() - t0
             t1 = time.perf_counter()

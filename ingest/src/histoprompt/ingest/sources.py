@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from histoprompt.core.schemas import SeriesManifest
+from histoprompt.ingest.codecs import GpuJpegDecoder
 from histoprompt.ingest.dicom import DicomSlide, ReadLimits
 from histoprompt.ingest.errors import SlideError
 from histoprompt.ingest.events import SlideJob
@@ -80,7 +81,12 @@ class OpenedSlide:
             self._tmp.close()  # type: ignore[attr-defined]
 
 
-def open_slide(client: Minio, job: SlideJob, settings: IngestSettings) -> OpenedSlide:
+def open_slide(
+    client: Minio,
+    job: SlideJob,
+    settings: IngestSettings,
+    gpu_decoder: GpuJpegDecoder | None = None,
+) -> OpenedSlide:
     """Headers only are read here; pixels are fetched as tiles ask for them."""
     limits = limits_from(settings)
     if job.kind == "series":
@@ -97,11 +103,11 @@ def open_slide(client: Minio, job: SlideJob, settings: IngestSettings) -> Opened
                     "a series instance differs in size from the manifest", code="missing_instance"
                 )
             objects.append(obj)
-        return OpenedSlide(DicomSlide(objects, limits), objects)
+        return OpenedSlide(DicomSlide(objects, limits, gpu_decoder), objects)
     obj = S3Object(client, job.bucket, job.key)
     kind = sniff(obj)
     if kind == "dicom":
-        return OpenedSlide(DicomSlide([obj], limits), [obj])
+        return OpenedSlide(DicomSlide([obj], limits, gpu_decoder), [obj])
     backend = settings.ingest_tiff_backend
     if backend == "cucim" or (backend == "auto" and cucim_available()):
         # cuCIM reads local paths only: this is the one whole-object download.
