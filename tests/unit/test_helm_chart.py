@@ -206,6 +206,7 @@ BAD_VALUES = [
     ("triton.podSecurityContext.runAsNonRoot=false", "runAsNonRoot"),
     ("triton.image.digest=latest", "triton.image.digest"),
     ("ingest.replica=2", "replica"),
+    ("ingest.tritonGrpcUrl=grpc://triton:8001", "ingest.tritonGrpcUrl"),
 ]
 
 
@@ -643,3 +644,56 @@ def test_readme_documents_every_value() -> None:
         if not (prefixes & documented or wildcard):
             undocumented.append(path)
     assert undocumented == []
+
+
+def test_packaged_chart_carries_the_linked_files(helm: str, tmp_path: Path) -> None:
+    """`helm package` stores the content behind files/ links, so a chart repository copy
+    renders the same rules and dashboard."""
+    result = _run_helm(helm, "package", str(CHART), "--destination", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    (archive,) = tmp_path.glob("histoprompt-*.tgz")
+    rendered = _run_helm(
+        helm,
+        "template",
+        RELEASE,
+        str(archive),
+        "--kube-version",
+        KUBE_VERSION,
+        "-f",
+        str(PROD_VALUES),
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
+    assert (
+        _one(docs, "PrometheusRule")["spec"]["groups"]
+        == yaml.safe_load(RULES.read_text())["groups"]
+    )
+    (payload,) = _one(docs, "ConfigMap", "-dashboard")["data"].values()
+    assert json.loads(payload) == json.loads(DASHBOARD.read_text())
+
+
+@pytest.mark.parametrize(
+    ("sets", "deployments"),
+    [
+        (("triton.enabled=false",), ["ingest"]),
+        (("ingest.enabled=false",), ["triton"]),
+    ],
+)
+def test_components_can_be_deployed_alone(
+    render: Render, sets: tuple[str, ...], deployments: list[str]
+) -> None:
+    docs = render(PROD_VALUES, sets=sets)
+    names = [d["metadata"]["name"].rsplit("-", 1)[1] for d in _by_kind(docs, "Deployment")]
+    assert names == deployments
+    for doc in docs:
+        if doc["kind"] not in CRD_KINDS:
+            kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+    monitors = _by_kind(docs, "ServiceMonitor")
+    assert [m["metadata"]["name"].rsplit("-", 1)[1] for m in monitors] == deployments
+
+
+def test_ingest_can_use_a_triton_outside_the_release(render: Render) -> None:
+    sets = ("triton.enabled=false", "ingest.tritonGrpcUrl=triton.shared.svc:8001")
+    env = _env(_ingest_container(render(sets=sets)))
+    assert env["HISTOPROMPT_TRITON_URL"]["value"] == "triton.shared.svc:8001"
+    assert env["HISTOPROMPT_TRITON_HTTP_URL"]["value"] == f"{RELEASE}-histoprompt-triton:8000"
