@@ -102,8 +102,10 @@ def _upload_all(settings: ClientSettings, slides: list[SlideFiles]) -> list[Uplo
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        console=Console(stderr=True),
+        console=(err := Console(stderr=True)),
         transient=True,
+        # Piped or in CI the bar would only leave blank lines behind.
+        disable=not err.is_terminal,
     ) as progress:
         task = progress.add_task("uploading", total=total)
         for slide in slides:
