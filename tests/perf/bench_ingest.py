@@ -1,0 +1,514 @@
+"""`make bench` (ingest part): the ingest data path on the real local stack. Not a test.
+
+1. Data path: `null` encoder (UNTRAINED, trivial compute) so reading and serving dominate.
+   The ingest path (S3 ranged reads of only the frames the mask keeps, coalesced; threaded
+   decode; batched async gRPC with a bounded window) vs a naive baseline on the same slide
+   and tile list (download every object whole, read tile by tile, one gRPC call per tile).
+2. Pipeline efficiency: ViT-S/16 (random weights, speed only): ingest path tiles/s vs the
+   encoder-only ONNX Runtime limit in-process on the same tiles.
+3. Memory: peak RSS of a child process running the ingest data path on SYNTHETIC 10k^2 and
+   50k^2 px DICOM-WSI series.
+4. Latency: event -> result event p50/p95 for 20 slides with 2 ingest workers
+   (`python -m histoprompt.ingest run` subprocesses, one consumer group) and the demo model.
+
+Writes section "## Ingest (bench_ingest.py)" of BENCHMARKS.md and prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SECTION = "## Ingest (bench_ingest.py)"
+
+
+# -- serving an encoder's patch_embed ---------------------------------------------------------
+
+
+def serve_encoder(name: str, triton_url: str, repo: Path, work: Path) -> tuple[Any, Path]:
+    """Write and load tile_preprocess + tile_encoder + patch_embed for encoder `name`."""
+    import tritonclient.grpc as grpcclient
+
+    from histoprompt.core import names
+    from histoprompt.core.modelspec import ModelCard
+    from histoprompt.export.encoders import load_encoder
+    from histoprompt.export.model_repo import Flavor, render, write_repository
+    from histoprompt.export.onnx_export import export_tile_encoder
+    from histoprompt.ingest.triton import ServedModel
+
+    enc = load_encoder(name, allow_random=True)
+    onnx_path = work / f"{name}.onnx"
+    export_tile_encoder(enc.module, enc.spec.input_px, onnx_path)
+    card = ModelCard(
+        name="bench",
+        version=f"{name}-bench",
+        encoder=enc.spec,
+        aligned_dim=8,
+        rna_genes=1,
+        synthetic=True,
+    )
+    write_repository(render(card, Flavor.cpu), repo)
+    (repo / names.MODEL_TILE_ENCODER / "1" / "model.onnx").write_bytes(onnx_path.read_bytes())
+    client = grpcclient.InferenceServerClient(triton_url)
+    for model in (names.MODEL_TILE_PREPROCESS, names.MODEL_TILE_ENCODER, names.MODEL_PATCH_EMBED):
+        client.load_model(model)
+    client.close()
+    served = ServedModel(
+        spec=enc.spec, version=card.version, name=name, synthetic=True, pathway_method="n/a"
+    )
+    return served, onnx_path
+
+
+# -- the two data paths -----------------------------------------------------------------------
+
+
+def ingest_settings(env_file: Path, **kw: Any) -> Any:
+    from histoprompt.ingest.settings import IngestSettings
+
+    base = {"ingest_batch_size": 64, "ingest_max_inflight": 4, "ingest_min_tissue_fraction": 0.25}
+    base.update(kw)
+    return IngestSettings.load(env_file, **base)
+
+
+async def _ingest_async(settings: Any, job: Any, served: Any, max_tiles: int | None) -> dict:
+    from histoprompt.core.s3 import make_minio
+    from histoprompt.ingest.pipeline import SlideProcessor
+    from histoprompt.ingest.sources import open_slide
+    from histoprompt.ingest.tiling import TilePlan, plan_tiles
+    from histoprompt.ingest.triton import TritonClient
+
+    minio = make_minio(settings)
+    triton = TritonClient(settings.triton_url, 600, 3, 0.5)
+    proc = SlideProcessor(settings, minio, None, triton, served, [], None)  # type: ignore[arg-type]
+    t0 = time.perf_counter()
+    opened = await asyncio.to_thread(open_slide, minio, job, settings, None)
+    plan = await asyncio.to_thread(
+        plan_tiles, opened.reader, served.spec, min_tissue=settings.ingest_min_tissue_fraction
+    )
+    if max_tiles is not None and plan.n_tiles > max_tiles:
+        plan = TilePlan(
+            plan.level,
+            plan.read_px,
+            plan.tile_px,
+            plan.downsample,
+            plan.xy0[:max_tiles],
+            plan.tissue[:max_tiles],
+        )
+    emb, _ = await proc._embed(opened, plan)
+    seconds = time.perf_counter() - t0
+    out = {
+        "n_tiles": plan.n_tiles,
+        "seconds": seconds,
+        "gets": opened.gets,
+        "bytes_read": opened.bytes_read,
+        "bytes_total": sum(o.size for o in opened.objects),
+        "emb_sum": float(np.abs(emb).sum()),
+    }
+    opened.close()
+    await triton.close()
+    return out
+
+
+def ingest_path(settings: Any, job: Any, served: Any, max_tiles: int | None = None) -> dict:
+    return asyncio.run(_ingest_async(settings, job, served, max_tiles))
+
+
+def naive_path(settings: Any, job: Any, served: Any, max_tiles: int | None = None) -> dict:
+    """Download everything, then tile by tile with one synchronous gRPC call per tile."""
+    import tritonclient.grpc as grpcclient
+
+    from histoprompt.core import names
+    from histoprompt.core.s3 import make_minio
+    from histoprompt.core.schemas import SeriesManifest
+    from histoprompt.ingest.dicom import DicomSlide, ReadLimits
+    from histoprompt.ingest.ranged import BytesSource
+    from histoprompt.ingest.tiling import plan_tiles, read_tiles
+
+    minio = make_minio(settings)
+    client = grpcclient.InferenceServerClient(settings.triton_url)
+    t0 = time.perf_counter()
+
+    def get(key: str) -> bytes:
+        resp = minio.get_object(job.bucket, key)
+        try:
+            return resp.read()
+        finally:
+            resp.close()
+            resp.release_conn()
+
+    manifest = SeriesManifest.model_validate_json(get(job.key))
+    blobs = [get(i.key) for i in manifest.instances]
+    slide = DicomSlide([BytesSource(b) for b in blobs], ReadLimits())
+    plan = plan_tiles(slide, served.spec, min_tissue=settings.ingest_min_tissue_fraction)
+    n = plan.n_tiles if max_tiles is None else min(plan.n_tiles, max_tiles)
+    out = [grpcclient.InferRequestedOutput(names.TENSOR_TILE_EMBEDDING)]
+    for i in range(n):
+        tile = read_tiles(slide, plan, i, i + 1)
+        inp = grpcclient.InferInput(names.TENSOR_TILES, list(tile.shape), "UINT8")
+        inp.set_data_from_numpy(tile)
+        client.infer(names.MODEL_PATCH_EMBED, [inp], outputs=out)
+    seconds = time.perf_counter() - t0
+    client.close()
+    return {"n_tiles": n, "seconds": seconds, "bytes_read": sum(len(b) for b in blobs)}
+
+
+def upload_dicom(settings: Any, work: Path, name: str, size: int, levels: int, mpp: float) -> Any:
+    from histoprompt.core.s3 import make_minio
+    from histoprompt.export.synthetic_wsi import DicomSeriesSpec, write_dicom_series
+    from histoprompt.ingest.events import SlideJob
+    from histoprompt.ingest.harness import upload_series
+
+    t0 = time.perf_counter()
+    paths = write_dicom_series(
+        work / name, DicomSeriesSpec(width=size, height=size, levels=levels, tile=256, mpp=mpp)
+    )
+    up = upload_series(make_minio(settings), settings.slides_bucket, f"bench/{name}", paths)
+    for p in paths:
+        p.unlink()
+    print(f"  wrote+uploaded {name} ({size}^2 px) in {time.perf_counter() - t0:.0f} s", flush=True)
+    return SlideJob(up.bucket, up.key, up.etag, up.size, "series")
+
+
+# -- the four benchmarks ----------------------------------------------------------------------
+
+
+def bench_data_path(handle: Any, work: Path) -> dict:
+    served, _ = serve_encoder("null", handle.triton_grpc, handle.model_repository, work)
+    settings = ingest_settings(handle.env_file)
+    job = upload_dicom(settings, work, "datapath", 8192, 3, 0.5)
+    ingest_path(settings, job, served, max_tiles=64)  # warm-up (Triton instances, caches)
+    fast = ingest_path(settings, job, served)
+    naive = naive_path(settings, job, served)
+    assert fast["n_tiles"] == naive["n_tiles"]
+    r_fast = fast["n_tiles"] / fast["seconds"]
+    r_naive = naive["n_tiles"] / naive["seconds"]
+    return {
+        "slide": "8192^2 px, 3-level JPEG DICOM-WSI series, null encoder (224 px @ 0.5 mpp)",
+        "n_tiles": fast["n_tiles"],
+        "ingest_tiles_per_s": r_fast,
+        "naive_tiles_per_s": r_naive,
+        "speedup": r_fast / r_naive,
+        "ingest_gets": fast["gets"],
+        "ingest_mb_read": fast["bytes_read"] / 1e6,
+        "naive_mb_read": naive["bytes_read"] / 1e6,
+    }
+
+
+def bench_efficiency(handle: Any, work: Path, n_tiles: int) -> dict:
+    import onnxruntime as ort
+
+    from histoprompt.core import names
+    from histoprompt.export.serving.preprocess import preprocess_tiles
+    from histoprompt.ingest.dicom import DicomSlide
+    from histoprompt.ingest.sources import open_slide
+    from histoprompt.ingest.tiling import plan_tiles, read_tiles
+
+    served, onnx_path = serve_encoder(
+        "vit_small", handle.triton_grpc, handle.model_repository, work
+    )
+    settings = ingest_settings(handle.env_file, ingest_batch_size=32, ingest_max_inflight=2)
+    job = upload_dicom(settings, work, "efficiency", 4096, 2, 0.5)
+    from histoprompt.core.s3 import make_minio
+
+    opened = open_slide(make_minio(settings), job, settings)
+    assert isinstance(opened.reader, DicomSlide)
+    plan = plan_tiles(opened.reader, served.spec, min_tissue=0.25)
+    n = min(n_tiles, plan.n_tiles)
+    tiles = read_tiles(opened.reader, plan, 0, n)
+    opened.close()
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    sess.run(None, {names.TENSOR_PIXELS: preprocess_tiles(tiles[:4], served.spec)})
+    t0 = time.perf_counter()
+    for s in range(0, n, 32):
+        sess.run(None, {names.TENSOR_PIXELS: preprocess_tiles(tiles[s : s + 32], served.spec)})
+    ort_rate = n / (time.perf_counter() - t0)
+    del sess
+    ingest_path(settings, job, served, max_tiles=32)  # warm-up
+    got = ingest_path(settings, job, served, max_tiles=n)
+    rate = got["n_tiles"] / got["seconds"]
+    return {
+        "encoder": "vit_small (random weights, 224 px)",
+        "n_tiles": n,
+        "ort_inprocess_tiles_per_s": ort_rate,
+        "ingest_tiles_per_s": rate,
+        "efficiency": rate / ort_rate,
+    }
+
+
+def _rss_child(env_file: str, bucket: str, key: str, etag: str) -> None:
+    """Runs in a child process: the ingest data path on one slide; prints peak RSS."""
+    import tritonclient.grpc as grpcclient
+
+    from histoprompt.core import names
+    from histoprompt.ingest.events import SlideJob
+    from histoprompt.ingest.triton import served_model_from_config
+
+    settings = ingest_settings(Path(env_file))
+    c = grpcclient.InferenceServerClient(settings.triton_url)
+    served = served_model_from_config(
+        c.get_model_config(names.MODEL_TILE_PREPROCESS, as_json=True), {}
+    )
+    c.close()
+    out = ingest_path(settings, SlideJob(bucket, key, etag, 0, "series"), served)
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RSS " + json.dumps(out), flush=True)
+
+
+def bench_memory(handle: Any, work: Path, sizes: list[int]) -> dict:
+    serve_encoder("null", handle.triton_grpc, handle.model_repository, work)
+    settings = ingest_settings(handle.env_file)
+    out: dict[str, Any] = {}
+    for size in sizes:
+        job = upload_dicom(settings, work, f"rss{size}", size, 4, 0.5)
+        proc = subprocess.run(  # noqa: S603 - our interpreter, our module
+            [
+                sys.executable,
+                "-m",
+                "tests.perf.bench_ingest",
+                "--rss-child",
+                str(handle.env_file),
+                job.bucket,
+                job.key,
+                job.etag,
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO_ROOT,
+            check=True,
+        )
+        line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RSS "))
+        res = json.loads(line[4:])
+        out[f"{size}"] = {
+            "peak_rss_mb": res["peak_rss_mb"],
+            "n_tiles": res["n_tiles"],
+            "seconds": res["seconds"],
+            "tiles_per_s": res["n_tiles"] / res["seconds"],
+        }
+        print(f"  {size}^2: {out[f'{size}']}", flush=True)
+    keys = [str(s) for s in sizes]
+    out["ratio_largest_to_smallest"] = out[keys[-1]]["peak_rss_mb"] / out[keys[0]]["peak_rss_mb"]
+    return out
+
+
+def bench_latency(handle: Any, work: Path, n_slides: int = 20, workers: int = 2) -> dict:
+    from histoprompt.core import names
+    from histoprompt.core.s3 import make_minio
+    from histoprompt.export.synthetic_wsi import DicomSeriesSpec, write_dicom_series
+    from histoprompt.ingest.demo import load_demo_model
+    from histoprompt.ingest.harness import (
+        TopicWatcher,
+        make_producer,
+        publish_upload,
+        results_of,
+        skip_group_to_end,
+        upload_series,
+    )
+
+    load_demo_model(handle.triton_grpc, handle.model_repository, work / "demo")
+    settings = ingest_settings(handle.env_file)
+    group = f"bench-latency-{uuid.uuid4().hex[:6]}"
+    skip_group_to_end(settings, group)
+    minio = make_minio(settings)
+    paths = write_dicom_series(
+        work / "lat", DicomSeriesSpec(width=2048, height=2048, levels=3, tile=256)
+    )
+    ups = [
+        upload_series(minio, settings.slides_bucket, f"bench/lat/{uuid.uuid4().hex[:8]}", paths)
+        for _ in range(n_slides)
+    ]
+    env = dict(
+        os.environ,
+        HISTOPROMPT_ENV_FILE=str(handle.env_file),
+        HISTOPROMPT_INGEST_GROUP_ID=group,
+        HISTOPROMPT_INGEST_METRICS_PORT="0",
+    )
+    procs = [
+        subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "histoprompt.ingest", "run", "--log-level", "WARNING"],
+            env=env,
+            cwd=REPO_ROOT,
+        )
+        for _ in range(workers)
+    ]
+    watcher = TopicWatcher(settings, names.TOPIC_RESULTS)
+    producer = make_producer(settings)
+    try:
+        time.sleep(15)  # both consumers join the group and split the partitions
+        sent: dict[str, float] = {}
+        for up in ups:
+            sent[up.slide_id] = time.time()
+            publish_upload(producer, up, with_members=False)
+        ids = set(sent)
+        got: dict[str, float] = {}
+        deadline = time.monotonic() + 900
+        while ids - set(got) and time.monotonic() < deadline:
+            for _, value in watcher.poll(0.5):
+                ev = results_of([(None, value)])[0]
+                if ev.slide_id in ids and ev.slide_id not in got:
+                    got[ev.slide_id] = time.time()
+        lat = np.array([got[s] - sent[s] for s in got])
+        return {
+            "slides": n_slides,
+            "workers": workers,
+            "completed": len(got),
+            "tiles_per_slide": "tiny encoder (64 px @ 1.0 mpp), 2048^2 px slide",
+            "p50_s": float(np.percentile(lat, 50)),
+            "p95_s": float(np.percentile(lat, 95)),
+            "makespan_s": float(max(got.values()) - min(sent.values())),
+        }
+    finally:
+        producer.close()
+        watcher.close()
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+# -- report -----------------------------------------------------------------------------------
+
+
+def write_markdown(r: dict, path: Path) -> None:
+    lines = [
+        SECTION,
+        "",
+        "Measured in one run on this machine (CPU, 2 cores shared with the "
+        "local stack: Kafka, SeaweedFS, Triton, Prometheus). SYNTHETIC slides; encoders "
+        "UNTRAINED or random (speed only).",
+        "",
+    ]
+    if "data_path" in r:
+        d = r["data_path"]
+        lines += [
+            f"**Data path** ({d['slide']}, {d['n_tiles']} tiles): ingest "
+            f"{d['ingest_tiles_per_s']:.1f} tiles/s vs naive {d['naive_tiles_per_s']:.1f} "
+            f"tiles/s = **{d['speedup']:.2f}x** (target >= 5x). Ingest read "
+            f"{d['ingest_mb_read']:.1f} MB in {d['ingest_gets']} GETs; naive downloaded "
+            f"{d['naive_mb_read']:.1f} MB.",
+            "",
+        ]
+    if "efficiency" in r:
+        e = r["efficiency"]
+        lines += [
+            f"**Pipeline efficiency** ({e['encoder']}, {e['n_tiles']} tiles): ingest "
+            f"{e['ingest_tiles_per_s']:.2f} tiles/s vs in-process ONNX Runtime encoder-only "
+            f"{e['ort_inprocess_tiles_per_s']:.2f} tiles/s = **{e['efficiency']:.2f}** "
+            "(target >= 0.85).",
+            "",
+        ]
+    if "memory" in r:
+        m = r["memory"]
+        rows = [k for k in m if k.isdigit()]
+        lines += [
+            "**Peak RSS** of the ingest data-path process (null encoder):",
+            "",
+            "| slide | tiles | peak RSS MB | tiles/s |",
+            "|---|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {k}^2 px | {m[k]['n_tiles']} | {m[k]['peak_rss_mb']:.0f} | "
+            f"{m[k]['tiles_per_s']:.1f} |"
+            for k in rows
+        ]
+        lines += [
+            "",
+            f"Largest/smallest = **{m['ratio_largest_to_smallest']:.2f}** "
+            "(targets: <= 1500 MB, ratio <= 1.2).",
+            "",
+        ]
+    if "latency" in r:
+        la = r["latency"]
+        lines += [
+            f"**Latency** event -> result event, {la['slides']} slides, {la['workers']} "
+            f"workers ({la['tiles_per_slide']}): p50 **{la['p50_s']:.1f} s**, p95 "
+            f"**{la['p95_s']:.1f} s**, makespan {la['makespan_s']:.1f} s, completed "
+            f"{la['completed']}/{la['slides']}.",
+            "",
+        ]
+    for k, v in r.get("errors", {}).items():
+        lines += [f"- {k}: not measured ({v})"]
+    lines += [
+        "",
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by "
+        "`make bench` (tests/perf/bench_ingest.py).",
+        "",
+    ]
+    block = "\n".join(lines)
+    text = path.read_text() if path.is_file() else "# Benchmarks\n\n"
+    pattern = re.compile(re.escape(SECTION) + r".*?(?=\n## |\Z)", re.S)
+    text = pattern.sub(block, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + block
+    path.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", default="data_path,efficiency,memory,latency")
+    parser.add_argument("--efficiency-tiles", type=int, default=128)
+    parser.add_argument("--rss-sizes", default="10000,50000")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "BENCHMARKS.md")
+    parser.add_argument("--rss-child", nargs=4, metavar=("ENV", "BUCKET", "KEY", "ETAG"))
+    args = parser.parse_args()
+    if args.rss_child:
+        _rss_child(*args.rss_child)
+        return
+
+    from histoprompt.ingest.logs import configure
+    from histoprompt.stack import StackSettings, down, up
+
+    configure("WARNING")
+    wanted = args.only.split(",")
+    results: dict[str, Any] = {"errors": {}}
+    with tempfile.TemporaryDirectory(prefix="hp-bench-ingest-") as tmp:
+        state = Path(tmp) / "stack"
+        handle = up(
+            StackSettings(
+                stack_state_dir=state,
+                stack_env_file=state / "stack.env",
+                stack_die_with_parent=True,
+                stack_kafka_libs=REPO_ROOT / ".cache" / "kafka" / "libs",
+            )
+        )
+        work = Path(tmp) / "work"
+        work.mkdir()
+        runs = {
+            "data_path": lambda: bench_data_path(handle, work),
+            "efficiency": lambda: bench_efficiency(handle, work, args.efficiency_tiles),
+            "memory": lambda: bench_memory(
+                handle, work, [int(s) for s in args.rss_sizes.split(",")]
+            ),
+            "latency": lambda: bench_latency(handle, work),
+        }
+        try:
+            for name in wanted:
+                print(f"[bench_ingest] {name} ...", flush=True)
+                try:
+                    results[name] = runs[name]()
+                    print(json.dumps(results[name], indent=1), flush=True)
+                except Exception as err:  # report what failed, keep the other numbers
+                    results["errors"][name] = f"{type(err).__name__}: {err}"
+                    print(f"[bench_ingest] {name} failed: {err!r}", flush=True)
+        finally:
+            down(state)
+    write_markdown(results, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""`make bench`: run every benchmark module that exists, one after the other.
+
+Each writes its own section of BENCHMARKS.md. A failing module is reported and the others
+still run; the exit status is non-zero if any failed.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+MODULES = ("bench_ingest", "bench_models", "bench_ssgsea", "bench_pathway_query")
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> int:
+    failed = []
+    for name in MODULES:
+        if not (HERE / f"{name}.py").is_file():
+            print(f"[run_all] {name}: not present, skipped", flush=True)
+            continue
+        print(f"[run_all] {name} ...", flush=True)
+        rc = subprocess.call(  # noqa: S603 - our interpreter, our modules
+            [sys.executable, "-m", f"tests.perf.{name}"], cwd=HERE.parents[1]
+        )
+        if rc != 0:
+            failed.append(name)
+    if failed:
+        print(f"[run_all] failed: {', '.join(failed)}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
