@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from numpy.typing import NDArray
 
 from histoprompt.core import names
 from histoprompt.core.errors import (
@@ -59,14 +60,14 @@ def s3_errors(what: str) -> Iterator[None]:
         raise ServiceUnavailableError(f"{what}: S3 unreachable ({type(err).__name__})") from err
 
 
-def npy_bytes(array: np.ndarray) -> bytes:
+def npy_bytes(array: NDArray[Any]) -> bytes:
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
     return buf.getvalue()
 
 
-def npy_load(data: bytes) -> np.ndarray:
-    array: np.ndarray = np.load(io.BytesIO(data), allow_pickle=False)
+def npy_load(data: bytes) -> NDArray[Any]:
+    array: NDArray[Any] = np.load(io.BytesIO(data), allow_pickle=False)
     return array
 
 
@@ -75,8 +76,8 @@ class SlideResult:
     """Everything one result prefix holds, in memory (tile embeddings are [n_tiles, D])."""
 
     tiles: pd.DataFrame
-    tile_embeddings: np.ndarray
-    slide_embedding: np.ndarray
+    tile_embeddings: NDArray[Any]
+    slide_embedding: NDArray[Any]
     pathways: Mapping[str, PathwayScore]
 
 
@@ -200,11 +201,11 @@ class ResultStore:
         )
         return {k: PathwayScore.model_validate(v) for k, v in raw.items()}
 
-    def read_slide_embedding(self, slide_id: str, model_version: str | None = None) -> np.ndarray:
+    def read_slide_embedding(self, slide_id: str, model_version: str | None = None) -> NDArray[Any]:
         ver = model_version or self.latest_version(slide_id)
         return npy_load(self._get(names.result_key(slide_id, ver, names.RESULT_SLIDE_EMBEDDING)))
 
-    def read_tile_embeddings(self, slide_id: str, model_version: str | None = None) -> np.ndarray:
+    def read_tile_embeddings(self, slide_id: str, model_version: str | None = None) -> NDArray[Any]:
         ver = model_version or self.latest_version(slide_id)
         return npy_load(self._get(names.result_key(slide_id, ver, names.RESULT_TILE_EMBEDDINGS)))
 
