@@ -59,3 +59,53 @@ def test_export_encoder_rejects_a_hub_name(tmp_path: Path) -> None:
     )
     assert result.exit_code != 0
     assert "huggingface-cli download" in str(result.exception)
+
+
+def test_train_example_on_cached_embeddings(tmp_path: Path) -> None:
+    import numpy as np
+
+    from histoprompt.export.cohort import CohortConfig, make_cohort, write_expression
+    from histoprompt.export.embedding import embed_tiles
+    from histoprompt.export.encoders import load_encoder
+
+    cohort = make_cohort(CohortConfig(n_patients=16, min_tiles=4, max_tiles=6, seed=2))
+    enc = load_encoder("tiny")
+    (tmp_path / "emb").mkdir()
+    for slide in cohort.slides:
+        np.save(
+            tmp_path / "emb" / f"{slide.slide_id}.npy",
+            embed_tiles(enc, slide.tiles).astype(np.float16),
+        )
+    rows = ["slide_id,patient_id"] + [f"{s.slide_id},{s.patient_id}" for s in cohort.slides]
+    (tmp_path / "slides.csv").write_text("\n".join(rows) + "\nSYN-GONE,SYN-99999\n")
+    write_expression(cohort, tmp_path / "expr.parquet")
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--embeddings",
+            str(tmp_path / "emb"),
+            "--slides",
+            str(tmp_path / "slides.csv"),
+            "--expression",
+            str(tmp_path / "expr.parquet"),
+            "--out",
+            str(tmp_path / "bundle"),
+            "--epochs",
+            "3",
+            "--synthetic",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "bundle" / "metrics.json").read_text())
+    assert metrics["slides_used"] == 16 and metrics["slides_skipped"] == 1
+    assert metrics["rna_encoder_untrained"] is True and metrics["synthetic"] is True
+    parity = json.loads((tmp_path / "bundle" / "parity.json").read_text())
+    assert all(r["passed"] for r in parity.values())
+    repo = tmp_path / "repo"
+    served = runner.invoke(
+        app, ["model-repo", "--artifacts", str(tmp_path / "bundle"), "--out", str(repo)]
+    )
+    assert served.exit_code == 0, served.output
+    assert (repo / "slide_embed" / "1" / "model.onnx").is_file()
+    assert metrics["model_version"] in (repo / "tile_preprocess" / "config.pbtxt").read_text()

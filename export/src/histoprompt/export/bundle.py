@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -37,6 +37,13 @@ from histoprompt.export.model_repo import (
     write_repository,
 )
 from histoprompt.export.training import TrainConfig, config_hash
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from histoprompt.export.alignment import AlignmentModel
+    from histoprompt.export.encoders import LoadedEncoder
+    from histoprompt.export.rna import RnaEncoder
 
 DONE = "bundle.done"
 DEFAULT_CACHE = Path(".cache/histoprompt")
@@ -111,23 +118,81 @@ def _cache_root(cache_dir: Path | None) -> Path:
     return Path(env) if env else DEFAULT_CACHE
 
 
-def train_and_export(
-    config: DemoConfig, bundle_dir: Path, cache_root: Path, *, progress: bool = False
+def export_bundle(
+    bundle_dir: Path,
+    card: ModelCard,
+    encoder: LoadedEncoder,
+    rna_encoder: RnaEncoder,
+    model: AlignmentModel,
+    expression: pd.DataFrame,
+    metrics: dict[str, Any],
 ) -> None:
-    """Generate the SYNTHETIC cohort, embed, train, export, check parity, build reference."""
+    """Write ONNX files (parity-checked), card, contract, metrics and the RNA reference DB.
+
+    `expression` is samples x genes log1p(TPM) in the RNA encoder's gene order; it becomes
+    the Soft-kNN reference of pathway_query.
+    """
     import numpy as np
     import torch
 
     from histoprompt.export.alignment import RnaEmbedExport, SlideEmbedExport
-    from histoprompt.export.cohort import make_cohort
-    from histoprompt.export.embedding import paired_embeddings
-    from histoprompt.export.encoders import load_encoder
     from histoprompt.export.onnx_export import (
         export_rna_embed,
         export_slide_embed,
         export_tile_encoder,
         write_parity,
     )
+
+    bundle_dir.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    rna_export = RnaEmbedExport(rna_encoder, model).eval()
+    contract = rna_encoder.contract
+    records = [
+        export_tile_encoder(
+            encoder.module, encoder.spec.input_px, bundle_dir / "tile_encoder.onnx"
+        ),
+        export_slide_embed(
+            SlideEmbedExport(model).eval(), encoder.spec.embed_dim, bundle_dir / "slide_embed.onnx"
+        ),
+        export_rna_embed(rna_export, contract.n_genes, bundle_dir / "rna_embed.onnx"),
+    ]
+    write_parity(records, bundle_dir / "parity.json")
+    (bundle_dir / "gene_contract.json").write_text(contract.model_dump_json())
+    (bundle_dir / "encoder.json").write_text(card.encoder.model_dump_json(indent=1))
+    (bundle_dir / "model_card.json").write_text(card.model_dump_json(indent=1))
+    doc = {**metrics, "synthetic": card.synthetic, "model_version": card.version}
+    (bundle_dir / "metrics.json").write_text(json.dumps(doc, indent=1, sort_keys=True))
+
+    try:
+        from histoprompt.core import reference as refdb
+    except ImportError:  # pragma: no cover - core ships it
+        return
+
+    def embed_fn(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return rna_export(torch.from_numpy(x)).numpy()
+
+    ref = refdb.build_reference(
+        expression,
+        None,
+        embed_fn,
+        list(contract.genes),
+        name="synthetic-demo" if card.synthetic else card.name,
+        encoder=card.version,
+        synthetic=card.synthetic,
+    )
+    refdb.save_reference(ref, bundle_dir / "reference")
+
+
+def train_and_export(
+    config: DemoConfig, bundle_dir: Path, cache_root: Path, *, progress: bool = False
+) -> None:
+    """Generate the SYNTHETIC cohort, embed, train, export, check parity, build reference."""
+    import pandas as pd
+
+    from histoprompt.export.cohort import make_cohort
+    from histoprompt.export.embedding import paired_embeddings
+    from histoprompt.export.encoders import load_encoder
     from histoprompt.export.rna import fit_contract, small_rna_encoder
     from histoprompt.export.training import train_alignment
 
@@ -146,59 +211,15 @@ def train_and_export(
         fingerprint=card.version,
         progress=progress,
     )
-    model = result.model.eval()
-    records = [
-        export_tile_encoder(
-            encoder.module, encoder.spec.input_px, bundle_dir / "tile_encoder.onnx"
-        ),
-        export_slide_embed(
-            SlideEmbedExport(model).eval(), encoder.spec.embed_dim, bundle_dir / "slide_embed.onnx"
-        ),
-        export_rna_embed(
-            RnaEmbedExport(rna_encoder, model).eval(),
-            contract.n_genes,
-            bundle_dir / "rna_embed.onnx",
-        ),
-    ]
-    write_parity(records, bundle_dir / "parity.json")
-    (bundle_dir / "gene_contract.json").write_text(contract.model_dump_json())
-    (bundle_dir / "encoder.json").write_text(card.encoder.model_dump_json(indent=1))
-    (bundle_dir / "model_card.json").write_text(card.model_dump_json(indent=1))
+    expression = pd.DataFrame(
+        cohort.expression, index=list(cohort.patient_ids), columns=list(cohort.genes)
+    )
+    metrics = {**result.metrics, "embed_seconds": round(embed_seconds, 3)}
+    export_bundle(bundle_dir, card, encoder, rna_encoder, result.model, expression, metrics)
     (bundle_dir / "SYNTHETIC.txt").write_text(
         SYNTHETIC_NOTE + "\nThe tile encoder is UNTRAINED (fixed seed); the alignment module is "
         "trained on the synthetic cohort only.\n"
     )
-    metrics = dict(result.metrics)
-    metrics["embed_seconds"] = round(embed_seconds, 3)
-    metrics["synthetic"] = True
-    metrics["model_version"] = card.version
-    (bundle_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
-
-    try:
-        from histoprompt.core import reference as refdb
-    except ImportError:
-        return
-    import pandas as pd
-
-    rna_export = RnaEmbedExport(rna_encoder, model).eval()
-
-    def embed_fn(x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return rna_export(torch.from_numpy(x)).numpy()
-
-    expression = pd.DataFrame(
-        cohort.expression, index=list(cohort.patient_ids), columns=list(cohort.genes)
-    )
-    ref = refdb.build_reference(
-        expression,
-        None,
-        embed_fn,
-        list(contract.genes),
-        name="synthetic-demo",
-        encoder=card.version,
-        synthetic=True,
-    )
-    refdb.save_reference(ref, bundle_dir / "reference")
 
 
 def ensure_bundle(

@@ -190,4 +190,44 @@ def cohort(
     typer.echo(f"wrote {len(files.slides)} SYNTHETIC slides and {files.expression} to {out}")
 
 
+@app.command("train")
+def train(
+    embeddings: Annotated[Path, typer.Option(help="folder of <slide_id>.npy tile embeddings")],
+    slides: Annotated[Path, typer.Option(help="CSV/parquet with slide_id, patient_id")],
+    expression: Annotated[Path, typer.Option(help="parquet: patient_id + genes, log1p(TPM)")],
+    out: Annotated[Path, typer.Option(help="bundle folder to write")],
+    encoder: Annotated[str, typer.Option(help="encoder that made the embeddings")] = "tiny",
+    weights: Annotated[str | None, typer.Option(help="its weights (path or s3://)")] = None,
+    rna_encoder: Annotated[Path | None, typer.Option(help="RNA encoder checkpoint")] = None,
+    epochs: int = 80,
+    seed: int = 0,
+    synthetic: Annotated[bool, typer.Option(help="label the model as SYNTHETIC")] = False,
+) -> None:
+    """Train the alignment on cached embeddings + expression and export a bundle.
+
+    Example: histoprompt-export train --embeddings emb/ --slides slides.csv
+    --expression expr.parquet --out bundle/ --encoder uni --weights s3://models/uni.safetensors
+    """
+    from histoprompt.core.settings import ConnectionSettings
+    from histoprompt.export.paired_training import train_from_files
+    from histoprompt.export.training import TrainConfig
+
+    card = train_from_files(
+        embeddings,
+        slides,
+        expression,
+        out,
+        encoder_name=encoder,
+        encoder_weights=weights,
+        rna_encoder_dir=rna_encoder,
+        config=TrainConfig(epochs=epochs, seed=seed),
+        synthetic=synthetic,
+        settings=ConnectionSettings.load(),
+    )
+    typer.echo(
+        f"wrote bundle {card.version} to {out}; serve it with "
+        f"`histoprompt-export model-repo --artifacts {out}`"
+    )
+
+
 _register_optional_groups()

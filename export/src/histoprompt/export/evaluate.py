@@ -4,11 +4,15 @@ Inputs: an `.npz` of paired, aligned embeddings (`slide` [N,E], `rna` [N,E], `pa
 [N]; optional `baseline_slide`/`baseline_rna` from the unaligned model, and `targets` [N,K]
 with `target_names` [K]) plus, when it holds no targets, `--expression` (the RNA side,
 samples keyed like patient_ids) from which the Hallmark ssGSEA targets are computed.
-`--synthetic` evaluates SYNTHETIC numpy pairs instead (histoprompt.core.evaluation).
+`--synthetic` evaluates SYNTHETIC numpy pairs instead (histoprompt.core.evaluation), and
+`--bundle DIR` the demo bundle of `histoprompt-export demo-bundle` on its SYNTHETIC cohort:
+retrieval on the patients held out from alignment training, the untrained alignment module
+(same seed) as the unaligned baseline, per-Hallmark CV over all patients.
 
 Example:
 
     histoprompt-export evaluate --synthetic --out artifacts/eval
+    histoprompt-export evaluate --bundle .cache/histoprompt/bundles/<version> --out artifacts/eval
     histoprompt-export evaluate --pairs pairs.npz --expression expr.parquet --out artifacts/eval
 """
 
@@ -46,6 +50,7 @@ class EvalInputs:
     baseline_rna: np.ndarray | None
     synthetic: bool
     source: str
+    retrieval_rows: np.ndarray | None = None  # rows held out from alignment training
 
 
 @dataclass(frozen=True)
@@ -126,14 +131,109 @@ def synthetic_inputs(n_patients: int, seed: int) -> EvalInputs:
     )
 
 
+def bundle_inputs(bundle: Path, seed: int = 0) -> EvalInputs:
+    """Pairs from a demo bundle (SYNTHETIC cohort, trained and untrained alignment)."""
+    import numpy as np
+    import torch
+
+    from histoprompt.core.errors import InvalidInputError
+    from histoprompt.core.modelspec import ModelCard
+    from histoprompt.export.alignment import (
+        AlignmentConfig,
+        AlignmentModel,
+        RnaEmbedExport,
+        SlideEmbedExport,
+    )
+    from histoprompt.export.bundle import demo_card, demo_config
+    from histoprompt.export.cohort import make_cohort
+    from histoprompt.export.embedding import cached_slide_embeddings
+    from histoprompt.export.encoders import load_encoder
+    from histoprompt.export.rna import GeneContract, small_rna_encoder
+    from histoprompt.export.training import load_alignment, split_by_patient
+
+    try:
+        card = ModelCard.model_validate_json((bundle / "model_card.json").read_text())
+        contract = GeneContract.model_validate_json((bundle / "gene_contract.json").read_text())
+        align_cfg = AlignmentConfig.model_validate_json(
+            (bundle / "alignment" / "alignment_config.json").read_text()
+        )
+    except (OSError, ValueError) as err:
+        raise InvalidInputError(f"{bundle} is not a demo bundle: {err}") from err
+    config = demo_config(seed)
+    if demo_card(config).version != card.version:
+        raise InvalidInputError(
+            f"{bundle} holds model {card.version}, demo seed {seed} gives "
+            f"{demo_card(config).version}; pass the seed the bundle was built with"
+        )
+    cohort = make_cohort(config.cohort)
+    encoder = load_encoder(config.encoder, seed=config.seed)
+    first: dict[str, int] = {}
+    for i, slide in enumerate(cohort.slides):
+        first.setdefault(slide.patient_id, i)
+    slides = [cohort.slides[i] for i in first.values()]
+    bags = cached_slide_embeddings(
+        encoder, [(s.slide_id, s.tiles) for s in slides], bundle.parent.parent / "tile_embeddings"
+    )
+    rna_encoder = small_rna_encoder(contract, seed=config.seed, embed_dim=config.rna_embed_dim)
+    expression = contract.align(cohort.expression, cohort.genes).values
+    row = cohort.patient_index()
+    patients = [s.patient_id for s in slides]
+    trained = load_alignment(bundle / "alignment")
+    torch.manual_seed(config.train.seed)  # the training run's own unaligned baseline
+    untrained = AlignmentModel(align_cfg).eval()
+
+    def embed(model: AlignmentModel) -> tuple[np.ndarray, np.ndarray]:
+        with torch.no_grad():
+            slide_fn, rna_fn = SlideEmbedExport(model).eval(), RnaEmbedExport(rna_encoder, model)
+            s = np.concatenate([slide_fn(torch.from_numpy(b))[0].numpy() for b in bags])
+            r = rna_fn.eval()(torch.from_numpy(expression[[row[p] for p in patients]])).numpy()
+        return s, r
+
+    slide, rna = embed(trained)
+    base_slide, base_rna = embed(untrained)
+    _, val = split_by_patient(patients, config.train.val_fraction, config.train.seed)
+    held_out = np.array([p in set(val) for p in patients])
+    import pandas as pd
+
+    from histoprompt.core.genesets import load_hallmark
+    from histoprompt.core.ssgsea import ssgsea_frame
+
+    expr = pd.DataFrame(cohort.expression, index=list(cohort.patient_ids), columns=cohort.genes)
+    hallmark = load_hallmark()
+    targets = ssgsea_frame(expr, {n: hallmark[n].genes for n in hallmark}, min_size=5)
+    return EvalInputs(
+        slide,
+        rna,
+        patients,
+        targets.loc[patients].reset_index(drop=True),
+        base_slide,
+        base_rna,
+        synthetic=True,
+        source=(
+            f"demo bundle {card.version} (SYNTHETIC cohort, UNTRAINED tile encoder); retrieval "
+            f"on the {int(held_out.sum())} patients held out from alignment training"
+        ),
+        retrieval_rows=held_out,
+    )
+
+
 def run_evaluation(inputs: EvalInputs, methods: list[str], n_splits: int = 5) -> EvalReport:
+    import numpy as np
+
     from histoprompt.core.evaluation import pathway_cv_table, retrieval_table
 
+    n = inputs.slide.shape[0]
+    mask = inputs.retrieval_rows
+    rows = np.arange(n) if mask is None else np.flatnonzero(mask)
+
+    def pick(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else a[rows]
+
     retrieval = retrieval_table(
-        inputs.slide,
-        inputs.rna,
-        baseline_slide=inputs.baseline_slide,
-        baseline_rna=inputs.baseline_rna,
+        inputs.slide[rows],
+        inputs.rna[rows],
+        baseline_slide=pick(inputs.baseline_slide),
+        baseline_rna=pick(inputs.baseline_rna),
     )
     pathways = pathway_cv_table(
         inputs.slide,
@@ -235,6 +335,9 @@ def evaluate(
     synthetic: Annotated[
         bool, typer.Option(help="evaluate SYNTHETIC numpy pairs instead of --pairs")
     ] = False,
+    bundle: Annotated[
+        Path | None, typer.Option(help="demo bundle dir (SYNTHETIC cohort, trained alignment)")
+    ] = None,
     n_patients: Annotated[int, typer.Option(help="SYNTHETIC cohort size")] = 400,
     seed: Annotated[int, typer.Option(help="SYNTHETIC seed")] = 0,
     methods: Annotated[str, typer.Option(help="comma list of soft_knn, ridge, mlp")] = (
@@ -247,10 +350,14 @@ def evaluate(
     try:
         if synthetic:
             inputs = synthetic_inputs(n_patients, seed)
+        elif bundle is not None:
+            inputs = bundle_inputs(bundle, seed)
         elif pairs is not None:
             inputs = load_pairs(pairs, expression)
         else:
-            typer.secho("error: give --pairs FILE.npz or --synthetic", fg="red", err=True)
+            typer.secho(
+                "error: give --pairs FILE.npz, --bundle DIR or --synthetic", fg="red", err=True
+            )
             raise typer.Exit(2)
         report = run_evaluation(inputs, [m.strip() for m in methods.split(",") if m.strip()])
     except HistopromptError as err:
