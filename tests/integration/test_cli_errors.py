@@ -179,3 +179,33 @@ def test_gene_set_input_errors_need_no_service(stack: StackHandle) -> None:
     assert res.exit_code == EXIT_NOT_FOUND and "unknown gene set" in res.stderr
     res = cli(stack, "query", "0" * 16, "--genes", ",")
     assert res.exit_code == EXIT_INVALID and "empty" in res.stderr
+
+
+def test_interrupted_series_upload_leaves_nothing_on_real_s3(
+    stack: StackHandle, slides: dict[str, Path], monkeypatch: pytest.MonkeyPatch, incoming: Any
+) -> None:
+    """Ctrl-C after the first instance: that instance is removed again, no manifest, no event."""
+    from histoprompt.client import services
+
+    real = services.minio_client
+    calls = {"put": 0}
+
+    class Interrupting:
+        def __init__(self, inner: Any) -> None:
+            self._inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._inner, name)
+
+        def put_object(self, *args: Any, **kw: Any) -> Any:
+            calls["put"] += 1
+            if calls["put"] == 2:
+                raise KeyboardInterrupt
+            return self._inner.put_object(*args, **kw)
+
+    monkeypatch.setattr(services, "minio_client", lambda s: Interrupting(real(s)))
+    before = slide_objects(stack)
+    res = cli(stack, "submit", str(slides["series"]))
+    assert res.exit_code == 130 and calls["put"] == 2
+    assert slide_objects(stack) == before
+    assert take(incoming, 1, timeout_s=3.0) == []

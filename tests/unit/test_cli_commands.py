@@ -524,3 +524,21 @@ def test_example_gene_sets(s3: FakeS3) -> None:
     assert res.exit_code == 0
     head, genes = res.stdout.splitlines()
     assert head.startswith("HALLMARK_E2F_TARGETS (200 genes)") and len(genes.split()) == 200
+
+
+def test_watch_streams_lines_when_piped_until_ctrl_c(
+    s3: FakeS3, kafka: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def stream(self: FakeFollower) -> Any:
+        yield _event("c" * 16, "done")
+        yield _event("d" * 16, "failed")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(FakeFollower, "stream", stream, raising=False)
+    res = runner.invoke(app, ["watch"])
+    assert res.exit_code == 130
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("slide\tstatus") and lines[1].startswith("c" * 16 + "\tdone")
+    assert lines[2].split("\t")[1] == "failed"
+    res = runner.invoke(app, ["watch", "--json"])
+    assert [json.loads(ln)["slide"] for ln in res.stdout.splitlines()] == ["c" * 16, "d" * 16]
