@@ -47,7 +47,7 @@ def cli(stack: StackHandle, *args: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def pipeline(stack: StackHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+def pipeline(stack: StackHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The demo bundle loaded in Triton and an ingest service consuming, until module end."""
     ingest = pytest.importorskip("histoprompt.ingest.service", reason="needs histoprompt-ingest")
     import tritonclient.grpc as grpcclient
@@ -55,7 +55,9 @@ def pipeline(stack: StackHandle, tmp_path_factory: pytest.TempPathFactory) -> It
     from histoprompt.export.bundle import build_demo_bundle
     from histoprompt.ingest.settings import IngestSettings
 
-    build_demo_bundle(tmp_path_factory.mktemp("demo"), seed=0, repo_dir=stack.model_repository)
+    bundle = build_demo_bundle(
+        tmp_path_factory.mktemp("demo"), seed=0, repo_dir=stack.model_repository
+    )
     client = grpcclient.InferenceServerClient(stack.triton_grpc)
     try:
         for model in SERVED:
@@ -73,7 +75,7 @@ def pipeline(stack: StackHandle, tmp_path_factory: pytest.TempPathFactory) -> It
     thread = threading.Thread(target=service.run, kwargs={"install_signals": False}, daemon=True)
     thread.start()
     try:
-        yield
+        yield bundle.bundle_dir
     finally:
         service.request_stop()
         thread.join(timeout=60)
@@ -91,7 +93,7 @@ def slides(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def submitted(stack: StackHandle, pipeline: None, slides: dict[str, Path]) -> dict[str, str]:
+def submitted(stack: StackHandle, pipeline: Path, slides: dict[str, Path]) -> dict[str, str]:
     res = runner.invoke(
         app,
         [
@@ -140,6 +142,30 @@ def test_results_then_query_agree(stack: StackHandle, submitted: dict[str, str])
         assert got[name]["coverage"] == pytest.approx(stored[name]["coverage"])
     custom = got["custom"]
     assert custom["genes"] == 6 and custom["found"] <= 5 and 0 < custom["coverage"] < 1
+    assert custom["unknown"] is None  # the served reference lives inside Triton's repository
+
+
+def test_query_names_unknown_genes_from_the_reference_in_s3(
+    stack: StackHandle, pipeline: Path, submitted: dict[str, str]
+) -> None:
+    """With the served reference also in the models bucket, unknown genes are listed."""
+    from histoprompt.core.genesets import load_hallmark
+    from histoprompt.core.reference import load_reference, save_reference_s3
+    from histoprompt.core.s3 import make_minio
+
+    ref = load_reference(pipeline / "reference", "synthetic-demo")
+    save_reference_s3(ref, make_minio(stack.settings), stack.settings.models_bucket)
+    genes = [g for g in load_hallmark().lookup("HYPOXIA").genes if g in set(ref.genes)][:5]
+    query = ",".join([*genes, "NOT_A_GENE_XYZ"])
+    res = runner.invoke(
+        app,
+        ["--env-file", str(stack.env_file), "--json", "query", submitted["svs"], "--genes", query],
+        env={"HISTOPROMPT_REFERENCE_NAME": ref.name},
+    )
+    assert res.exit_code == 0, res.output
+    (row,) = json.loads(res.stdout)["results"]
+    assert row["unknown"] == ["NOT_A_GENE_XYZ"]
+    assert row["found"] == 5 and row["coverage"] == pytest.approx(5 / 6)
 
 
 def test_heatmap_has_the_slide_aspect_ratio_and_content(

@@ -91,8 +91,7 @@ def run_pathway_query(
             )
             if not wire:
                 config = client.get_model_config(names.MODEL_PATHWAY_QUERY, as_json=True)
-                params = config.get("config", config).get("parameters", {})
-                wire = str(params.get("default_method", {}).get("string_value", ""))
+                wire = _params(config).get("default_method", "")
             if not wire:
                 from histoprompt.core.pathway_engine import DEFAULT_METHOD
 
@@ -111,29 +110,65 @@ def run_pathway_query(
     return scores, coverage, wire
 
 
-def reference_genes(settings: ClientSettings) -> tuple[str, ...] | None:
-    """The RNA reference's gene symbols from the models bucket, to name unknown genes.
+def _params(config: dict[str, Any]) -> dict[str, str]:
+    raw = config.get("config", config).get("parameters", {})
+    return {str(k): str(v.get("string_value", "")) for k, v in raw.items()}
 
-    Best effort: None when no reference (or several, and none is configured) is found.
+
+def served_reference_uri(settings: ClientSettings) -> str:
+    """pathway_query's `reference_uri` parameter ('' when it reads a local reference)."""
+    from histoprompt.client.services import triton_client, triton_errors
+
+    client = triton_client(settings)
+    try:
+        with triton_errors(settings, f"reading the {names.MODEL_PATHWAY_QUERY} config"):
+            config = client.get_model_config(names.MODEL_PATHWAY_QUERY, as_json=True)
+    finally:
+        client.close()
+    return _params(config).get("reference_uri", "")
+
+
+def _reference_prefix(client: Any, bucket: str, key: str) -> str:
+    """`references/<name>[/<version>]` -> the version folder (latest.json when no version)."""
+    import re
+
+    parts = [p for p in key.split("/") if p]
+    if re.fullmatch(r"[0-9a-f]{12}", parts[-1]):
+        return "/".join(parts) + "/"
+    latest = json.loads(_get(client, bucket, "/".join(parts) + "/latest.json"))
+    return "/".join(parts) + f"/{latest['version']}/"
+
+
+def reference_genes(settings: ClientSettings) -> tuple[str, ...] | None:
+    """The served RNA reference's gene symbols, to name a query's unknown genes.
+
+    Where: pathway_query's `reference_uri` when it is an s3:// URI, else
+    HISTOPROMPT_REFERENCE_NAME (or the only reference) under `references/` in the models
+    bucket. Best effort: None when the reference is not reachable from here (e.g. it sits
+    inside Triton's model repository); coverage still comes from the server.
     """
     from histoprompt.client.services import minio_client
+    from histoprompt.core.s3 import parse_s3_uri
 
     client = minio_client(settings)
     root = "references/"
     try:
-        name = settings.reference_name
-        if name is None:
-            found = {
-                o.object_name[len(root) :].split("/")[0]
-                for o in client.list_objects(settings.models_bucket, prefix=root)
-                if o.object_name
-            }
-            if len(found) != 1:
-                return None
-            name = found.pop()
-        latest = _get(client, settings.models_bucket, f"{root}{name}/latest.json")
-        version = str(json.loads(latest)["version"])
-        text = _get(client, settings.models_bucket, f"{root}{name}/{version}/genes.txt")
+        uri = served_reference_uri(settings)
+        if uri.startswith("s3://"):
+            bucket, key = parse_s3_uri(uri)
+        else:
+            bucket, name = settings.models_bucket, settings.reference_name
+            if name is None:
+                found = {
+                    o.object_name[len(root) :].split("/")[0]
+                    for o in client.list_objects(bucket, prefix=root)
+                    if o.object_name
+                }
+                if len(found) != 1:
+                    return None
+                name = found.pop()
+            key = root + name
+        text = _get(client, bucket, _reference_prefix(client, bucket, key) + "genes.txt")
     except Exception:  # noqa: BLE001 - unknown genes are optional detail, coverage is not
         return None
     return tuple(text.decode().split())
