@@ -39,7 +39,7 @@ class IngestSettings(ConnectionSettings):
     )
     ingest_max_frame_pixels: int = Field(4096 * 4096, gt=0)
     ingest_min_tissue_fraction: float = Field(0.25, ge=0.0, le=1.0)
-    ingest_mask_max_px: int = Field(2048, ge=64, description="longest edge of the tissue mask")
+    ingest_mask_max_px: int = Field(1024, ge=64, description="longest edge of the tissue mask")
     ingest_mpp_tolerance: float = Field(
         0.1, ge=0.0, description="a level this much coarser than the target still counts"
     )

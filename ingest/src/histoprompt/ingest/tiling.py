@@ -100,7 +100,7 @@ def plan_tiles(
     spec: EncoderSpec,
     *,
     min_tissue: float,
-    mask_max_px: int = 2048,
+    mask_max_px: int = 1024,
     mpp_tolerance: float = 0.1,
 ) -> TilePlan:
     """Grid at spec.target_mpp over level 0, keeping tiles with enough tissue."""

@@ -13,11 +13,12 @@ MIN_SATURATION = 0.08
 
 
 def saturation(rgb: np.ndarray) -> np.ndarray:
-    """HSV saturation in [0, 1] of uint8 [h, w, 3]."""
-    arr = rgb.astype(np.float32)
-    mx = arr.max(axis=2)
-    mn = arr.min(axis=2)
-    return np.where(mx > 0, (mx - mn) / np.maximum(mx, 1.0), 0.0).astype(np.float32)
+    """HSV saturation in [0, 1] of uint8 [h, w, 3] (channel-wise max/min: no float copy)."""
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    mx = np.maximum(np.maximum(r, g), b)
+    mn = np.minimum(np.minimum(r, g), b)
+    spread = (mx - mn).astype(np.float32)
+    return np.where(mx > 0, spread / np.maximum(mx, 1).astype(np.float32), np.float32(0.0))
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
