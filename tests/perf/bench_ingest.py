@@ -80,7 +80,7 @@ def serve_encoder(name: str, triton_url: str, repo: Path, work: Path) -> tuple[A
 def ingest_settings(env_file: Path, **kw: Any) -> Any:
     from histoprompt.ingest.settings import IngestSettings
 
-    base = {"ingest_batch_size": 64, "ingest_max_inflight": 4, "ingest_min_tissue_fraction": 0.25}
+    base = {"ingest_batch_size": 16, "ingest_max_inflight": 2, "ingest_min_tissue_fraction": 0.25}
     base.update(kw)
     return IngestSettings.load(env_file, **base)
 
