@@ -40,6 +40,7 @@ TESTED_EXAMPLES = [
     "histoprompt status --json",
     "histoprompt gene-sets list --contains INTERFERON",
     "histoprompt gene-sets show E2F_TARGETS",
+    "histoprompt gene-sets show HYPOXIA",
 ]
 runner = CliRunner()
 
@@ -524,6 +525,9 @@ def test_example_gene_sets(s3: FakeS3) -> None:
     assert res.exit_code == 0
     head, genes = res.stdout.splitlines()
     assert head.startswith("HALLMARK_E2F_TARGETS (200 genes)") and len(genes.split()) == 200
+    res = run("histoprompt gene-sets show HYPOXIA")
+    assert res.stdout.startswith("HALLMARK_HYPOXIA (200 genes)")
+    assert "VEGFA" in res.stdout.splitlines()[1].split()
 
 
 def test_watch_streams_lines_when_piped_until_ctrl_c(

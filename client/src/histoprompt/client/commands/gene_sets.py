@@ -10,7 +10,10 @@ from histoprompt.client.catalog import complete_gene_set
 from histoprompt.client.state import get_state
 
 app = typer.Typer(
-    help="Gene sets a query can name: bundled MSigDB Hallmarks plus your GMT.",
+    help=(
+        "Gene sets a query can name: bundled MSigDB Hallmarks plus your GMT.\n\n"
+        "Example: histoprompt gene-sets show HYPOXIA"
+    ),
     no_args_is_help=True,
 )
 
