@@ -546,3 +546,17 @@ def test_watch_streams_lines_when_piped_until_ctrl_c(
     assert lines[2].split("\t")[1] == "failed"
     res = runner.invoke(app, ["watch", "--json"])
     assert [json.loads(ln)["slide"] for ln in res.stdout.splitlines()] == ["c" * 16, "d" * 16]
+
+
+def test_heatmap_falls_back_to_the_tile_grid_without_a_source(s3: FakeS3) -> None:
+    from PIL import Image
+
+    _store_result(s3, source_key="uploads/gone/slide.svs")  # the source object is missing
+    res = runner.invoke(app, ["heatmap", SID, "--out", "grid.png", "--size", "300"])
+    assert res.exit_code == 0, res.output
+    assert "tile grid extent" in res.stderr and "no thumbnail" in res.stderr
+    img = np.asarray(Image.open("grid.png").convert("RGB"))
+    # 3 x 2 tiles of 256 px: the grid's extent is 768 x 512, i.e. 300 x 200 px here.
+    assert img.shape[:2] == (200, 300)
+    left, right = img[100, 20].astype(int), img[100, 280].astype(int)
+    assert not np.array_equal(left, right)  # attention rises left to right
