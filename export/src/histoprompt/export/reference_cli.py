@@ -108,6 +108,7 @@ def build(
             help="Triton gRPC host:port serving rna_embed", envvar="HISTOPROMPT_TRITON_URL"
         ),
     ] = None,
+    triton_model: Annotated[str, typer.Option(help="Triton model to call")] = "rna_embed",
     genes: Annotated[
         Path | None,
         typer.Option(help="encoder gene order (gene_contract.json or .txt); default: next to ONNX"),
@@ -151,7 +152,7 @@ def build(
             embed_fn = onnx_embed_fn(rna_onnx)
         else:
             assert triton is not None
-            embed_fn = triton_embed_fn(triton)
+            embed_fn = triton_embed_fn(triton, triton_model)
         ref = build_reference(
             expr,
             meta,
