@@ -159,3 +159,15 @@ def test_read_table_formats(tmp_path: Path, inputs: SyntheticReferenceInputs) ->
     with pytest.raises(ReferenceError, match="unsupported"):
         (tmp_path / "e.xlsx").write_text("x")
         read_table(tmp_path / "e.xlsx")
+
+
+def test_h5ad_without_anndata_says_what_to_install(tmp_path: Path) -> None:
+    try:
+        import anndata  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("anndata is installed; the missing-extra message cannot show")
+    (tmp_path / "x.h5ad").write_bytes(b"")
+    with pytest.raises(ReferenceError, match=r"histoprompt-core\[h5ad\]"):
+        read_table(tmp_path / "x.h5ad")
