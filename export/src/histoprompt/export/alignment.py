@@ -19,11 +19,11 @@ class AlignmentConfig(BaseModel):
 
     tile_dim: int = Field(gt=0, description="D")
     rna_dim: int = Field(gt=0, description="width of the frozen RNA encoder output")
-    hidden: int = Field(256, gt=0)
-    attn_dim: int = Field(128, gt=0)
-    aligned_dim: int = Field(128, gt=0, description="E")
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    temperature_init: float = Field(0.07, gt=0.0)
+    hidden: int = Field(default=256, gt=0)
+    attn_dim: int = Field(default=128, gt=0)
+    aligned_dim: int = Field(default=128, gt=0, description="E")
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    temperature_init: float = Field(default=0.07, gt=0.0)
 
 
 class GatedABMIL(nn.Module):

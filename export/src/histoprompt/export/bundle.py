@@ -56,7 +56,7 @@ class DemoConfig(BaseModel):
 
     encoder: str = "tiny"
     seed: int = 0
-    rna_embed_dim: int = Field(128, gt=0)
+    rna_embed_dim: int = Field(default=128, gt=0)
     cohort: CohortConfig = CohortConfig()
     train: TrainConfig = TrainConfig()
 

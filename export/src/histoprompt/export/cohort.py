@@ -76,14 +76,16 @@ class CohortConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    n_patients: int = Field(160, ge=4)
-    slides_per_patient: int = Field(1, ge=1, le=4)
-    min_tiles: int = Field(16, ge=1)
-    max_tiles: int = Field(40, ge=1)
-    tile_px: int = Field(64, ge=16)
-    tile_noise: float = Field(0.5, ge=0.0, description="tile-level spread around the latents")
-    expression_noise: float = Field(0.35, ge=0.0)
-    hidden_factors: int = Field(3, ge=0, description="non-morphological expression factors")
+    n_patients: int = Field(default=160, ge=4)
+    slides_per_patient: int = Field(default=1, ge=1, le=4)
+    min_tiles: int = Field(default=16, ge=1)
+    max_tiles: int = Field(default=40, ge=1)
+    tile_px: int = Field(default=64, ge=16)
+    tile_noise: float = Field(
+        default=0.5, ge=0.0, description="tile-level spread around the latents"
+    )
+    expression_noise: float = Field(default=0.35, ge=0.0)
+    hidden_factors: int = Field(default=3, ge=0, description="non-morphological expression factors")
     seed: int = 0
 
 

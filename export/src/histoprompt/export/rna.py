@@ -108,8 +108,8 @@ class RnaEncoderConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     n_genes: int = Field(gt=0)
-    hidden: int = Field(256, gt=0)
-    embed_dim: int = Field(128, gt=0)
+    hidden: int = Field(default=256, gt=0)
+    embed_dim: int = Field(default=128, gt=0)
     seed: int = 0
     untrained: bool = True
 
