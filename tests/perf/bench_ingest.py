@@ -233,20 +233,29 @@ def bench_efficiency(handle: Any, work: Path, n_tiles: int) -> dict:
     opened.close()
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     sess.run(None, {names.TENSOR_PIXELS: preprocess_tiles(tiles[:4], served.spec)})
-    t0 = time.perf_counter()
-    for s in range(0, n, 32):
-        sess.run(None, {names.TENSOR_PIXELS: preprocess_tiles(tiles[s : s + 32], served.spec)})
-    ort_rate = n / (time.perf_counter() - t0)
-    del sess
+
+    def ort_rate() -> float:
+        t0 = time.perf_counter()
+        for s in range(0, n, 32):
+            pixels = preprocess_tiles(tiles[s : s + 32], served.spec)
+            sess.run(None, {names.TENSOR_PIXELS: pixels})
+        return n / (time.perf_counter() - t0)
+
+    # The machine is shared: bracket the ingest run with two ORT runs and take the faster
+    # (the encoder-only limit), so noise cannot flatter the ratio.
+    ort_before = ort_rate()
     ingest_path(settings, job, served, max_tiles=32)  # warm-up
     got = ingest_path(settings, job, served, max_tiles=n)
     rate = got["n_tiles"] / got["seconds"]
+    ort_after = ort_rate()
+    ort_best = max(ort_before, ort_after)
     return {
         "encoder": "vit_small (random weights, 224 px)",
         "n_tiles": n,
-        "ort_inprocess_tiles_per_s": ort_rate,
+        "ort_inprocess_tiles_per_s": ort_best,
+        "ort_before_after": [ort_before, ort_after],
         "ingest_tiles_per_s": rate,
-        "efficiency": rate / ort_rate,
+        "efficiency": rate / ort_best,
     }
 
 
