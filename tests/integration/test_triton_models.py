@@ -274,3 +274,21 @@ def test_pathway_query_methods_and_bad_gene_sets(
     _expect_invalid(lambda: query([b"HALLMARK_NOT_A_SET"], None), "HALLMARK_NOT_A_SET")
     _expect_invalid(lambda: query([b"HALLMARK_HYPOXIA"], b"astrology"), "astrology")
     assert query([b"HALLMARK_HYPOXIA"], None).as_numpy(names.TENSOR_SCORES).shape == (2, 1)
+
+
+def test_demo_step_serves_every_model(stack: StackHandle, demo: DemoBundle) -> None:
+    import io
+
+    from rich.console import Console
+
+    from histoprompt.export.demo_step import SERVED, serve_models
+
+    buffer = io.StringIO()
+    serve_models(stack, Console(file=buffer, width=200))
+    text = buffer.getvalue()
+    assert demo.card.version in text and "SYNTHETIC" in text
+    c = grpcclient.InferenceServerClient(stack.triton_grpc)
+    try:
+        assert all(c.is_model_ready(m) for m in SERVED)
+    finally:
+        c.close()
