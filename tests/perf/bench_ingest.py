@@ -259,6 +259,15 @@ def bench_efficiency(handle: Any, work: Path, n_tiles: int) -> dict:
     }
 
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM). Not ru_maxrss: Linux carries that over exec from the
+    parent, so a child would report the (bigger) benchmark driver's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _rss_child(env_file: str, bucket: str, key: str, etag: str) -> None:
     """Runs in a child process: the ingest data path on one slide; prints peak RSS."""
     import tritonclient.grpc as grpcclient
@@ -274,7 +283,7 @@ def _rss_child(env_file: str, bucket: str, key: str, etag: str) -> None:
     )
     c.close()
     out = ingest_path(settings, SlideJob(bucket, key, etag, 0, "series"), served)
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mb"] = peak_rss_mb()
     print("RSS " + json.dumps(out), flush=True)
 
 
@@ -473,6 +482,7 @@ def main() -> None:
     parser.add_argument("--efficiency-tiles", type=int, default=128)
     parser.add_argument("--rss-sizes", default="10000,50000")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "BENCHMARKS.md")
+    parser.add_argument("--json", type=Path, default=None, help="also write the raw numbers")
     parser.add_argument("--rss-child", nargs=4, metavar=("ENV", "BUCKET", "KEY", "ETAG"))
     args = parser.parse_args()
     if args.rss_child:
@@ -516,6 +526,8 @@ def main() -> None:
                     print(f"[bench_ingest] {name} failed: {err!r}", flush=True)
         finally:
             down(state)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
     write_markdown(results, args.out)
 
 
