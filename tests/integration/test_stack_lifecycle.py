@@ -113,13 +113,15 @@ def test_failing_service_reports_its_log_tail(tmp_path: Path) -> None:
     settings = StackSettings(
         stack_state_dir=tmp_path / "state",
         stack_env_file=tmp_path / "stack.env",
-        stack_services=("prometheus",),
+        # SeaweedFS starts fine; its start-up is called off and it is stopped again.
+        stack_services=("seaweed", "prometheus"),
         stack_prometheus_rules_dir=rules,
         stack_start_timeout=60,
     )
     with pytest.raises(StackError) as info:
         up(settings)
     err = info.value
+    assert type(err) is StackError  # the cause, not the sibling's "aborted"
     assert err.service == "prometheus"
     assert err.log_path == (tmp_path / "state" / "logs" / "prometheus.log").resolve()
     text = str(err)
@@ -127,3 +129,13 @@ def test_failing_service_reports_its_log_tail(tmp_path: Path) -> None:
     assert "bad.yml" in text  # Prometheus' own complaint, from the log tail
     assert not (tmp_path / "stack.env").exists()
     assert not (tmp_path / "state" / "state.json").exists()
+    assert (tmp_path / "state" / "logs" / "seaweed.log").exists()  # it was started
+    weed = [p for p in Path("/proc").iterdir() if p.name.isdigit() and str(tmp_path) in _cmdline(p)]
+    assert weed == [], "seaweed still runs after the failed start"
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from histoprompt.stack.state import (
 from histoprompt.stack.supervisor import (
     ProcessRecord,
     ProcessSpec,
+    StartAborted,
     failure,
     is_running,
     launch,
@@ -170,71 +170,96 @@ def up(settings: StackSettings | None = None) -> StackHandle:
         started_at=datetime.now(UTC),
         kafka_class_archive=kafka.class_archive(settings) if "kafka" in services else None,
     )
-    conn = StackHandle(state).settings
-    records: dict[str, ProcessRecord] = {}
-    seconds: dict[str, float] = {}
-    errors: dict[str, BaseException] = {}
-    abort = threading.Event()
-    lock = threading.Lock()
-
-    def wait_for(name: ServiceName, t0: float) -> None:
-        try:
-            wait_until_healthy(
-                {name: records[name]},
-                {name: partial(PROBES[name], conn)},
-                settings.stack_start_timeout,
-                started={name: t0},
-                abort=abort.is_set,
-            )
-            _finish(name, conn, settings, records[name])
-        except BaseException as err:
-            with lock:
-                errors[name] = err
-            abort.set()
-        else:
-            with lock:
-                seconds[name] = time.monotonic() - t0
-
-    # Processes are forked from this thread only: a die-with-parent child is killed when
-    # the *thread* that forked it ends. Waiting happens in threads, so each service's
-    # time is its own, and Kafka's storage format overlaps the others' start-up.
-    waiters: list[threading.Thread] = []
+    startup = _Startup(settings, state)
     try:
-        try:
-            for name in services:
-                t0 = time.monotonic()
-                spec = _prepare(name, settings, state_dir, ports, model_repository, env)
-                records[name] = launch(spec, die_with_parent=settings.stack_die_with_parent)
-                # Recorded at once, so `down` from elsewhere can clean a half-started stack.
-                write_state(state.model_copy(update={"processes": dict(records)}))
-                waiter = threading.Thread(
-                    target=wait_for, args=(name, t0), name=f"stack-wait-{name}", daemon=True
-                )
-                waiter.start()
-                waiters.append(waiter)
-        finally:
-            if sys.exc_info()[0] is not None:
-                abort.set()
-            for waiter in waiters:
-                waiter.join()
-        if errors:
-            # The first service (in start order) that failed for its own reason, not an abort.
-            first = next(
-                (errors[n] for n in services if n in errors and "aborted" not in str(errors[n])),
-                next(iter(errors.values())),
-            )
-            raise first
+        startup.run(services)
     except BaseException:
-        stop_all(list(reversed(records.values())))
+        stop_all(list(reversed(startup.records.values())))
         remove_state(state_dir)
         raise
+    seconds = dict(startup.seconds)
     seconds["total"] = time.monotonic() - t_up
     state = state.model_copy(
-        update={"processes": dict(records), "startup_seconds": seconds, "ready": True}
+        update={"processes": dict(startup.records), "startup_seconds": seconds, "ready": True}
     )
     write_env_file(env_file, env)
     write_state(state)
     return StackHandle(state)
+
+
+class _Startup:
+    """Launches the services one by one and waits for them in parallel.
+
+    Processes are forked from the calling thread only: a die-with-parent child is killed
+    when the *thread* that forked it ends. Waiting happens in threads, so each service's
+    time is its own, and Kafka's storage format overlaps the others' start-up.
+    `records` holds every process started so far, also after a failure, for clean-up.
+    """
+
+    def __init__(self, settings: StackSettings, state: StackState) -> None:
+        self.settings = settings
+        self.state = state
+        self.conn = StackHandle(state).settings
+        self.records: dict[str, ProcessRecord] = {}
+        self.seconds: dict[str, float] = {}
+        self.errors: dict[str, BaseException] = {}
+        self._abort = threading.Event()
+        self._lock = threading.Lock()
+
+    def run(self, services: tuple[ServiceName, ...]) -> None:
+        """Start `services`; raise the first service's own error if any fails."""
+        state = self.state
+        waiters: list[threading.Thread] = []
+        try:
+            for name in services:
+                t0 = time.monotonic()
+                spec = _prepare(
+                    name,
+                    self.settings,
+                    state.state_dir,
+                    state.ports,
+                    state.model_repository,
+                    state.env,
+                )
+                self.records[name] = launch(
+                    spec, die_with_parent=self.settings.stack_die_with_parent
+                )
+                # Recorded at once, so `down` from elsewhere can clean a half-started stack.
+                write_state(state.model_copy(update={"processes": dict(self.records)}))
+                waiter = threading.Thread(
+                    target=self._wait, args=(name, t0), name=f"stack-wait-{name}", daemon=True
+                )
+                waiter.start()
+                waiters.append(waiter)
+        except BaseException:
+            self._abort.set()
+            raise
+        finally:
+            for waiter in waiters:
+                waiter.join()
+        own = [self.errors[n] for n in services if n in self.errors]
+        causes = [e for e in own if not isinstance(e, StartAborted)] or own
+        if causes:
+            raise causes[0]
+
+    def _wait(self, name: ServiceName, t0: float) -> None:
+        record = self.records[name]
+        try:
+            wait_until_healthy(
+                {name: record},
+                {name: partial(PROBES[name], self.conn)},
+                self.settings.stack_start_timeout,
+                started={name: t0},
+                abort=self._abort.is_set,
+            )
+            _finish(name, self.conn, self.settings, record)
+        except BaseException as err:
+            with self._lock:
+                self.errors[name] = err
+            self._abort.set()
+        else:
+            with self._lock:
+                self.seconds[name] = time.monotonic() - t0
 
 
 def _finish(

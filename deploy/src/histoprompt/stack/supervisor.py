@@ -26,6 +26,10 @@ LOG_TAIL_LINES = 40
 _PR_SET_PDEATHSIG = 1
 
 
+class StartAborted(StackError):
+    """A wait was called off because another service of the stack failed first."""
+
+
 class ProcessRecord(BaseModel):
     """A started service process, as stored in the stack's state file."""
 
@@ -194,7 +198,7 @@ def wait_until_healthy(
         if not pending:
             break
         if abort is not None and abort():
-            raise StackError("start-up aborted", service=next(iter(pending)))
+            raise StartAborted("start-up aborted", service=next(iter(pending)))
         if time.monotonic() - t0 > timeout:
             name = next(iter(pending))
             raise failure(
