@@ -36,12 +36,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackHandle]:
     """A running local stack; stopped at the end of the session, also after failures."""
     from histoprompt.stack import StackError, StackSettings, down, up
     from histoprompt.stack.ports import listening_ports
+    from histoprompt.stack.settings import ALL_SERVICES
     from histoprompt.stack.supervisor import group_pids, is_running
 
     state_dir = tmp_path_factory.mktemp("stack")
+    # Everything pinned here, so HISTOPROMPT_STACK_* / INGEST_METRICS_PORT from a sourced
+    # stack.env of a developer's own stack cannot leak into the test stack.
     settings = StackSettings(
         stack_state_dir=state_dir,
         stack_env_file=state_dir / "stack.env",
+        stack_model_repository=state_dir / "model_repository",
+        stack_services=ALL_SERVICES,
+        ingest_metrics_port=None,
         stack_kafka_libs=REPO_ROOT / ".cache" / "kafka" / "libs",
         stack_prometheus_rules_dir=REPO_ROOT / "deploy" / "prometheus" / "rules",
         # If pytest itself is killed, the kernel kills the services too: no orphans.
