@@ -167,6 +167,43 @@ def naive_path(settings: Any, job: Any, served: Any, max_tiles: int | None = Non
     return {"n_tiles": n, "seconds": seconds, "bytes_read": sum(len(b) for b in blobs)}
 
 
+def read_only_paths(settings: Any, job: Any, served: Any) -> dict:
+    """Without Triton: ranged reads + decode + tiling vs download-all + decode + tiling."""
+    from histoprompt.core.s3 import make_minio
+    from histoprompt.core.schemas import SeriesManifest
+    from histoprompt.ingest.dicom import DicomSlide, ReadLimits
+    from histoprompt.ingest.ranged import BytesSource
+    from histoprompt.ingest.sources import open_slide
+    from histoprompt.ingest.tiling import plan_tiles, read_tiles
+
+    minio = make_minio(settings)
+    batch = settings.ingest_batch_size
+    t0 = time.perf_counter()
+    opened = open_slide(minio, job, settings)
+    plan = plan_tiles(opened.reader, served.spec, min_tissue=settings.ingest_min_tissue_fraction)
+    for i in range(0, plan.n_tiles, batch):
+        read_tiles(opened.reader, plan, i, i + batch)
+    ranged = plan.n_tiles / (time.perf_counter() - t0)
+    opened.close()
+
+    def get(key: str) -> bytes:
+        resp = minio.get_object(job.bucket, key)
+        try:
+            return resp.read()
+        finally:
+            resp.close()
+            resp.release_conn()
+
+    t0 = time.perf_counter()
+    manifest = SeriesManifest.model_validate_json(get(job.key))
+    slide = DicomSlide([BytesSource(get(i.key)) for i in manifest.instances], ReadLimits())
+    plan = plan_tiles(slide, served.spec, min_tissue=settings.ingest_min_tissue_fraction)
+    for i in range(plan.n_tiles):
+        read_tiles(slide, plan, i, i + 1)
+    naive = plan.n_tiles / (time.perf_counter() - t0)
+    return {"ranged_tiles_per_s": ranged, "download_tiles_per_s": naive}
+
+
 def upload_dicom(settings: Any, work: Path, name: str, size: int, levels: int, mpp: float) -> Any:
     from histoprompt.core.s3 import make_minio
     from histoprompt.export.synthetic_wsi import DicomSeriesSpec, write_dicom_series
@@ -195,6 +232,7 @@ def bench_data_path(handle: Any, work: Path) -> dict:
     fast = ingest_path(settings, job, served)
     naive = naive_path(settings, job, served)
     assert fast["n_tiles"] == naive["n_tiles"]
+    reading = read_only_paths(settings, job, served)
     r_fast = fast["n_tiles"] / fast["seconds"]
     r_naive = naive["n_tiles"] / naive["seconds"]
     return {
@@ -206,7 +244,30 @@ def bench_data_path(handle: Any, work: Path) -> dict:
         "ingest_gets": fast["gets"],
         "ingest_mb_read": fast["bytes_read"] / 1e6,
         "naive_mb_read": naive["bytes_read"] / 1e6,
+        "read_only_ranged_tiles_per_s": reading["ranged_tiles_per_s"],
+        "read_only_download_tiles_per_s": reading["download_tiles_per_s"],
+        "triton_patch_embed_only_tiles_per_s": triton_only_rate(settings, served),
     }
+
+
+def triton_only_rate(settings: Any, served: Any, batch: int = 16, seconds: float = 5.0) -> float:
+    """The serving ceiling: patch_embed tiles/s on random tiles, no reading at all."""
+    import tritonclient.grpc as grpcclient
+
+    from histoprompt.core import names
+
+    px = int(served.spec.tile_px)
+    x = np.random.default_rng(0).integers(0, 256, (batch, px, px, 3), dtype=np.uint8)
+    client = grpcclient.InferenceServerClient(settings.triton_url)
+    inp = grpcclient.InferInput(names.TENSOR_TILES, list(x.shape), "UINT8")
+    inp.set_data_from_numpy(x)
+    client.infer(names.MODEL_PATCH_EMBED, [inp])
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        client.infer(names.MODEL_PATCH_EMBED, [inp])
+        n += batch
+    client.close()
+    return n / (time.perf_counter() - t0)
 
 
 def bench_efficiency(handle: Any, work: Path, n_tiles: int) -> dict:
