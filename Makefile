@@ -10,6 +10,7 @@ export UV_LINK_MODE ?= copy
 export PATH := $(HOME)/.local/bin:$(CACHE)/go/bin:$(PATH)
 UV      := uv
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: help install install-python install-kafka install-prometheus install-helm \
         test test-unit lint demo bench bench-models stack-up stack-down stack-status clean
@@ -46,8 +47,9 @@ lint: install-python
 	$(UV) run --frozen ruff format --check core client
 	$(UV) run --frozen mypy core/src client/src
 
+# DEMO_ARGS=--once runs the demo steps and tears the stack down (for scripts and CI).
 demo: install
-	$(UV) run --frozen python -m histoprompt.stack.demo
+	$(UV) run --frozen python -m histoprompt.stack.demo $(DEMO_ARGS)
 
 # The same commands as `histoprompt stack up|down|status`; this entry point needs no CLI part.
 stack-up: install
