@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import socket
 import subprocess
 import uuid
 from pathlib import Path
@@ -210,13 +211,24 @@ def prepare(settings: StackSettings, state_dir: Path, ports: StackPorts) -> Proc
 def _admin(conn: ConnectionSettings):  # type: ignore[no-untyped-def]
     from kafka.admin import KafkaAdminClient
 
+    # Short, flat back-off: the default grows to 30 s, which would notice a broker that
+    # has just come up only seconds later.
     return KafkaAdminClient(
-        **conn.kafka_config(), request_timeout_ms=3000, client_id="histoprompt-stack"
+        **conn.kafka_config(),
+        request_timeout_ms=5000,
+        bootstrap_timeout_ms=3000,
+        reconnect_backoff_ms=50,
+        reconnect_backoff_max_ms=200,
+        client_id="histoprompt-stack",
     )
 
 
 def probe(conn: ConnectionSettings) -> None:
-    """Raise unless a metadata request to the broker succeeds."""
+    """Raise unless the broker accepts a connection and answers a metadata request."""
+    host, _, port = conn.kafka_bootstrap.split(",")[0].rpartition(":")
+    # A plain connect first: cheap, and it fails at once while nothing listens yet.
+    with socket.create_connection((host, int(port)), timeout=1.0):
+        pass
     admin = _admin(conn)
     try:
         admin.list_topics()
