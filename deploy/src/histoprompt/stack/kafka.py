@@ -15,6 +15,7 @@ import socket
 import subprocess
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from histoprompt.core.names import ALL_TOPICS, TOPIC_INCOMING
 from histoprompt.core.settings import ConnectionSettings
@@ -22,6 +23,9 @@ from histoprompt.stack.errors import StackError
 from histoprompt.stack.ports_layout import StackPorts
 from histoprompt.stack.settings import StackSettings
 from histoprompt.stack.supervisor import ProcessSpec, log_tail
+
+if TYPE_CHECKING:
+    from kafka.admin import KafkaAdminClient
 
 NAME = "kafka"
 DUMPED_ARCHIVE = "classes.jsa"
@@ -208,7 +212,7 @@ def prepare(settings: StackSettings, state_dir: Path, ports: StackPorts) -> Proc
     )
 
 
-def _admin(conn: ConnectionSettings):  # type: ignore[no-untyped-def]
+def _admin(conn: ConnectionSettings) -> KafkaAdminClient:
     from kafka.admin import KafkaAdminClient
 
     # Short, flat back-off: the default grows to 30 s, which would notice a broker that
