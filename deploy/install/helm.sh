@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Installs a pinned helm with `go install` into a cache (GOPATH=$2), once.
+# The module version recorded in the binary (`go version -m`) is the check: a plain
+# `go install` build reports only "v3.16" from `helm version`.
 set -euo pipefail
 version="$1"; gopath="$2"
-stamp="$gopath/bin/.helm-version"
-# `go install` builds leave helm's own version string at its default ("v3.16"), so the
-# pinned version is remembered in a stamp file instead of parsed from `helm version`.
-if [ -x "$gopath/bin/helm" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$version" ]; then
+if [ -x "$gopath/bin/helm" ] && go version -m "$gopath/bin/helm" 2>/dev/null \
+    | grep -qE "^[[:space:]]+mod[[:space:]]+helm\.sh/helm/v3[[:space:]]+${version}[[:space:]]"; then
   exit 0
 fi
 command -v go >/dev/null 2>&1 || { echo "go is missing; install Go 1.22+ (apt-get install -y golang)" >&2; exit 1; }
@@ -13,4 +13,3 @@ echo "building helm ${version} with go install (cached in $gopath) ..." >&2
 GOPATH="$gopath" GOFLAGS=-mod=mod go install \
   -ldflags "-X helm.sh/helm/v3/internal/version.version=${version}" \
   "helm.sh/helm/v3/cmd/helm@${version}"
-echo "$version" > "$stamp"
