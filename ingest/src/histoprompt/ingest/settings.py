@@ -47,7 +47,7 @@ class IngestSettings(ConnectionSettings):
     ingest_block_cache_blocks: int = Field(64, ge=1)
     ingest_coalesce_gap: int = Field(64 * 1024, ge=0, description="merge ranges this close")
     ingest_max_range: int = Field(16 * 1024 * 1024, ge=65536, description="largest single GET")
-    ingest_frame_cache: int = Field(512, ge=16, description="decoded frames kept per slide")
+    ingest_frame_cache: int = Field(256, ge=16, description="decoded frames kept per slide")
     ingest_decoder: str = Field("auto", pattern="^(auto|cpu|gpu)$")
     ingest_tiff_backend: str = Field("auto", pattern="^(auto|tiffslide|cucim)$")
     ingest_triton_timeout_s: float = Field(120.0, gt=0)

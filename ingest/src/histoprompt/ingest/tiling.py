@@ -75,21 +75,25 @@ class TilePlan:
         ]
 
 
-def read_mask(slide: SlideReader, max_px: int, strip: int = 1024) -> tuple[np.ndarray, float]:
-    """Tissue mask (bool) of the coarsest level, downsampled to <= max_px; and its factor
-    relative to level 0 (mask px -> level-0 px). Read in strips so memory stays bounded."""
+def read_mask(
+    slide: SlideReader, max_px: int, strip_px: int = 2_000_000
+) -> tuple[np.ndarray, float]:
+    """Tissue mask (bool) of the coarsest level, box-downsampled to <= max_px; and its factor
+    relative to level 0 (mask px -> level-0 px). Read in strips of about `strip_px` pixels,
+    so peak memory does not grow with the slide."""
     li = mask_level(slide.levels)
     lvl = slide.levels[li]
     f = max(1, math.ceil(max(lvl.width, lvl.height) / max_px))
     out_w, out_h = max(1, lvl.width // f), max(1, lvl.height // f)
     thumb = np.empty((out_h, out_w, 3), dtype=np.uint8)
-    rows_per = max(f, (strip // f) * f)
+    rows_per = max(f, (strip_px // max(out_w * f, 1)) // f * f)
     for y in range(0, out_h * f, rows_per):
         h = min(rows_per, out_h * f - y)
         (band,) = slide.read_regions(li, [Region(0, y, out_w * f, h)])
         band = band[: (h // f) * f, : out_w * f]
-        small = band.reshape(h // f, f, out_w, f, 3).mean(axis=(1, 3)).astype(np.uint8)
-        thumb[y // f : y // f + small.shape[0]] = small
+        small = band.reshape(h // f, f, out_w, f, 3).mean(axis=(1, 3), dtype=np.float32)
+        thumb[y // f : y // f + small.shape[0]] = small.astype(np.uint8)
+        del band, small
     level0 = slide.levels[0]
     scale = (lvl.mpp / level0.mpp) * f
     return tissue_mask(thumb), float(scale)
