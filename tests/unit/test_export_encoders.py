@@ -115,3 +115,8 @@ def test_missing_and_garbage_files_have_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "garbage.bin").write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match="cannot read weights"):
         load_encoder("tiny", tmp_path / "garbage.bin")
+
+
+def test_a_missing_relative_weight_file_is_not_mistaken_for_a_hub_name() -> None:
+    with pytest.raises(WeightsError, match="does not exist"):
+        load_encoder("tiny", "weights/tiny.safetensors")

@@ -26,10 +26,16 @@ _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _PREFIXES_TO_STRIP = ("module.", "model.", "trunk.")
 
 
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+
 def is_hub_name(ref: str) -> bool:
-    """True for 'hf-hub:org/name' and bare 'org/name' that is not an existing local path."""
+    """True for 'hf-hub:org/name' and a bare 'org/name' that is neither a local path nor
+    a weight file name (so a missing 'weights/uni.safetensors' is reported as missing)."""
     if ref.startswith(_HUB_PREFIXES):
         return True
+    if ref.endswith(_WEIGHT_SUFFIXES):
+        return False
     return bool(_HUB_NAME.match(ref)) and not Path(ref).exists()
 
 
