@@ -109,3 +109,26 @@ def test_train_example_on_cached_embeddings(tmp_path: Path) -> None:
     assert served.exit_code == 0, served.output
     assert (repo / "slide_embed" / "1" / "model.onnx").is_file()
     assert metrics["model_version"] in (repo / "tile_preprocess" / "config.pbtxt").read_text()
+
+
+def test_tensorrt_example_without_tensorrt_says_what_to_install(tmp_path: Path) -> None:
+    import importlib.util
+
+    import pytest
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("tensorrt is installed here; the gpu test covers the build")
+    (tmp_path / "t.onnx").write_bytes(b"")
+    result = runner.invoke(
+        app,
+        [
+            "tensorrt",
+            str(tmp_path / "t.onnx"),
+            "--plan",
+            str(tmp_path / "model.plan"),
+            "--input-px",
+            "64",
+        ],
+    )
+    assert result.exit_code != 0
+    assert "histoprompt-export[gpu]" in str(result.exception)

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from histoprompt.export.model_repo import Flavor, TileEncoderPlatform
+from histoprompt.export.model_repo import MAX_BATCH_TILES, Flavor, TileEncoderPlatform
 
 app = typer.Typer(
     name="histoprompt-export",
@@ -152,7 +152,9 @@ def tensorrt(
     onnx_file: Annotated[Path, typer.Argument(help="tile_encoder ONNX file")],
     plan: Annotated[Path, typer.Option(help="engine file to write (model.plan)")],
     input_px: Annotated[int, typer.Option(help="encoder input edge S")],
-    max_batch: int = 256,
+    max_batch: Annotated[
+        int, typer.Option(help="profile max = tile_encoder max_batch_size")
+    ] = MAX_BATCH_TILES,
 ) -> None:
     """Build an FP16 TensorRT plan for the gpu flavour (needs a GPU and tensorrt).
 
