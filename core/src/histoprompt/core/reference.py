@@ -321,7 +321,7 @@ def build_reference(
     hallmark, skipped = _hallmark_scores(stored, genes, sample_ids, collection or load_hallmark())
     digest = _hash_arrays(genes, [stored, embeddings, hallmark.to_numpy()], [_table_bytes(meta)])
     manifest = ReferenceManifest(
-        schema=REFERENCE_SCHEMA,
+        schema_=REFERENCE_SCHEMA,
         name=name,
         version=digest[:12],
         content_hash=digest,

@@ -66,7 +66,7 @@ class ConnectionSettings(BaseSettings):
     def load(cls: type[S], env_file: Path | None = None, **overrides: Any) -> S:
         """Build settings from env, the env file and explicit overrides (highest)."""
         path = env_file if env_file is not None else default_env_file()
-        return cls(_env_file=path, **overrides)  # type: ignore[call-arg]
+        return cls(_env_file=path, **overrides)
 
     def kafka_config(self) -> dict[str, Any]:
         """kafka-python keyword arguments for the configured security set-up."""
