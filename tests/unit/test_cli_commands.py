@@ -497,6 +497,10 @@ def test_example_predict_uses_the_ingest_reader_and_tiler(
     s3: FakeS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytest.importorskip("histoprompt.ingest.tiling")
+    # Import every ingest module predict uses before patching, so none of them (e.g. the
+    # service, which binds TritonClient at import) keeps the fake after this test.
+    import histoprompt.ingest.service
+    import histoprompt.ingest.sources  # noqa: F401
     from histoprompt.export.synthetic_wsi import write_tiff
     from histoprompt.ingest import triton as ingest_triton
 
@@ -515,6 +519,7 @@ def test_example_predict_uses_the_ingest_reader_and_tiler(
     assert 0 < n_tiles <= (512 // 64) * (384 // 64)
     (tmp_path / "x.svs").write_text("no")
     assert runner.invoke(app, ["predict", "x.svs"]).exit_code == EXIT_INVALID
+    assert histoprompt.ingest.service.TritonClient is not FakeTriton
 
 
 def test_example_gene_sets(s3: FakeS3) -> None:
