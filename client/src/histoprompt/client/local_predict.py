@@ -92,7 +92,7 @@ async def _predict(
     from histoprompt.ingest.triton import TritonClient
 
     conn = {k: getattr(settings, k) for k in ConnectionSettings.model_fields}
-    ingest = IngestSettings(_env_file=None, **conn)  # type: ignore[call-arg]
+    ingest = IngestSettings(_env_file=None, **conn)
     t0 = time.perf_counter()
     sources = [LocalFile(p) for p in slide.files]
     reader: Any

@@ -88,7 +88,7 @@ def load_settings(
             f"env file {path} does not exist (set by --env-file/HISTOPROMPT_ENV_FILE)"
         )
     try:
-        return ClientSettings(_env_file=path, **values)  # type: ignore[call-arg]
+        return ClientSettings(_env_file=path, **values)
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))

@@ -74,7 +74,7 @@ def _dicom_view(client: Minio, bucket: str, key: str) -> tuple[SlideGeometry, Im
         return _dicom_geometry(client, bucket, keys), None
     from PIL import Image
 
-    limits = limits_from(IngestSettings(_env_file=None))  # type: ignore[call-arg]
+    limits = limits_from(IngestSettings(_env_file=None))
     reader = DicomSlide([S3Object(client, bucket, k) for k in keys], limits)
     try:
         level0, last = reader.levels[0], reader.levels[-1]
