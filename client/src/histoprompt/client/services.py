@@ -34,24 +34,10 @@ _HINT = "is the stack up? (`histoprompt stack status`)"
 
 
 def minio_client(settings: ClientSettings) -> Minio:
-    """The project's minio client (histoprompt.core.s3), with short connect retries."""
-    import urllib3
-    from minio import Minio
+    """The project's minio client, with one quick retry so "unreachable" comes in seconds."""
+    from histoprompt.core.s3 import make_minio
 
-    # minio's default pool retries a refused connection for a long time; one quick retry
-    # is enough for a CLI that should say "unreachable" within seconds.
-    http = urllib3.PoolManager(
-        timeout=urllib3.Timeout(connect=settings.connect_timeout, read=300.0),
-        retries=urllib3.Retry(total=1, backoff_factor=0.2, status_forcelist=[502, 503, 504]),
-    )
-    return Minio(
-        settings.s3_endpoint,
-        access_key=settings.s3_access_key.get_secret_value(),
-        secret_key=settings.s3_secret_key.get_secret_value(),
-        secure=settings.s3_secure,
-        region=settings.s3_region,
-        http_client=http,
-    )
+    return make_minio(settings, connect_timeout=settings.connect_timeout, retries=1)
 
 
 @contextmanager

@@ -87,8 +87,9 @@ class S3Event(_Frozen):
             ) from err
 
     @staticmethod
-    def make(bucket: str, key: str, size: int, etag: str, event_name: str = "s3:ObjectCreated:Put"
-             ) -> dict[str, Any]:
+    def make(
+        bucket: str, key: str, size: int, etag: str, event_name: str = "s3:ObjectCreated:Put"
+    ) -> dict[str, Any]:
         """An AWS/MinIO-format notification for one object (used when notifications are off)."""
         from urllib.parse import quote_plus
 

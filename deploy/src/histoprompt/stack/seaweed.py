@@ -105,23 +105,9 @@ def prepare(settings: StackSettings, state_dir: Path, ports: StackPorts) -> Proc
 
 def probe(conn: ConnectionSettings) -> None:
     """Raise unless an authenticated S3 ListBuckets succeeds (one try, short timeouts)."""
-    import urllib3
-    from minio import Minio
-
-    # The SDK's default client retries with back-off, which would hide the moment the
+    # One try with short timeouts: the SDK's default back-off would hide the moment the
     # gateway comes up behind seconds of sleeping.
-    http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=1.0, read=3.0), retries=False)
-    try:
-        Minio(
-            conn.s3_endpoint,
-            access_key=conn.s3_access_key.get_secret_value(),
-            secret_key=conn.s3_secret_key.get_secret_value(),
-            secure=conn.s3_secure,
-            region=conn.s3_region,
-            http_client=http,
-        ).list_buckets()
-    finally:
-        http.clear()
+    make_minio(conn, connect_timeout=1.0, read_timeout=3.0, retries=0).list_buckets()
 
 
 def create_buckets(conn: ConnectionSettings) -> None:
