@@ -40,6 +40,7 @@ from histoprompt.export.training import TrainConfig, config_hash
 
 if TYPE_CHECKING:
     import pandas as pd
+    from numpy.typing import NDArray
 
     from histoprompt.export.alignment import AlignmentModel
     from histoprompt.export.encoders import LoadedEncoder
@@ -132,7 +133,6 @@ def export_bundle(
     `expression` is samples x genes log1p(TPM) in the RNA encoder's gene order; it becomes
     the Soft-kNN reference of pathway_query.
     """
-    import numpy as np
     import torch
 
     from histoprompt.export.alignment import RnaEmbedExport, SlideEmbedExport
@@ -168,9 +168,10 @@ def export_bundle(
     except ImportError:  # pragma: no cover - core ships it
         return
 
-    def embed_fn(x: np.ndarray) -> np.ndarray:
+    def embed_fn(x: NDArray[Any]) -> NDArray[Any]:
         with torch.no_grad():
-            return rna_export(torch.from_numpy(x)).numpy()
+            out: NDArray[Any] = rna_export(torch.from_numpy(x)).numpy()
+        return out
 
     ref = refdb.build_reference(
         expression,

@@ -20,9 +20,10 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
+from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
 from histoprompt.export.errors import ExportError
@@ -122,7 +123,7 @@ def hallmark_gmt_path() -> Path:
 class SyntheticSlide:
     slide_id: str
     patient_id: str
-    tiles: np.ndarray  # uint8 [N, T, T, 3]
+    tiles: NDArray[Any]  # uint8 [N, T, T, 3]
 
 
 @dataclass(frozen=True)
@@ -131,21 +132,22 @@ class SyntheticCohort:
 
     config: CohortConfig
     patient_ids: tuple[str, ...]
-    latents: np.ndarray  # float32 [P, K]
+    latents: NDArray[Any]  # float32 [P, K]
     slides: tuple[SyntheticSlide, ...]
     genes: tuple[str, ...]
-    expression: np.ndarray  # float32 [P, G], log1p(TPM)
+    expression: NDArray[Any]  # float32 [P, G], log1p(TPM)
     program_genes: dict[str, tuple[str, ...]]
 
     def patient_index(self) -> dict[str, int]:
         return {p: i for i, p in enumerate(self.patient_ids)}
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
+def _sigmoid(x: NDArray[Any]) -> NDArray[Any]:
+    out: NDArray[Any] = 1.0 / (1.0 + np.exp(-x))
+    return out
 
 
-def render_tiles(activity: np.ndarray, tile_px: int, rng: np.random.Generator) -> np.ndarray:
+def render_tiles(activity: NDArray[Any], tile_px: int, rng: np.random.Generator) -> NDArray[Any]:
     """Render H&E-like tiles; activity [N,K] (standardised program activities) -> uint8."""
     n = activity.shape[0]
     s = _sigmoid(activity)  # 0..1 per program
@@ -242,7 +244,7 @@ def make_cohort(config: CohortConfig, gmt_path: Path | None = None) -> Synthetic
     )
 
 
-def mosaic(tiles: np.ndarray, columns: int | None = None, margin: int = 1) -> np.ndarray:
+def mosaic(tiles: NDArray[Any], columns: int | None = None, margin: int = 1) -> NDArray[Any]:
     """Lay tiles out on a grid on a white (background) canvas, `margin` tiles around."""
     n, t = tiles.shape[0], tiles.shape[1]
     cols = columns or int(np.ceil(np.sqrt(n)))
@@ -275,7 +277,7 @@ def write_expression(cohort: SyntheticCohort, path: Path) -> Path:
     return path
 
 
-def read_expression(path: Path) -> tuple[list[str], list[str], np.ndarray]:
+def read_expression(path: Path) -> tuple[list[str], list[str], NDArray[Any]]:
     """(patient_ids, genes, log1p(TPM) [P,G]) from a parquet written by write_expression."""
     import pyarrow.parquet as pq
 

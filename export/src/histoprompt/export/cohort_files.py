@@ -7,11 +7,13 @@ encoder's target MPP, so the ingest tiler finds exactly the tiles that were gene
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from histoprompt.core.names import SERIES_MANIFEST
 from histoprompt.export.cohort import (
@@ -31,11 +33,11 @@ class CohortFiles:
     slides: dict[str, list[Path]]  # slide_id -> instance files (+ manifest.json last)
 
 
-def mosaic_tile_fn(image: np.ndarray):  # noqa: ANN201 - returns synthetic_wsi.TileFn
+def mosaic_tile_fn(image: NDArray[Any]) -> Callable[[int, int, int, int, int], NDArray[Any]]:
     """A synthetic_wsi TileFn over an in-memory level-0 image (levels = 2^k box downsamples)."""
     pyramid = [image]
 
-    def level_image(level: int) -> np.ndarray:
+    def level_image(level: int) -> NDArray[Any]:
         while len(pyramid) <= level:
             prev = pyramid[-1].astype(np.float32)
             h, w = prev.shape[0] // 2 * 2, prev.shape[1] // 2 * 2
@@ -43,7 +45,7 @@ def mosaic_tile_fn(image: np.ndarray):  # noqa: ANN201 - returns synthetic_wsi.T
             pyramid.append(half.round().astype(np.uint8))
         return pyramid[level]
 
-    def tile_fn(level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+    def tile_fn(level: int, x: int, y: int, w: int, h: int) -> NDArray[Any]:
         img = level_image(level)
         out = np.full((h, w, 3), 245, dtype=np.uint8)
         part = img[y : y + h, x : x + w]

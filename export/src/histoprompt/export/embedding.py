@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 
 from histoprompt.export.cohort import SyntheticCohort
 from histoprompt.export.encoders import LoadedEncoder
@@ -20,20 +22,21 @@ from histoprompt.export.training import PairedEmbeddings
 
 
 @torch.no_grad()
-def embed_tiles(encoder: LoadedEncoder, tiles: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def embed_tiles(encoder: LoadedEncoder, tiles: NDArray[Any], batch_size: int = 256) -> NDArray[Any]:
     """uint8 [N,T,T,3] -> float32 [N,D], with the same preprocessing Triton serves."""
     out = []
     for start in range(0, len(tiles), batch_size):
         pixels = preprocess_tiles(tiles[start : start + batch_size], encoder.spec)
         out.append(encoder.module(torch.from_numpy(pixels)).numpy())
-    return np.concatenate(out).astype(np.float32)
+    bag: NDArray[Any] = np.concatenate(out).astype(np.float32)
+    return bag
 
 
 def cached_slide_embeddings(
     encoder: LoadedEncoder,
-    slides: Sequence[tuple[str, np.ndarray]],
+    slides: Sequence[tuple[str, NDArray[Any]]],
     cache_dir: Path,
-) -> list[np.ndarray]:
+) -> list[NDArray[Any]]:
     """Embeddings per (slide_id, tiles); computed once, then read from cache_dir."""
     folder = cache_dir / f"{encoder.spec.name}-{encoder.weights_digest}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -54,8 +57,11 @@ def cached_slide_embeddings(
 
 
 @torch.no_grad()
-def embed_expression(rna_encoder: RnaEncoder, log1p_tpm: np.ndarray) -> np.ndarray:
-    return rna_encoder(torch.from_numpy(np.asarray(log1p_tpm, dtype=np.float32))).numpy()
+def embed_expression(rna_encoder: RnaEncoder, log1p_tpm: NDArray[Any]) -> NDArray[Any]:
+    out: NDArray[Any] = rna_encoder(
+        torch.from_numpy(np.asarray(log1p_tpm, dtype=np.float32))
+    ).numpy()
+    return out
 
 
 def paired_embeddings(

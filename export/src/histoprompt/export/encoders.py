@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -70,10 +70,11 @@ class NullEncoder(nn.Module):
         return pooled @ proj
 
 
-def _timm(name: str, **kwargs: object) -> nn.Module:
+def _timm(name: str, **kwargs: Any) -> nn.Module:
     import timm
 
-    return timm.create_model(name, pretrained=False, **kwargs)  # type: ignore[no-any-return]
+    model: nn.Module = timm.create_model(name, pretrained=False, **kwargs)
+    return model
 
 
 def build_architecture(name: str, seed: int = DEFAULT_SEED) -> nn.Module:
@@ -95,7 +96,7 @@ def build_architecture(name: str, seed: int = DEFAULT_SEED) -> nn.Module:
             )
         )
     elif name == "virchow2":
-        import timm.layers
+        from timm.layers.mlp import SwiGLUPacked
 
         trunk = _timm(
             "vit_huge_patch14_224",
@@ -105,7 +106,7 @@ def build_architecture(name: str, seed: int = DEFAULT_SEED) -> nn.Module:
             mlp_ratio=5.3375,
             reg_tokens=4,
             global_pool="",
-            mlp_layer=timm.layers.SwiGLUPacked,
+            mlp_layer=SwiGLUPacked,
             act_layer=nn.SiLU,
         )
         module = ClsMeanEncoder(trunk, prefix_tokens=5)

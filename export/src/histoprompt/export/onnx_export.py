@@ -11,9 +11,11 @@ import io
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
@@ -83,7 +85,7 @@ def export_onnx(
     return path
 
 
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _cosines(a: NDArray[Any], b: NDArray[Any]) -> NDArray[Any]:
     a2 = a.reshape(a.shape[0], -1) if a.ndim > 1 else a[None, :]
     b2 = b.reshape(b.shape[0], -1) if b.ndim > 1 else b[None, :]
     num = (a2 * b2).sum(axis=1)
@@ -96,7 +98,7 @@ def check_parity(
     name: str,
     module: nn.Module,
     path: Path,
-    inputs: Sequence[np.ndarray],
+    inputs: Sequence[NDArray[Any]],
     *,
     input_name: str,
     opset: int = OPSET,
@@ -126,7 +128,7 @@ def check_parity(
     )
 
 
-def _random(seed: int, shapes: Sequence[tuple[int, ...]], scale: float = 1.0) -> list[np.ndarray]:
+def _random(seed: int, shapes: Sequence[tuple[int, ...]], scale: float = 1.0) -> list[NDArray[Any]]:
     rng = np.random.default_rng(seed)
     return [(rng.standard_normal(s) * scale).astype(np.float32) for s in shapes]
 
@@ -141,7 +143,7 @@ def export_and_check(
     dynamic_axis: str,
     shapes: Sequence[tuple[int, ...]],
     seed: int = 0,
-    make_inputs: Callable[[int, Sequence[tuple[int, ...]]], list[np.ndarray]] = _random,
+    make_inputs: Callable[[int, Sequence[tuple[int, ...]]], list[NDArray[Any]]] = _random,
 ) -> ParityRecord:
     inputs = make_inputs(seed, shapes)
     export_onnx(
@@ -188,7 +190,7 @@ def export_slide_embed(module: nn.Module, tile_dim: int, path: Path, seed: int =
 
 
 def export_rna_embed(module: nn.Module, n_genes: int, path: Path, seed: int = 0) -> ParityRecord:
-    def log_tpm(s: int, shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
+    def log_tpm(s: int, shapes: Sequence[tuple[int, ...]]) -> list[NDArray[Any]]:
         rng = np.random.default_rng(s)
         return [rng.uniform(0, 8, size=shape).astype(np.float32) for shape in shapes]
 

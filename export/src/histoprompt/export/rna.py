@@ -13,10 +13,11 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
@@ -50,7 +51,7 @@ class GeneContract(BaseModel):
         return len(self.genes)
 
     def align(
-        self, values: np.ndarray, genes: Sequence[str], *, is_log1p: bool = True
+        self, values: NDArray[Any], genes: Sequence[str], *, is_log1p: bool = True
     ) -> AlignedExpression:
         """Map samples x genes (any order, any superset/subset) onto the contract order.
 
@@ -94,7 +95,7 @@ class GeneContract(BaseModel):
 class AlignedExpression:
     """Expression in contract order plus what had to be imputed."""
 
-    values: np.ndarray  # float32 [B, G]
+    values: NDArray[Any]  # float32 [B, G]
     missing_genes: tuple[str, ...]
     n_extra_genes: int
     n_nonfinite_imputed: int
@@ -144,7 +145,7 @@ class RnaEncoder(nn.Module):
         return out
 
 
-def fit_contract(genes: Sequence[str], log1p_tpm: np.ndarray) -> GeneContract:
+def fit_contract(genes: Sequence[str], log1p_tpm: NDArray[Any]) -> GeneContract:
     """A contract whose imputation means come from a reference expression matrix."""
     means = np.nanmean(np.asarray(log1p_tpm, dtype=np.float64), axis=0)
     means = np.where(np.isfinite(means), means, 0.0)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
 from histoprompt.export.alignment import AlignmentConfig, AlignmentModel, symmetric_info_nce
@@ -53,10 +54,10 @@ class TrainConfig(BaseModel):
 class PairedEmbeddings:
     """Cached frozen-encoder outputs: one bag per slide, one RNA embedding per patient."""
 
-    bags: Sequence[np.ndarray]  # float32 [N_i, D] per slide
+    bags: Sequence[NDArray[Any]]  # float32 [N_i, D] per slide
     slide_patients: Sequence[str]  # patient of each slide
     patient_ids: Sequence[str]
-    rna: np.ndarray  # float32 [P, R], row order = patient_ids
+    rna: NDArray[Any]  # float32 [P, R], row order = patient_ids
 
     def __post_init__(self) -> None:
         if len(self.bags) != len(self.slide_patients):
@@ -96,7 +97,7 @@ def split_by_patient(
     return train, val
 
 
-def recall_at_k(queries: np.ndarray, gallery: np.ndarray, k: int) -> float:
+def recall_at_k(queries: NDArray[Any], gallery: NDArray[Any], k: int) -> float:
     """Fraction of queries i whose match gallery[i] ranks in the top k by cosine."""
     q = queries / np.linalg.norm(queries, axis=1, keepdims=True).clip(1e-12)
     g = gallery / np.linalg.norm(gallery, axis=1, keepdims=True).clip(1e-12)
@@ -107,7 +108,7 @@ def recall_at_k(queries: np.ndarray, gallery: np.ndarray, k: int) -> float:
 
 
 def _pad(
-    bags: Sequence[np.ndarray], max_tiles: int, gen: torch.Generator | None
+    bags: Sequence[NDArray[Any]], max_tiles: int, gen: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     chosen = []
     for bag in bags:
@@ -140,7 +141,7 @@ class _Split:
             raise TrainingError("every patient in the split needs at least one slide")
         self.data = data
 
-    def first_slides(self) -> list[np.ndarray]:
+    def first_slides(self) -> list[NDArray[Any]]:
         return [self.data.bags[s[0]] for s in self.slides]
 
 
@@ -273,7 +274,7 @@ def _train(
             rna = model.embed_rna(train.rna[batch])
             loss = symmetric_info_nce(img, rna, model.scale())
             opt.zero_grad()
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
             losses.append(float(loss.detach()))
         metrics = evaluate(model, val, config.max_tiles)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
+from numpy.typing import NDArray
 
 from histoprompt.core import names
 from histoprompt.core.errors import InvalidInputError
@@ -22,8 +23,8 @@ from histoprompt.export.serving.onnx_runner import OnnxRunner
 from histoprompt.export.serving.preprocess import preprocess_tiles
 from histoprompt.export.serving.tensors import check_tensor
 
-Inputs = dict[str, np.ndarray | None]
-Outputs = dict[str, np.ndarray]
+Inputs = dict[str, NDArray[Any] | None]
+Outputs = dict[str, NDArray[Any]]
 
 
 class Handler(Protocol):
@@ -211,7 +212,7 @@ def _load_engine(ctx: ModelContext) -> Any:
     if rna_onnx.is_file():
         runner = OnnxRunner(rna_onnx, intra_op_threads=1)
 
-        def embed_fn(x: np.ndarray) -> np.ndarray:
+        def embed_fn(x: NDArray[Any]) -> NDArray[Any]:
             return runner.run(np.ascontiguousarray(x, dtype=np.float32))[names.TENSOR_RNA_EMBEDDING]
 
     try:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import numpy as np
+from numpy.typing import NDArray
 
 from histoprompt.export.serving.errors import ModelConfigError
 
@@ -33,6 +34,6 @@ class OnnxRunner:
         self.input_shape = tuple(d if isinstance(d, int) else None for d in inputs[0].shape)
         self.output_names = [o.name for o in self.session.get_outputs()]
 
-    def run(self, array: np.ndarray) -> dict[str, np.ndarray]:
+    def run(self, array: NDArray[Any]) -> dict[str, NDArray[Any]]:
         outs = self.session.run(None, {self.input_name: array})
         return dict(zip(self.output_names, outs, strict=True))

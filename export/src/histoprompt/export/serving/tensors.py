@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from histoprompt.export.serving.errors import RequestError
 
 
 def check_tensor(
     name: str,
-    array: np.ndarray | None,
+    array: NDArray[Any] | None,
     *,
     dtype: type[np.generic] | np.dtype[np.generic],
     shape: Sequence[int | None],
     min_first: int = 1,
-) -> np.ndarray:
+) -> NDArray[Any]:
     """Return `array` when it has `dtype`, rank len(shape) and the fixed dims (None = any)."""
     if array is None:
         raise RequestError(f"input {name} is missing")

@@ -12,6 +12,7 @@ import logging
 from typing import Any, ClassVar
 
 import numpy as np
+from numpy.typing import NDArray
 
 from histoprompt.core.errors import HistopromptError
 from histoprompt.export.serving.context import ModelContext
@@ -44,7 +45,7 @@ class TritonModelBase:
             out[name] = None if tensor is None else tensor.as_numpy()
         return out
 
-    def _response(self, outputs: dict[str, np.ndarray]) -> Any:
+    def _response(self, outputs: dict[str, NDArray[Any]]) -> Any:
         tensors = [self.pb.Tensor(name, outputs[name]) for name in self.handler.outputs]
         return self.pb.InferenceResponse(output_tensors=tensors)
 
@@ -85,7 +86,7 @@ class TritonModelBase:
                 responses[i] = self._run_one(inputs)
             return
         rows = [a.shape[0] for a in arrays if a is not None]
-        merged = {name: np.concatenate([a for a in arrays if a is not None])}
+        merged: Inputs = {name: np.concatenate([a for a in arrays if a is not None])}
         try:
             outs = self.handler.run(merged)
         except Exception:
