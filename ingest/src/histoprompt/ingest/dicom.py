@@ -71,9 +71,14 @@ class DicomInstance:
         self._ds_eot = ds.get("ExtendedOffsetTable")
         self._ds_eotl = ds.get("ExtendedOffsetTableLengths")
         self._check(ds)
+        # numpy, not dicts of tuples: a 50k^2 px level has ~40k frames
         self.positions = _frame_positions(ds, self)
-        self._index = {pos: i for i, pos in enumerate(self.positions)}
-        self._ranges: list[tuple[int, int]] | None = None
+        cols_n, rows_n = self.grid
+        self._index = np.full((rows_n, cols_n), -1, dtype=np.int32)
+        ok = (self.positions[:, 0] < cols_n) & (self.positions[:, 1] < rows_n)
+        valid = np.nonzero(ok)[0]
+        self._index[self.positions[valid, 1], self.positions[valid, 0]] = valid
+        self._ranges: np.ndarray | None = None
         self._ranges_lock = threading.Lock()
         self._frames: OrderedDict[int, np.ndarray] = OrderedDict()
         self._frames_lock = threading.Lock()
@@ -102,11 +107,11 @@ class DicomInstance:
 
     # -- frame locations -------------------------------------------------------------------
 
-    def frame_ranges(self) -> list[tuple[int, int]]:
-        """(offset, length) of each frame's bytes, from the offset tables (computed once)."""
+    def frame_ranges(self) -> np.ndarray:
+        """int64 [n_frames, 2]: (offset, length) of each frame's bytes (computed once)."""
         with self._ranges_lock:
             if self._ranges is None:
-                self._ranges = self._locate_frames()
+                self._ranges = np.asarray(self._locate_frames(), dtype=np.int64).reshape(-1, 2)
             return self._ranges
 
     def _locate_frames(self) -> list[tuple[int, int]]:
@@ -197,11 +202,10 @@ class DicomInstance:
         c1 = min(region.x + region.w, self.width) - 1
         r1 = min(region.y + region.h, self.height) - 1
         out = []
-        for r in range(r0, r1 // self.rows + 1):
-            for c in range(c0, c1 // self.cols + 1):
-                idx = self._index.get((c, r))
-                if idx is not None:
-                    out.append(idx)
+        if c1 < 0 or r1 < 0:
+            return out
+        block = self._index[r0 : r1 // self.rows + 1, c0 : c1 // self.cols + 1]
+        out = [int(i) for i in block.ravel() if i >= 0]
         return out
 
     def _decode(self, data: bytes) -> np.ndarray:
@@ -225,8 +229,9 @@ class DicomInstance:
                     self._frames.move_to_end(i)
                     out[i] = frame
         if missing:
-            ranges = self.frame_ranges()
-            wanted = [ranges[i] for i in missing]
+            table = self.frame_ranges()
+            ranges = {i: (int(table[i, 0]), int(table[i, 1])) for i in missing}
+            wanted = list(ranges.values())
             blobs = read_ranges(
                 self._src, wanted, self._limits.coalesce_gap, self._limits.max_range
             )
@@ -255,7 +260,7 @@ class DicomInstance:
         for reg in regions:
             canvas = np.full((reg.h, reg.w, 3), BACKGROUND, dtype=np.uint8)
             for i in self.frames_for(reg):
-                c, r = self.positions[i]
+                c, r = (int(v) for v in self.positions[i])
                 paste(canvas, frames[i], c * self.cols - reg.x, r * self.rows - reg.y)
             # Frames are padded to full tiles; blank what lies beyond the image.
             vis_w, vis_h = self.width - reg.x, self.height - reg.y
@@ -305,11 +310,13 @@ def _mpp(ds: Any, width: int) -> Mpp:
     raise SlideError("DICOM-WSI header has no pixel spacing", code="corrupt_header")
 
 
-def _frame_positions(ds: Any, inst: DicomInstance) -> list[tuple[int, int]]:
+def _frame_positions(ds: Any, inst: DicomInstance) -> np.ndarray:
+    """int64 [n_frames, 2]: (column, row) of each frame in the tile grid."""
     cols_n, rows_n = inst.grid
     if str(ds.get("DimensionOrganizationType", "TILED_FULL")) != "TILED_SPARSE":
         # TILED_FULL: row-major, first focal plane and optical path first.
-        return [(i % cols_n, (i // cols_n) % rows_n) for i in range(inst.n_frames)]
+        i = np.arange(inst.n_frames, dtype=np.int64)
+        return np.stack([i % cols_n, (i // cols_n) % rows_n], axis=1)
     seq = ds.get("PerFrameFunctionalGroupsSequence")
     if seq is None or len(seq) != inst.n_frames:
         raise SlideError("TILED_SPARSE without per-frame positions", code="corrupt_header")
@@ -322,7 +329,7 @@ def _frame_positions(ds: Any, inst: DicomInstance) -> list[tuple[int, int]]:
         except (AttributeError, IndexError, TypeError, ValueError) as err:
             raise SlideError("bad per-frame plane position", code="corrupt_header") from err
         out.append((col, row))
-    return out
+    return np.asarray(out, dtype=np.int64).reshape(-1, 2)
 
 
 class DicomSlide:
