@@ -171,3 +171,18 @@ def test_h5ad_without_anndata_says_what_to_install(tmp_path: Path) -> None:
     (tmp_path / "x.h5ad").write_bytes(b"")
     with pytest.raises(ReferenceError, match=r"histoprompt-core\[h5ad\]"):
         read_table(tmp_path / "x.h5ad")
+
+
+def test_read_table_h5ad(tmp_path: Path, inputs: SyntheticReferenceInputs) -> None:
+    anndata = pytest.importorskip("anndata", reason="the h5ad extra is not installed")
+    expr = inputs.expression.iloc[:5, :20]
+    anndata.AnnData(
+        X=expr.to_numpy(dtype=np.float32),
+        obs=pd.DataFrame(index=[str(i) for i in expr.index]),
+        var=pd.DataFrame(index=[str(c) for c in expr.columns]),
+    ).write_h5ad(tmp_path / "e.h5ad")
+    back = read_table(tmp_path / "e.h5ad")
+    assert back.index.name == "sample_id"
+    assert list(back.index) == [str(i) for i in expr.index]
+    assert list(back.columns) == [str(c) for c in expr.columns]
+    np.testing.assert_allclose(back.to_numpy(), expr.to_numpy(), rtol=1e-6)
