@@ -407,11 +407,15 @@ def test_no_secret_material_in_values_or_manifests(render: Render, values: str) 
     docs = render(*VALUE_SETS[values])
     assert not _by_kind(docs, "Secret")
     sensitive = re.compile(r"PASSWORD|SECRET|ACCESS_KEY|TOKEN", re.I)
+    seen = []
     for label, pod in _pod_specs(docs):
         for container in pod["containers"] + pod.get("initContainers", []):
             for name, entry in _env(container).items():
                 if sensitive.search(name):
+                    seen.append(name)
                     assert "secretKeyRef" in entry.get("valueFrom", {}), f"{label} {name}"
+    # Otherwise the loop above checks nothing (e.g. if the env names were renamed).
+    assert seen, "no sensitive env var rendered: the secretKeyRef check ran on nothing"
     default_values = yaml.safe_load((CHART / "values.yaml").read_text())
     # Secret names and the key names inside them (e.g. secretKeyKey) are references, not
     # secrets; any other sensitive-looking key must be empty by default.
