@@ -470,8 +470,8 @@ def write_markdown(r: dict, path: Path) -> None:
         SECTION,
         "",
         "Measured in one run on this machine (CPU, 2 cores shared with the "
-        "local stack: Kafka, SeaweedFS, Triton, Prometheus). SYNTHETIC slides; encoders "
-        "UNTRAINED or random (speed only).",
+        "local stack (Kafka, SeaweedFS, Triton, Prometheus) and any other load). SYNTHETIC "
+        "slides; encoders UNTRAINED or random (speed only).",
         "",
     ]
     if "data_path" in r:
