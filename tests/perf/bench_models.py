@@ -2,7 +2,9 @@
 vs Triton over gRPC (patch_embed ensemble: preprocessing + encoder), batch 64.
 
 A benchmark, not a test. Starts a Triton-only local stack in a temp dir and stops it again.
-Writes the numbers and ratios to BENCHMARKS.md (section "Models") and prints them.
+Writes the numbers, ratios and whether the target (Triton >= 0.9 x ONNX Runtime at batch 64)
+is met to BENCHMARKS.md (section "Models") and prints them. Run from the repository root:
+`uv run --frozen python -m tests.perf.bench_models`.
 Encoders: `tiny` (UNTRAINED, 64 px) and ViT-B/16 (random init, 224 px: speed only).
 """
 
@@ -10,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -20,7 +21,8 @@ import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BATCH = 64
-SECTION = "## Models (bench_models.py)"
+TITLE = "Models (bench_models.py)"
+TARGET_TRITON_VS_ORT = 0.9
 
 
 def _rate(fn: Callable[[], object], seconds: float, min_iters: int = 3) -> float:
@@ -108,34 +110,30 @@ def bench_encoder(
     }
 
 
-def write_markdown(results: dict[str, dict[str, float]], path: Path) -> None:
+def target_verdict(result: dict[str, float]) -> str:
+    """ "met" if Triton serves at least TARGET_TRITON_VS_ORT x ONNX Runtime's tiles/s."""
+    return "met" if result["triton_vs_ort"] >= TARGET_TRITON_VS_ORT else "missed"
+
+
+def report_lines(results: dict[str, dict[str, float]]) -> list[str]:
     lines = [
-        SECTION,
-        "",
         f"Tile encoders, batch {BATCH}, tiles/s on this machine (CPU). Triton = `patch_embed` "
         "ensemble over gRPC (python-backend preprocessing + ONNX Runtime encoder, cpu "
         "flavour); ONNX Runtime and torch include the same numpy preprocessing. `tiny` is "
-        "UNTRAINED; ViT-B has random weights (speed only). Target: Triton >= 0.9 x ONNX "
-        "Runtime.",
+        f"UNTRAINED; ViT-B has random weights (speed only). Target: Triton >= "
+        f"{TARGET_TRITON_VS_ORT} x ONNX Runtime at batch {BATCH}.",
+        "Run: `make bench-models`.",
         "",
-        "| encoder | torch eager | ONNX Runtime | Triton gRPC | Triton/ORT | ORT/torch |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| encoder | torch eager | ONNX Runtime | Triton gRPC | Triton/ORT | ORT/torch | target |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
     for name, r in results.items():
         lines.append(
             f"| {name} | {r['torch_eager']:.1f} | {r['onnxruntime']:.1f} | "
-            f"{r['triton_grpc']:.1f} | {r['triton_vs_ort']:.2f} | {r['ort_vs_torch']:.2f} |"
+            f"{r['triton_grpc']:.1f} | {r['triton_vs_ort']:.2f} | {r['ort_vs_torch']:.2f} | "
+            f"{target_verdict(r)} |"
         )
-    lines += [
-        "",
-        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `make bench-models`.",
-        "",
-    ]
-    block = "\n".join(lines)
-    text = path.read_text() if path.is_file() else "# Benchmarks\n\n"
-    pattern = re.compile(re.escape(SECTION) + r".*?(?=\n## |\Z)", re.S)
-    text = pattern.sub(block, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + block
-    path.write_text(text)
+    return lines
 
 
 def main() -> None:
@@ -146,6 +144,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from histoprompt.stack import StackSettings, down, up
+    from tests.perf._report import write_section
 
     with tempfile.TemporaryDirectory(prefix="hp-bench-") as tmp:
         state = Path(tmp) / "stack"
@@ -167,7 +166,13 @@ def main() -> None:
         finally:
             down(state)
     print(json.dumps(results, indent=1))
-    write_markdown(results, args.out)
+    for name, r in results.items():
+        print(
+            f"{name}: Triton/ORT {r['triton_vs_ort']:.2f} at batch {BATCH}, target >= "
+            f"{TARGET_TRITON_VS_ORT}: {target_verdict(r)}",
+            flush=True,
+        )
+    write_section(TITLE, report_lines(results), path=args.out)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Benchmark: histoprompt ssGSEA vs gseapy's ssgsea (same matrix, same sets, same scores).
 
-Not a test. Run: `uv run --frozen python tests/perf/bench_ssgsea.py [--full] [--write]`.
+Not a test. Run from the repository root:
+`uv run --frozen python -m tests.perf.bench_ssgsea [--full] [--write]`.
 
 1. Head to head on a matrix gseapy finishes in reasonable time (default 1000 samples x 20k
    genes x 50 sets, RNA-seq-like ties): wall time of both, single thread each, and the
@@ -15,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
-from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # single-threaded BLAS: compare like with like
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -26,9 +25,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from histoprompt.core.ssgsea import ssgsea  # noqa: E402
+from tests.perf._report import write_section  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
-SECTION = "## Molecular prompting: ssGSEA"
+TITLE = "Molecular prompting: ssGSEA"
 
 
 def synthetic_matrix(n: int, g: int, seed: int = 0) -> np.ndarray:
@@ -96,19 +95,6 @@ def ours_only(n: int, g: int, k: int) -> float:
     return t
 
 
-def write_section(text: str) -> Path:
-    path = ROOT / "BENCHMARKS.md"
-    body = path.read_text() if path.exists() else "# Benchmarks\n"
-    if SECTION in body:
-        start = body.index(SECTION)
-        nxt = body.find("\n## ", start + len(SECTION))
-        body = body[:start] + text + (body[nxt + 1 :] if nxt != -1 else "")
-    else:
-        body = body.rstrip("\n") + "\n\n" + text
-    path.write_text(body.rstrip("\n") + "\n")
-    return path
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1000, help="samples for the head-to-head")
@@ -117,12 +103,9 @@ def main() -> None:
     args = ap.parse_args()
     h = head_to_head(args.n, 20000, 50)
     lines = [
-        SECTION,
-        "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared), numpy "
-        f"{np.__version__}, single-threaded BLAS for both. SYNTHETIC log1p(TPM)-like matrix "
+        f"numpy {np.__version__}, single-threaded BLAS for both. SYNTHETIC log1p(TPM)-like matrix "
         "with ~25 % zeros and rounding ties; 50 random sets of 32-200 genes (Hallmark sizes).",
-        "Run: `uv run --frozen python tests/perf/bench_ssgsea.py --full --write`.",
+        "Run: `uv run --frozen python -m tests.perf.bench_ssgsea --full --write`.",
         "",
         "| matrix (samples x genes x sets) | histoprompt (CPU s) | gseapy 1.x ssgsea, Rust, "
         "1 thread (CPU s) | speed-up | max abs diff of raw ES (max abs ES) |",
@@ -162,7 +145,7 @@ def main() -> None:
             "",
         ]
     if args.write:
-        print(f"written: {write_section(chr(10).join(lines))}")
+        write_section(TITLE, lines)
 
 
 if __name__ == "__main__":
