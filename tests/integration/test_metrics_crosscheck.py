@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from histoprompt.stack import StackHandle
+from histoprompt.stack.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -120,11 +122,19 @@ def triton_scrape(stack: StackHandle, stack_test_models: tuple[str, ...]) -> set
 def ingest_process(stack: StackHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The real `histoprompt-ingest run` on the stack's ingest metrics port (Prometheus'
     histoprompt-ingest job). It serves /metrics before it waits for its Triton model, so
-    it needs no model loaded; it is stopped with SIGTERM afterwards."""
+    it needs no model loaded; it is stopped with SIGTERM afterwards.
+
+    Its Triton URL is a closed loopback port, so it is never ready whatever models other
+    modules have loaded in the shared Triton, and it never starts consuming; its own consumer
+    group keeps it off the shared group's offsets even so."""
     port = stack.ingest_metrics_port
     base = f"http://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("ingest") / "ingest.log"
+    # Inherited HISTOPROMPT_* (e.g. a sourced developer stack.env) would override stack.env.
     env = {k: v for k, v in os.environ.items() if not k.startswith("HISTOPROMPT_")}
+    # Chosen free and left closed: nothing listens there during the test.
+    env["HISTOPROMPT_TRITON_URL"] = f"127.0.0.1:{free_port()}"
+    env["HISTOPROMPT_INGEST_GROUP_ID"] = f"metrics-crosscheck-{uuid.uuid4().hex[:12]}"
     argv = [
         str(Path(sys.executable).parent / "histoprompt-ingest"),
         "run",
@@ -208,7 +218,7 @@ def test_triton_serves_per_model_counters_for_batches(triton_scrape: set[str]) -
 
 def test_ingest_health_endpoints_behave_as_the_chart_probes_expect(ingest_process: str) -> None:
     assert httpx.get(f"{ingest_process}/healthz", timeout=5.0).status_code == 200
-    # Not ready: its Triton model (patch_embed) is not loaded in this stack.
+    # Not ready: its Triton URL points at a closed port (see the ingest_process fixture).
     assert httpx.get(f"{ingest_process}/readyz", timeout=5.0).status_code == 503
 
 
