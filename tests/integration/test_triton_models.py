@@ -4,7 +4,6 @@ and the instance keeps serving."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Iterator
 
@@ -221,10 +220,6 @@ def test_bad_input_is_invalid_arg_and_the_model_keeps_serving(
     assert client.is_model_ready(names.MODEL_SLIDE_EMBED)
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("histoprompt.core.pathway_engine") is None,
-    reason="histoprompt.core.pathway_engine not installed yet",
-)
 def test_slide_to_pathways_answers(
     client: grpcclient.InferenceServerClient, demo: DemoBundle
 ) -> None:
@@ -242,10 +237,6 @@ def test_slide_to_pathways_answers(
     assert np.isfinite(result.as_numpy(names.TENSOR_SCORES)).all()
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("histoprompt.core.pathway_engine") is None,
-    reason="histoprompt.core.pathway_engine not installed yet",
-)
 def test_pathway_query_methods_and_bad_gene_sets(
     client: grpcclient.InferenceServerClient, demo: DemoBundle
 ) -> None:
