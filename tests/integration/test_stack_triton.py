@@ -3,6 +3,7 @@ gRPC, and python-backend models import the project's packages from the venv."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,12 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def triton(
     stack: StackHandle, stack_test_models: tuple[str, ...]
-) -> grpcclient.InferenceServerClient:
-    return grpcclient.InferenceServerClient(stack.triton_grpc)
+) -> Iterator[grpcclient.InferenceServerClient]:
+    client = grpcclient.InferenceServerClient(stack.triton_grpc)
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 def _infer(client: grpcclient.InferenceServerClient, model: str, x: np.ndarray) -> np.ndarray:
