@@ -31,6 +31,16 @@ def repo_root() -> Path:
     return REPO_ROOT
 
 
+@pytest.fixture
+def clean_histoprompt_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No HISTOPROMPT_* from the developer's shell, and a fresh cwd (so no ./stack.env or
+    config there) for the test."""
+    for key in list(os.environ):
+        if key.startswith("HISTOPROMPT_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackHandle]:
     """A running local stack; stopped at the end of the session, also after failures."""

@@ -20,19 +20,9 @@ from histoprompt.core.s3 import make_minio
 from histoprompt.core.schemas import S3Event, SeriesManifest, slide_id_for
 from histoprompt.stack import StackHandle
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_histoprompt_env")]
 
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import os
-
-    for key in list(os.environ):
-        if key.startswith("HISTOPROMPT_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
 
 
 def cli(stack: StackHandle, *args: str, env: dict[str, str] | None = None) -> Any:

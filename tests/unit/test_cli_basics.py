@@ -36,6 +36,9 @@ from histoprompt.core.errors import (
 )
 from histoprompt.core.genesets import UnknownGeneSetError
 
+# No stack.env, config or HISTOPROMPT_* from the developer's shell leaks in.
+pytestmark = pytest.mark.usefixtures("clean_histoprompt_env")
+
 runner = CliRunner()
 
 COMMANDS = [
@@ -51,17 +54,6 @@ COMMANDS = [
     ["gene-sets", "list"],
     ["gene-sets", "show"],
 ]
-
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No stack.env, config or HISTOPROMPT_* from the developer's shell leaks in."""
-    import os
-
-    for key in list(os.environ):
-        if key.startswith("HISTOPROMPT_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
 
 
 def help_examples() -> list[str]:
