@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,11 @@ from histoprompt.client.cli import app
 from histoprompt.core import names
 from histoprompt.stack import StackHandle
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.usefixtures("clean_histoprompt_env"),
+]
 
 runner = CliRunner()
 SERVED = (
@@ -32,16 +37,6 @@ SERVED = (
 SLIDE_W, SLIDE_H = 1024, 768
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import os
-
-    for key in list(os.environ):
-        if key.startswith("HISTOPROMPT_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
-
-
 def cli(stack: StackHandle, *args: str) -> Any:
     return runner.invoke(app, ["--env-file", str(stack.env_file), *args])
 
@@ -49,10 +44,11 @@ def cli(stack: StackHandle, *args: str) -> Any:
 @pytest.fixture(scope="module")
 def pipeline(stack: StackHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The demo bundle loaded in Triton and an ingest service consuming, until module end."""
-    ingest = pytest.importorskip("histoprompt.ingest.service", reason="needs histoprompt-ingest")
     import tritonclient.grpc as grpcclient
 
     from histoprompt.export.bundle import build_demo_bundle
+    from histoprompt.ingest.harness import skip_group_to_end
+    from histoprompt.ingest.service import IngestService
     from histoprompt.ingest.settings import IngestSettings
 
     bundle = build_demo_bundle(
@@ -66,12 +62,17 @@ def pipeline(stack: StackHandle, tmp_path_factory: pytest.TempPathFactory) -> It
     finally:
         client.close()
     conn = {k: getattr(stack.settings, k) for k in type(stack.settings).model_fields}
+    # Its own group, started at the topic's end: it consumes only this module's submits, not
+    # the incoming events other modules published earlier in the session.
+    group = f"cli-flow-{uuid.uuid4().hex[:12]}"
     settings = IngestSettings(
         _env_file=None,  # type: ignore[call-arg]
         **conn,
+        ingest_group_id=group,
         ingest_metrics_port=stack.ingest_metrics_port,
     )
-    service = ingest.IngestService(settings)
+    skip_group_to_end(settings, group)
+    service = IngestService(settings)
     thread = threading.Thread(target=service.run, kwargs={"install_signals": False}, daemon=True)
     thread.start()
     try:
