@@ -37,7 +37,9 @@ class ArraySlide:
             Level(max(1, width >> i), max(1, height >> i), Mpp(mpp * 2**i)) for i in range(levels)
         ]
 
-    def read_regions(self, level: int, regions: Sequence[Region]) -> list[np.ndarray]:
+    def read_regions(
+        self, level: int, regions: Sequence[Region], cache: bool = True
+    ) -> list[np.ndarray]:
         lv = self.levels[level]
         out = []
         for r in regions:

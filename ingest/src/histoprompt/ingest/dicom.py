@@ -216,7 +216,7 @@ class DicomInstance:
             data, self.syntax, self.rows, self.cols, self.samples, ycbcr_raw=raw_ycbcr
         )
 
-    def load_frames(self, indices: Sequence[int]) -> dict[int, np.ndarray]:
+    def load_frames(self, indices: Sequence[int], cache: bool = True) -> dict[int, np.ndarray]:
         """Decoded frames for `indices`: cached ones, plus missing ones in coalesced GETs."""
         out: dict[int, np.ndarray] = {}
         missing = []
@@ -246,6 +246,8 @@ class DicomInstance:
             else:
                 for i in missing:
                     out[i] = self._decode(blobs[ranges[i]])
+            if not cache:
+                return out
             with self._frames_lock:
                 for i in missing:
                     self._frames[i] = out[i]
@@ -253,9 +255,9 @@ class DicomInstance:
                     self._frames.popitem(last=False)
         return out
 
-    def read_regions(self, regions: Sequence[Region]) -> list[np.ndarray]:
+    def read_regions(self, regions: Sequence[Region], cache: bool = True) -> list[np.ndarray]:
         needed = sorted({i for r in regions for i in self.frames_for(r)})
-        frames = self.load_frames(needed)
+        frames = self.load_frames(needed, cache)
         out = []
         for reg in regions:
             canvas = np.full((reg.h, reg.w, 3), BACKGROUND, dtype=np.uint8)
@@ -359,8 +361,10 @@ class DicomSlide:
     def instance(self, level: int) -> DicomInstance:
         return self._instances[level]
 
-    def read_regions(self, level: int, regions: Sequence[Region]) -> list[np.ndarray]:
-        return self._instances[level].read_regions(regions)
+    def read_regions(
+        self, level: int, regions: Sequence[Region], cache: bool = True
+    ) -> list[np.ndarray]:
+        return self._instances[level].read_regions(regions, cache)
 
     def close(self) -> None:
         self._instances = []

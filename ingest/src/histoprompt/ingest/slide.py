@@ -38,8 +38,13 @@ class SlideReader(Protocol):
     levels: Sequence[Level]
     format: str
 
-    def read_regions(self, level: int, regions: Sequence[Region]) -> list[np.ndarray]:
-        """uint8 [h, w, 3] per region, fetched together (ranges coalesced)."""
+    def read_regions(
+        self, level: int, regions: Sequence[Region], cache: bool = True
+    ) -> list[np.ndarray]:
+        """uint8 [h, w, 3] per region, fetched together (ranges coalesced).
+
+        cache=False: read-once data (the mask level) stays out of the frame cache.
+        """
         ...
 
     def close(self) -> None: ...

@@ -48,7 +48,9 @@ class TiffSlideReader:
         ]
         self._ds = list(self._slide.level_downsamples)
 
-    def read_regions(self, level: int, regions: Sequence[Region]) -> list[np.ndarray]:
+    def read_regions(
+        self, level: int, regions: Sequence[Region], cache: bool = True
+    ) -> list[np.ndarray]:
         out = []
         lw, lh = self.levels[level].width, self.levels[level].height
         for reg in regions:
@@ -95,7 +97,9 @@ class CucimReader:
         ]
         self._ds = list(res["level_downsamples"])
 
-    def read_regions(self, level: int, regions: Sequence[Region]) -> list[np.ndarray]:
+    def read_regions(
+        self, level: int, regions: Sequence[Region], cache: bool = True
+    ) -> list[np.ndarray]:
         out = []
         for reg in regions:
             loc = (int(reg.x * self._ds[level]), int(reg.y * self._ds[level]))

@@ -89,7 +89,7 @@ def read_mask(
     rows_per = max(f, (strip_px // max(out_w * f, 1)) // f * f)
     for y in range(0, out_h * f, rows_per):
         h = min(rows_per, out_h * f - y)
-        (band,) = slide.read_regions(li, [Region(0, y, out_w * f, h)])
+        (band,) = slide.read_regions(li, [Region(0, y, out_w * f, h)], cache=False)
         band = band[: (h // f) * f, : out_w * f]
         small = band.reshape(h // f, f, out_w, f, 3).mean(axis=(1, 3), dtype=np.float32)
         thumb[y // f : y // f + small.shape[0]] = small.astype(np.uint8)
