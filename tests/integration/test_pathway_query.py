@@ -4,10 +4,7 @@ JSON gene sets, and a bad gene set that fails its own request only (SYNTHETIC re
 from __future__ import annotations
 
 import json
-import re
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from queue import Queue
 
 import numpy as np
@@ -17,80 +14,54 @@ from tritonclient.utils import InferenceServerException
 
 from histoprompt.core import names
 from histoprompt.core.pathway_engine import PathwayEngine
-from histoprompt.core.reference import (
-    ReferenceDB,
-    build_reference,
-    linear_embed_fn,
-    save_reference_s3,
-    synthetic_reference_inputs,
-)
+from histoprompt.core.reference import ReferenceDB
 from histoprompt.core.s3 import make_minio
 from histoprompt.stack import StackHandle
 
 pytestmark = pytest.mark.integration
 
 REFERENCE_NAME = "itest-synthetic"
-
-
-def _slide_dim(config: str) -> int:
-    """E from the generated config: SLIDE_EMBEDDING dims [ -1, E ]."""
-    block = config[config.index(f'"{names.TENSOR_SLIDE_EMBEDDING}"') :]
-    dims = re.search(r"dims:\s*\[([^\]]*)\]", block)
-    assert dims is not None, "pathway_query config has no SLIDE_EMBEDDING dims"
-    return int(dims.group(1).split(",")[-1])
-
-
-def _set_param(config: str, key: str, value: str) -> str:
-    pattern = rf'(key:\s*"{key}"\s*value:\s*\{{\s*string_value:\s*)"[^"]*"'
-    new, n = re.subn(pattern, rf'\1"{value}"', config)
-    if n == 0:
-        new = (
-            config
-            + f'\nparameters {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}\n'
-        )
-    return new
+# Its own model name: the repository's pathway_query (and slide_to_pathways, which calls it)
+# stay loaded as other modules left them.
+MODEL = "pathway_query_test_ref"
 
 
 @pytest.fixture(scope="module")
-def served(stack: StackHandle, repo_root: Path) -> Iterator[tuple[ReferenceDB, str]]:
-    src = repo_root / "model_repository" / names.MODEL_PATHWAY_QUERY
-    assert (src / "1" / "model.py").is_file(), "model_repository/pathway_query is missing"
-    config = (src / "config.pbtxt").read_text()
-    dim = _slide_dim(config)
-    inputs = synthetic_reference_inputs(300, n_genes=2000, seed=7)
-    genes = list(inputs.expression.columns)
-    ref = build_reference(
-        inputs.expression,
-        inputs.metadata,
-        linear_embed_fn(len(genes), dim),
-        genes,
-        name=REFERENCE_NAME,
-        synthetic=True,
+def served(stack: StackHandle) -> Iterator[tuple[ReferenceDB, str]]:
+    # tests/ is on sys.path under pytest: tests/conftest.py has no package above it.
+    from helpers.prompting import prepare_pathway_query
+
+    prepared = prepare_pathway_query(
+        stack.settings,
+        stack.model_repository,
+        model_name=MODEL,
+        reference_name=REFERENCE_NAME,
+        n_samples=300,
+        n_genes=2000,
+        seed=7,
     )
+    ref = prepared.ref
     bucket = stack.settings.models_bucket
-    uri = save_reference_s3(ref, make_minio(stack.settings), bucket)
-    assert uri == f"s3://{bucket}/references/{REFERENCE_NAME}/{ref.version}/"
-    target = stack.model_repository / names.MODEL_PATHWAY_QUERY
-    shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__"))
-    model_uri = f"s3://{bucket}/references/{REFERENCE_NAME}"
-    (target / "config.pbtxt").write_text(_set_param(config, "reference_uri", model_uri))
-    # The python model reads S3 settings like every part does (HISTOPROMPT_* env, else
-    # ./stack.env); Triton's environment carries no HISTOPROMPT_* here, so give its working
-    # directory the stack's env file, as the Helm chart gives the pod the env vars.
-    triton_cwd = stack.state_dir / "triton"
-    if triton_cwd.is_dir():
-        shutil.copyfile(stack.env_file, triton_cwd / "stack.env")
+    assert prepared.saved_uri == f"s3://{bucket}/references/{REFERENCE_NAME}/{ref.version}/"
+    assert prepared.reference_uri == f"s3://{bucket}/references/{REFERENCE_NAME}"
+    # The python model reads S3 settings from HISTOPROMPT_* env, which the stack gives Triton.
     client = grpcclient.InferenceServerClient(stack.triton_grpc)
     try:
-        client.load_model(names.MODEL_PATHWAY_QUERY)
-        assert client.is_model_ready(names.MODEL_PATHWAY_QUERY)
+        client.load_model(MODEL)
+        assert client.is_model_ready(MODEL)
         yield ref, stack.triton_grpc
     finally:
         try:
-            client.unload_model(names.MODEL_PATHWAY_QUERY)
+            client.unload_model(MODEL)
         finally:
             client.close()
+            # Leave the models bucket as found: the CLI names unknown genes from the only
+            # reference under references/ when the served one is not on S3.
+            minio = make_minio(stack.settings)
+            for obj in minio.list_objects(
+                bucket, prefix=f"references/{REFERENCE_NAME}/", recursive=True
+            ):
+                minio.remove_object(bucket, obj.object_name)
 
 
 def _inputs(emb: np.ndarray, sets: list[str], method: str | None = None) -> list:  # type: ignore[type-arg]
@@ -126,7 +97,7 @@ def test_hallmark_and_json_sets_equal_the_in_process_engine(
     emb = ref.embeddings[:3] + 0.05 * rng.normal(size=(3, ref.embed_dim)).astype(np.float32)
     sets = ["HALLMARK_HYPOXIA", _json_set(ref), "e2f_targets"]
     with grpcclient.InferenceServerClient(url) as client:
-        res = client.infer(names.MODEL_PATHWAY_QUERY, _inputs(emb, sets), outputs=_outputs())
+        res = client.infer(MODEL, _inputs(emb, sets), outputs=_outputs())
     scores, coverage = res.as_numpy(names.TENSOR_SCORES), res.as_numpy(names.TENSOR_COVERAGE)
     expected = PathwayEngine.for_reference(ref).query(emb, sets)
     assert expected.ok
@@ -151,7 +122,7 @@ def test_a_bad_gene_set_fails_only_its_own_request(served: tuple[ReferenceDB, st
     with grpcclient.InferenceServerClient(url) as client:
         for tag, sets in requests.items():
             client.async_infer(
-                names.MODEL_PATHWAY_QUERY,
+                MODEL,
                 _inputs(emb, sets),
                 callback=lambda result, error, tag=tag: done.put((tag, result, error)),
                 outputs=_outputs(),
@@ -178,14 +149,14 @@ def test_method_input_and_unknown_method(served: tuple[ReferenceDB, str]) -> Non
     ref, url = served
     with grpcclient.InferenceServerClient(url) as client:
         ok = client.infer(
-            names.MODEL_PATHWAY_QUERY,
+            MODEL,
             _inputs(ref.embeddings[:1], ["HALLMARK_HYPOXIA"], "soft_knn"),
             outputs=_outputs(),
         )
         assert ok.as_numpy(names.TENSOR_SCORES).shape == (1, 1)
         with pytest.raises(InferenceServerException, match="unknown method 'magic'"):
             client.infer(
-                names.MODEL_PATHWAY_QUERY,
+                MODEL,
                 _inputs(ref.embeddings[:1], ["HALLMARK_HYPOXIA"], "magic"),
                 outputs=_outputs(),
             )

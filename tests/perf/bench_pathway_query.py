@@ -1,11 +1,13 @@
 """Benchmark: pathway_query latency through Triton with a 10k-sample reference (SYNTHETIC).
 
-Not a test. Run: `uv run --frozen python tests/perf/bench_pathway_query.py [--write]`.
+Not a test. Run from the repository root:
+`uv run --frozen python -m tests.perf.bench_pathway_query [--write]`.
 
 Starts SeaweedFS S3 and Triton (histoprompt.stack) in a temporary directory, builds a
 SYNTHETIC 10k-sample reference (all Hallmark genes, the aligned width from the checked-in
 pathway_query config, an UNTRAINED linear RNA encoder), uploads it to S3, loads the
-checked-in `pathway_query` model with `reference_uri` pointing there, and times gRPC
+checked-in `pathway_query` model (as `pathway_query_bench_ref`, see
+tests/helpers/prompting.py) with `reference_uri` pointing there, and times gRPC
 requests (one slide embedding each) client-side for three cases:
 
 * a Hallmark set (precomputed scores),
@@ -19,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import shutil
 import tempfile
 import time
@@ -28,38 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-SECTION = "## Molecular prompting: pathway_query latency"
-
-
-def _slide_dim(config: str) -> int:
-    block = config[config.index('"SLIDE_EMBEDDING"') :]
-    dims = re.search(r"dims:\s*\[([^\]]*)\]", block)
-    assert dims is not None
-    return int(dims.group(1).split(",")[-1])
-
-
-def _set_param(config: str, key: str, value: str) -> str:
-    pattern = rf'(key:\s*"{key}"\s*value:\s*\{{\s*string_value:\s*)"[^"]*"'
-    return re.sub(pattern, rf'\1"{value}"', config)
+TITLE = "Molecular prompting: pathway_query latency"
+MODEL = "pathway_query_bench_ref"
 
 
 def percentiles(ms: list[float]) -> tuple[float, float, float]:
     a = np.asarray(ms)
     return float(np.percentile(a, 50)), float(np.percentile(a, 99)), float(a.max())
-
-
-def write_section(text: str) -> Path:
-    path = ROOT / "BENCHMARKS.md"
-    body = path.read_text() if path.exists() else "# Benchmarks\n"
-    if SECTION in body:
-        start = body.index(SECTION)
-        nxt = body.find("\n## ", start + len(SECTION))
-        body = body[:start] + text + (body[nxt + 1 :] if nxt != -1 else "")
-    else:
-        body = body.rstrip("\n") + "\n\n" + text
-    path.write_text(body.rstrip("\n") + "\n")
-    return path
 
 
 def main() -> None:  # noqa: PLR0915 - one linear script
@@ -74,31 +49,9 @@ def main() -> None:  # noqa: PLR0915 - one linear script
 
     from histoprompt.core import names
     from histoprompt.core.pathway_engine import PathwayEngine
-    from histoprompt.core.reference import (
-        build_reference,
-        linear_embed_fn,
-        save_reference_s3,
-        synthetic_reference_inputs,
-    )
-    from histoprompt.core.s3 import make_minio
     from histoprompt.stack import StackSettings, down, up
-
-    src = ROOT / "model_repository" / names.MODEL_PATHWAY_QUERY
-    config = (src / "config.pbtxt").read_text()
-    dim = _slide_dim(config)
-    t = time.perf_counter()
-    inputs = synthetic_reference_inputs(args.samples, seed=0)
-    genes = list(inputs.expression.columns)
-    ref = build_reference(
-        inputs.expression,
-        inputs.metadata,
-        linear_embed_fn(len(genes), dim),
-        genes,
-        name="bench-synthetic-10k",
-        synthetic=True,
-    )
-    build_s = time.perf_counter() - t
-    print(f"reference {ref.n_samples} x {len(ref.genes)}, E={dim}, built in {build_s:.1f} s")
+    from tests.helpers.prompting import prepare_pathway_query
+    from tests.perf._report import write_section
 
     state = Path(tempfile.mkdtemp(prefix="hp-bench-"))
     settings = StackSettings(
@@ -109,21 +62,21 @@ def main() -> None:  # noqa: PLR0915 - one linear script
     )
     handle = up(settings)
     try:
-        bucket = handle.settings.models_bucket
-        t = time.perf_counter()
-        save_reference_s3(ref, make_minio(handle.settings), bucket)
-        upload_s = time.perf_counter() - t
-        target = handle.model_repository / names.MODEL_PATHWAY_QUERY
-        shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__"))
-        uri = f"s3://{bucket}/references/{ref.name}"
-        (target / "config.pbtxt").write_text(_set_param(config, "reference_uri", uri))
-        # Triton gets no HISTOPROMPT_* env from the local stack; its cwd's stack.env is
-        # what ConnectionSettings reads (see tests/integration/test_pathway_query.py).
-        if (state / "triton").is_dir():
-            shutil.copyfile(handle.env_file, state / "triton" / "stack.env")
+        prepared = prepare_pathway_query(
+            handle.settings,
+            handle.model_repository,
+            model_name=MODEL,
+            reference_name="bench-synthetic-10k",
+            n_samples=args.samples,
+            seed=0,
+        )
+        ref, dim = prepared.ref, prepared.embed_dim
+        genes = list(ref.genes)
+        build_s, upload_s = prepared.build_s, prepared.upload_s
+        print(f"reference {ref.n_samples} x {len(ref.genes)}, E={dim}, built in {build_s:.1f} s")
         client = grpcclient.InferenceServerClient(handle.triton_grpc)
         t = time.perf_counter()
-        client.load_model(names.MODEL_PATHWAY_QUERY)
+        client.load_model(MODEL)
         load_s = time.perf_counter() - t
 
         rng = np.random.default_rng(0)
@@ -135,7 +88,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script
             g = grpcclient.InferInput(names.TENSOR_GENE_SETS, [len(sets)], "BYTES")
             g.set_data_from_numpy(np.array([s.encode() for s in sets], dtype=np.object_))
             start = time.perf_counter()
-            res = client.infer(names.MODEL_PATHWAY_QUERY, [e, g])
+            res = client.infer(MODEL, [e, g])
             ms = (time.perf_counter() - start) * 1e3
             assert np.isfinite(res.as_numpy(names.TENSOR_SCORES)).all()
             return ms
@@ -175,16 +128,15 @@ def main() -> None:  # noqa: PLR0915 - one linear script
             f"<= {target_ms:.0f} ms: {verdict} |"
         )
     lines = [
-        SECTION,
-        "",
         f"SYNTHETIC reference: {ref.n_samples} samples x {len(ref.genes)} genes (all Hallmark "
         f"genes), aligned width E={dim}, UNTRAINED linear RNA encoder. Built in {build_s:.1f} s, "
-        f"uploaded to SeaweedFS S3 in {upload_s:.1f} s; `load_model(pathway_query)` (reads the "
+        f"uploaded to SeaweedFS S3 in {upload_s:.1f} s; loading the checked-in pathway_query "
+        f"(as `{MODEL}`; it reads the "
         f"reference from S3 and ranks its expression) took {load_s:.1f} s. Triton "
-        f"(pytriton wheel, python backend, CPU) on a shared {os.cpu_count()}-core box; one slide "
+        "(pytriton wheel, python backend, CPU); one slide "
         "embedding and one gene set per gRPC request, sequential, client-side wall time; "
         "method soft_knn (k=32). New sets are 50 random reference genes as JSON.",
-        "Run: `uv run --frozen python tests/perf/bench_pathway_query.py --write`.",
+        "Run: `uv run --frozen python -m tests.perf.bench_pathway_query --write`.",
         "",
         "| case | requests | p50 ms | p99 ms | max ms | target (p99) |",
         "|---|---|---|---|---|---|",
@@ -197,7 +149,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script
     ]
     print("\n".join(lines))
     if args.write:
-        print(f"written: {write_section(chr(10).join(lines))}")
+        write_section(TITLE, lines)
 
 
 if __name__ == "__main__":
