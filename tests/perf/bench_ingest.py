@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import resource
 import signal
 import subprocess
@@ -465,10 +464,8 @@ def bench_latency(handle: Any, work: Path, n_slides: int = 20, workers: int = 2)
 # -- report -----------------------------------------------------------------------------------
 
 
-def write_markdown(r: dict, path: Path) -> None:
+def write_markdown(r: dict, path: Path, notes: list[str] | None = None) -> None:
     lines = [
-        SECTION,
-        "",
         "Measured in one run on this machine (CPU, 2 cores shared with the "
         "local stack (Kafka, SeaweedFS, Triton, Prometheus) and any other load). SYNTHETIC "
         "slides; encoders UNTRAINED or random (speed only).",
@@ -524,17 +521,14 @@ def write_markdown(r: dict, path: Path) -> None:
         ]
     for k, v in r.get("errors", {}).items():
         lines += [f"- {k}: not measured ({v})"]
-    lines += [
-        "",
-        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by "
-        "`make bench` (tests/perf/bench_ingest.py).",
-        "",
-    ]
-    block = "\n".join(lines)
-    text = path.read_text() if path.is_file() else "# Benchmarks\n\n"
-    pattern = re.compile(re.escape(SECTION) + r".*?(?=\n## |\Z)", re.S)
-    text = pattern.sub(block, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + block
-    path.write_text(text)
+    lines += ["", "Run by `make bench` (tests/perf/bench_ingest.py)."]
+    if notes:
+        lines += ["", *notes]
+    from tests.perf._report import render_section, replace_section
+
+    title = SECTION.removeprefix("## ")
+    document = path.read_text() if path.is_file() else "# Benchmarks\n"
+    path.write_text(replace_section(document, render_section(title, lines), title))
 
 
 def main() -> None:
