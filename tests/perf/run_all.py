@@ -10,7 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-MODULES = ("bench_ingest", "bench_models", "bench_ssgsea", "bench_pathway_query")
+MODULES = (
+    "bench_ingest",
+    "bench_models",
+    "bench_ssgsea",
+    "bench_pathway_query",
+    "bench_evaluate",
+)
 HERE = Path(__file__).resolve().parent
 
 
