@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SECTION = "## Ingest (bench_ingest.py)"
+TITLE = "Ingest (bench_ingest.py)"
 
 
 # -- serving an encoder's patch_embed ---------------------------------------------------------
@@ -464,7 +464,8 @@ def bench_latency(handle: Any, work: Path, n_slides: int = 20, workers: int = 2)
 # -- report -----------------------------------------------------------------------------------
 
 
-def write_markdown(r: dict, path: Path, notes: list[str] | None = None) -> None:
+def report_lines(r: dict, notes: list[str] | None = None) -> list[str]:
+    """The section's body for the numbers in `r` (what was measured, and what failed)."""
     lines = [
         "Measured in one run on this machine (CPU, 2 cores shared with the "
         "local stack (Kafka, SeaweedFS, Triton, Prometheus) and any other load). SYNTHETIC "
@@ -524,11 +525,7 @@ def write_markdown(r: dict, path: Path, notes: list[str] | None = None) -> None:
     lines += ["", "Run by `make bench` (tests/perf/bench_ingest.py)."]
     if notes:
         lines += ["", *notes]
-    from tests.perf._report import render_section, replace_section
-
-    title = SECTION.removeprefix("## ")
-    document = path.read_text() if path.is_file() else "# Benchmarks\n"
-    path.write_text(replace_section(document, render_section(title, lines), title))
+    return lines
 
 
 def main() -> None:
@@ -583,7 +580,9 @@ def main() -> None:
             down(state)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
-    write_markdown(results, args.out)
+    from tests.perf._report import write_section
+
+    write_section(TITLE, report_lines(results), path=args.out)
 
 
 if __name__ == "__main__":
