@@ -5,7 +5,6 @@ served by Triton and the ingest service consuming Kafka in this process."""
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,8 +46,7 @@ def pipeline(stack: StackHandle, tmp_path_factory: pytest.TempPathFactory) -> It
     import tritonclient.grpc as grpcclient
 
     from histoprompt.export.bundle import build_demo_bundle
-    from histoprompt.ingest.harness import skip_group_to_end
-    from histoprompt.ingest.service import IngestService
+    from histoprompt.ingest.harness import running_service, skip_group_to_end
     from histoprompt.ingest.settings import IngestSettings
 
     bundle = build_demo_bundle(
@@ -72,15 +70,9 @@ def pipeline(stack: StackHandle, tmp_path_factory: pytest.TempPathFactory) -> It
         ingest_metrics_port=stack.ingest_metrics_port,
     )
     skip_group_to_end(settings, group)
-    service = IngestService(settings)
-    thread = threading.Thread(target=service.run, kwargs={"install_signals": False}, daemon=True)
-    thread.start()
-    try:
+    # Stops the service on exit and raises if its thread outlives the shutdown deadline.
+    with running_service(settings, timeout_s=120):
         yield bundle.bundle_dir
-    finally:
-        service.request_stop()
-        thread.join(timeout=60)
-        assert not thread.is_alive(), "the ingest service did not stop"
 
 
 @pytest.fixture(scope="module")
