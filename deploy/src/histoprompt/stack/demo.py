@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 DEMO_STEPS: tuple[str, ...] = (
     # train (or reuse) the SYNTHETIC alignment, build the model repository, load it in Triton
     "histoprompt.export.demo_step:serve_models",
+    # run the ingest service, upload a SYNTHETIC slide, print its pathway scores
+    "histoprompt.ingest.demo:demo_step",
 )
 
 DemoStep = Callable[["StackHandle", "Console"], None]

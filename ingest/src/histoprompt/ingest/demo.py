@@ -9,15 +9,16 @@ The demo model needs `histoprompt-export` (torch), which the dev workspace insta
 from __future__ import annotations
 
 import tempfile
-import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from histoprompt.core import names
+from histoprompt.ingest.errors import IngestError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -65,8 +66,21 @@ def _already_served(client: Any, version: str) -> bool:
     return bool(params.get("model_version", {}).get("string_value") == version)
 
 
-def run_demo(settings: IngestSettings, console: Console, work_dir: Path) -> dict[str, float]:
-    """Start the service in a thread, upload one SYNTHETIC DICOM-WSI series, print scores."""
+@dataclass(frozen=True)
+class DemoResult:
+    """What the demo computed for its SYNTHETIC slide: scores read back from S3."""
+
+    slide_id: str
+    model_version: str
+    result_uri: str
+    scores: dict[str, float]
+
+
+def run_demo(
+    settings: IngestSettings, console: Console, work_dir: Path, *, top: int = 10
+) -> DemoResult:
+    """Run the service in a thread, upload one SYNTHETIC DICOM-WSI series, print its top
+    pathway scores and return them all (read back from the result in S3)."""
     from rich.table import Table
 
     from histoprompt.core.results import ResultStore
@@ -77,75 +91,80 @@ def run_demo(settings: IngestSettings, console: Console, work_dir: Path) -> dict
         make_producer,
         publish_upload,
         results_of,
+        running_service,
         skip_group_to_end,
         upload_series,
     )
-    from histoprompt.ingest.service import IngestService
 
     skip_group_to_end(settings, settings.ingest_group_id)
-    service = IngestService(settings)
-    thread = threading.Thread(target=service.run, kwargs={"install_signals": False}, daemon=True)
-    thread.start()
-    watcher = TopicWatcher(settings, names.TOPIC_RESULTS)
-    producer = make_producer(settings)
-    try:
-        deadline = time.monotonic() + 120
-        while not service.health.ready and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if not service.health.ready:
-            raise RuntimeError("the ingest service did not become ready (is the model loaded?)")
-        time.sleep(2.0)
-        paths = write_dicom_series(
-            work_dir / "slide", DicomSeriesSpec(width=2048, height=1536, levels=3, tile=256)
-        )
-        client = make_minio(settings)
-        up = upload_series(client, settings.slides_bucket, f"demo/{uuid.uuid4().hex[:8]}", paths)
-        console.print(
-            f"uploaded a SYNTHETIC 3-level DICOM-WSI series (slide_id {up.slide_id}); "
-            "publishing its S3 events ..."
-        )
-        t0 = time.monotonic()
-        publish_upload(producer, up)
-        seen = watcher.wait_for(
-            lambda s: any(e.slide_id == up.slide_id for e in results_of(s)), timeout_s=300
-        )
+    console.print("starting the ingest service ...")
+    with running_service(settings, timeout_s=120):
+        watcher = TopicWatcher(settings, names.TOPIC_RESULTS)
+        producer = make_producer(settings)
+        try:
+            paths = write_dicom_series(
+                work_dir / "slide", DicomSeriesSpec(width=2048, height=1536, levels=3, tile=256)
+            )
+            client = make_minio(settings)
+            prefix = f"demo/{uuid.uuid4().hex[:8]}"
+            up = upload_series(client, settings.slides_bucket, prefix, paths)
+            console.print(
+                f"uploaded a SYNTHETIC 3-level DICOM-WSI series to "
+                f"s3://{settings.slides_bucket}/{prefix}/"
+            )
+            console.print(f"slide_id {up.slide_id}; publishing its S3 events ...")
+            t0 = time.monotonic()
+            publish_upload(producer, up)
+            seen = watcher.wait_for(
+                lambda s: any(e.slide_id == up.slide_id for e in results_of(s)), timeout_s=300
+            )
+        finally:
+            producer.close()
+            watcher.close()
         event = next((e for e in results_of(seen) if e.slide_id == up.slide_id), None)
         if event is None or event.status != "done":
-            raise RuntimeError(f"no result for the demo slide: {event}")
-        console.print(
-            f"result in {time.monotonic() - t0:.1f} s: {event.n_tiles} tiles, "
-            f"model {event.model.version}, {event.result_uri}"
-        )
-        pathways = ResultStore(client, settings.results_bucket).read_pathways(up.slide_id)
-        table = Table(title="Hallmark pathway scores (SYNTHETIC slide, UNTRAINED encoder)")
-        table.add_column("gene set")
-        table.add_column("score", justify="right")
-        table.add_column("coverage", justify="right")
-        ranked = sorted(pathways.items(), key=lambda kv: kv[1].score, reverse=True)
-        for name, score in ranked[:10]:
-            table.add_row(name, f"{score.score:+.3f}", f"{score.coverage:.2f}")
-        console.print(table)
-        return {k: v.score for k, v in pathways.items()}
-    finally:
-        producer.close()
-        watcher.close()
-        service.request_stop()
-        thread.join(timeout=settings.ingest_shutdown_deadline_s + 10)
+            raise IngestError(f"no done result for the demo slide {up.slide_id}: {event}")
+    console.print(
+        f"result in {time.monotonic() - t0:.1f} s: {event.n_tiles} tiles, "
+        f"model {event.model.version}"
+    )
+    console.print(f"results in S3: {event.result_uri}")
+    pathways = ResultStore(client, settings.results_bucket).read_pathways(up.slide_id)
+    table = Table(
+        title=f"top {top} Hallmark pathway scores of slide {up.slide_id}\n"
+        "(SYNTHETIC slide, UNTRAINED encoder: the numbers mean nothing biologically)"
+    )
+    table.add_column("gene set")
+    table.add_column("score", justify="right")
+    table.add_column("coverage", justify="right")
+    ranked = sorted(pathways.items(), key=lambda kv: kv[1].score, reverse=True)
+    for name, score in ranked[:top]:
+        table.add_row(name, f"{score.score:+.3f}", f"{score.coverage:.2f}")
+    console.print(table)
+    console.print(f"all {len(pathways)} scores: `histoprompt results {up.slide_id}`")
+    return DemoResult(
+        slide_id=up.slide_id,
+        model_version=event.model.version,
+        result_uri=event.result_uri,
+        scores={k: v.score for k, v in pathways.items()},
+    )
 
 
-def demo_step(handle: Any, console: Console) -> None:
-    """The stack demo hook: `(StackHandle, Console) -> None`."""
+def demo_step(handle: Any, console: Console, work_dir: Path | None = None) -> DemoResult:
+    """The stack demo hook `(StackHandle, Console)`; reuses serve_models' bundle cache.
+
+    `work_dir` holds the demo slide (default: a fresh directory under the stack's state)."""
     from histoprompt.ingest.settings import IngestSettings
 
-    work = Path(tempfile.mkdtemp(prefix="histoprompt-ingest-demo-"))
-    console.print("loading the demo model into Triton (tiny UNTRAINED encoder) ...")
-    load_demo_model(handle.triton_grpc, handle.model_repository, work)
+    work = work_dir or Path(tempfile.mkdtemp(prefix="ingest-demo-", dir=handle.state_dir))
+    console.print("checking the demo model in Triton (tiny UNTRAINED encoder) ...")
+    load_demo_model(handle.triton_grpc, handle.model_repository, handle.state_dir / "demo-models")
     settings = IngestSettings.load(
         handle.env_file,
         ingest_group_id="histoprompt-ingest-demo",
         ingest_metrics_port=handle.ingest_metrics_port,
     )
-    run_demo(settings, console, work)
+    return run_demo(settings, console, work)
 
 
 def main(
