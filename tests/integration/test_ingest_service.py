@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -39,6 +38,7 @@ from histoprompt.ingest.harness import (
     put_bytes,
     put_file,
     results_of,
+    running_service,
     skip_group_to_end,
     upload_series,
 )
@@ -93,18 +93,15 @@ def log_capture() -> Iterator[io.StringIO]:
 
 @pytest.fixture(scope="module")
 def service(settings: IngestSettings, log_capture: io.StringIO) -> Iterator[IngestService]:
-    svc = IngestService(settings)
-    thread = threading.Thread(target=svc.run, kwargs={"install_signals": False}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + TIMEOUT_S
-    while not svc.health.ready and time.monotonic() < deadline and thread.is_alive():
-        time.sleep(0.2)
-    assert svc.health.ready, log_capture.getvalue()[-3000:]
-    time.sleep(3.0)  # let the consumer join its group before events arrive
-    yield svc
-    svc.request_stop()
-    thread.join(timeout=settings.ingest_shutdown_deadline_s + 10)
-    assert not thread.is_alive(), "service did not stop within its deadline"
+    # Ready (3 s more for the consumer to join its group before events arrive); on exit
+    # stopped, joined, and an error if its thread outlives the shutdown deadline.
+    with running_service(
+        settings,
+        timeout_s=TIMEOUT_S,
+        settle_s=3.0,
+        diagnostics=lambda: log_capture.getvalue()[-3000:],
+    ) as svc:
+        yield svc
 
 
 @pytest.fixture(scope="module")
