@@ -54,7 +54,8 @@ def _wait_results(watcher: TopicWatcher, ids: set[str], timeout: float) -> None:
 
 
 def _spawn(stack, group: str, deadline_s: float) -> subprocess.Popen[str]:  # noqa: ANN001
-    env = dict(os.environ)
+    # Inherited HISTOPROMPT_* (e.g. a sourced developer stack.env) would override stack.env.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HISTOPROMPT_")}
     env.update(
         HISTOPROMPT_ENV_FILE=str(stack.env_file),
         HISTOPROMPT_INGEST_GROUP_ID=group,
@@ -118,7 +119,11 @@ def test_sigterm_mid_slide_then_restart_finishes_exactly_once(
     finally:
         if first.poll() is None:
             first.kill()
-    assert not any(e.slide_id == up.slide_id for e in results_of(results.seen))
+    # Read what the first service may have published (bounded), then: no result yet.
+    seen = results.wait_for(
+        lambda s: any(e.slide_id == up.slide_id for e in results_of(s)), timeout_s=5.0
+    )
+    assert not any(e.slide_id == up.slide_id for e in results_of(seen))
     producer.close()
     second = _spawn(stack, group, deadline_s=10.0)
     second_lines = _read_until(second, "never-logged", timeout=0)
