@@ -29,8 +29,13 @@ def test_fp16_plan_matches_torch(tmp_path: Path) -> None:
 
     enc = load_encoder("tiny")
     export_tile_encoder(enc.module, 64, tmp_path / "t.onnx")
-    plan = build_engine(tmp_path / "t.onnx", tmp_path / "model.plan", input_name="PIXELS",
-                        row_shape=(3, 64, 64), max_batch=256)
+    plan = build_engine(
+        tmp_path / "t.onnx",
+        tmp_path / "model.plan",
+        input_name="PIXELS",
+        row_shape=(3, 64, 64),
+        max_batch=256,
+    )
     x = np.random.default_rng(0).standard_normal((64, 3, 64, 64)).astype(np.float32)
     got = run_engine(plan, x, "PIXELS")
     with torch.no_grad():
