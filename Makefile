@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
 .PHONY: help install install-python install-kafka install-prometheus install-helm \
-        test test-unit lint demo bench bench-models stack-up stack-down stack-status clean
+        test test-unit lint lint-check demo bench bench-models stack-up stack-down stack-status clean
 
 help:
 	@echo "make demo    install everything, start the local stack, run the main job"
@@ -36,15 +36,18 @@ install-prometheus:
 install-helm:
 	@bash deploy/install/helm.sh "$(HELM_VERSION)" "$(CACHE)/go"
 
-test: install
+# Lint first: ruff on everything, strict mypy on core and client (a few seconds each).
+test: install lint-check
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
 
 test-unit: install-python
 	$(UV) run --frozen pytest -m "not integration" $(PYTEST_ARGS)
 
-lint: install-python
+lint: install-python lint-check
+
+lint-check:
 	$(UV) run --frozen ruff check .
-	$(UV) run --frozen ruff format --check core client
+	$(UV) run --frozen ruff format --check .
 	$(UV) run --frozen mypy core/src client/src
 
 # DEMO_ARGS=--once runs the demo steps and tears the stack down (for scripts and CI).
