@@ -44,7 +44,7 @@ def clean_histoprompt_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackHandle]:
     """A running local stack; stopped at the end of the session, also after failures."""
-    from histoprompt.stack import StackError, StackSettings, down, up
+    from histoprompt.stack import StackError, StackSettings, down, seaweed, up
     from histoprompt.stack.ports import listening_ports
     from histoprompt.stack.settings import ALL_SERVICES
     from histoprompt.stack.supervisor import group_pids, is_running
@@ -78,6 +78,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackHandle]:
     leftovers = [r.name for r in records if is_running(r) or group_pids(r.pid)]
     assert not leftovers, f"stack processes survived down(): {leftovers}"
     assert not ports & listening_ports(), "stack ports still listening after down()"
+    sockets = [p for p in seaweed.grpc_socket_paths(handle.state.ports) if p.exists()]
+    assert not sockets, f"SeaweedFS sockets left in /tmp after down(): {sockets}"
 
 
 STACK_TEST_MODELS = ("stack_add_one", "stack_add_two", "stack_import_probe")

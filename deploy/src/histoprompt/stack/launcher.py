@@ -295,6 +295,7 @@ def down(state_dir: Path = Path(".stack")) -> list[str]:
     if state is None:
         return []
     killed = stop_all(list(reversed(state.processes.values())))
+    seaweed.remove_grpc_sockets(state.ports)
     if state.kafka_class_archive is not None:
         kafka.keep_class_archive(
             state_dir / kafka.NAME / kafka.DUMPED_ARCHIVE, state.kafka_class_archive

@@ -69,8 +69,12 @@ def prepare(settings: StackSettings, state_dir: Path, ports: StackPorts) -> Proc
     s3_config = home / "s3.json"
     s3_config.touch(mode=0o600)
     s3_config.write_text(json.dumps(identities(settings), indent=2))
+    # weed writes its glog files to the temp dir by default; keep them in the state dir.
+    logs = home / "glog"
+    logs.mkdir(exist_ok=True)
     argv = [
         str(weed),
+        f"-logdir={logs}",
         "server",
         "-ip=127.0.0.1",
         "-ip.bind=127.0.0.1",
@@ -116,3 +120,20 @@ def create_buckets(conn: ConnectionSettings) -> None:
     for bucket in (conn.slides_bucket, conn.results_bucket, conn.models_bucket):
         if not client.bucket_exists(bucket):
             client.make_bucket(bucket)
+
+
+def grpc_socket_paths(ports: StackPorts) -> list[Path]:
+    """The unix sockets weed creates in /tmp (whatever TMPDIR says) for its gRPC ports."""
+    named = {
+        "master": ports.weed_master_grpc,
+        "volume": ports.weed_volume_grpc,
+        "filer": ports.weed_filer_grpc,
+        "s3": ports.s3_grpc,
+    }
+    return [Path("/tmp") / f"seaweedfs-{role}-grpc-{port}.sock" for role, port in named.items()]
+
+
+def remove_grpc_sockets(ports: StackPorts) -> None:
+    """Remove weed's gRPC sockets after it stopped, so `down` leaves nothing in /tmp."""
+    for path in grpc_socket_paths(ports):
+        path.unlink(missing_ok=True)
