@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from minio import Minio
     from PIL import Image
 
+    from histoprompt.core.ranged import RangedFile
     from histoprompt.core.schemas import SourceRef
 
 __all__ = ["slide_view"]
@@ -27,13 +28,18 @@ __all__ = ["slide_view"]
 _MAX_THUMB_PIXELS = 32 * 1024 * 1024
 
 
+def _open(client: Minio, bucket: str, key: str, block: int = 256 * 1024) -> RangedFile:
+    """A seekable file over one S3 object that reads only the blocks asked for."""
+    from histoprompt.core.ranged import RangedFile, S3Object
+
+    return RangedFile(S3Object(client, bucket, key), block_size=block)
+
+
 def _tiff_view(client: Minio, bucket: str, key: str) -> tuple[SlideGeometry, Image.Image | None]:
     import tifffile
     from PIL import Image
 
-    from histoprompt.client.s3file import S3RangeFile
-
-    with S3RangeFile(client, bucket, key) as fh, tifffile.TiffFile(cast(IO[bytes], fh)) as tif:
+    with _open(client, bucket, key) as fh, tifffile.TiffFile(cast(IO[bytes], fh)) as tif:
         first = tif.pages.first
         geom = SlideGeometry(int(first.imagewidth), int(first.imagelength), "source TIFF")
         levels = tif.series[0].levels if tif.series else []
@@ -51,12 +57,11 @@ def _tiff_view(client: Minio, bucket: str, key: str) -> tuple[SlideGeometry, Ima
 def _dicom_keys(client: Minio, bucket: str, key: str) -> list[str]:
     import json
 
-    from histoprompt.client.s3file import S3RangeFile
     from histoprompt.core.schemas import SeriesManifest
 
     if not key.endswith(".json"):
         return [key]
-    with S3RangeFile(client, bucket, key) as fh:
+    with _open(client, bucket, key) as fh:
         manifest = SeriesManifest.model_validate(json.loads(fh.read()))
     return [i.key for i in manifest.instances]
 
@@ -92,11 +97,9 @@ def _dicom_view(client: Minio, bucket: str, key: str) -> tuple[SlideGeometry, Im
 def _dicom_geometry(client: Minio, bucket: str, keys: list[str]) -> SlideGeometry:
     import pydicom
 
-    from histoprompt.client.s3file import S3RangeFile
-
     best = (0, 0)
     for k in keys:
-        with S3RangeFile(client, bucket, k, block=64 * 1024) as fh:
+        with _open(client, bucket, k, block=64 * 1024) as fh:
             ds = pydicom.dcmread(
                 fh,
                 stop_before_pixels=True,
@@ -131,9 +134,7 @@ def slide_view(
 
 def _sniff(client: Minio, bucket: str, key: str) -> str:
     """'tiff', 'dicom' or 'json' from the object's first bytes."""
-    from histoprompt.client.s3file import S3RangeFile
-
-    with S3RangeFile(client, bucket, key, block=4096) as fh:
+    with _open(client, bucket, key, block=4096) as fh:
         head = fh.read(132)
     if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         return "tiff"

@@ -1,218 +1,64 @@
-"""Ranged reads over S3: a byte-range fetcher, range coalescing and a seekable file object.
+"""Ranged reads over S3 for ingest: histoprompt.core.ranged with ingest's error codes.
 
-Readers never download a whole slide: headers and offset tables come through a small block
-cache (`RangedFile`), frames through `ByteSource.read_ranges`, which merges nearby ranges
-into few GETs.
+The generic pieces (coalescing, `read_ranges`, the block-cached `RangedFile`) live in
+histoprompt.core.ranged and are re-exported here. The byte sources translate core errors into
+ingest's: a missing or truncated object is a `SlideError` (never retried), any other S3
+failure a `TransientError` (retried), with the codes ingest has always reported.
 """
 
 from __future__ import annotations
 
-import io
-import threading
-from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+from histoprompt.core import ranged as core_ranged
+from histoprompt.core.errors import NotFoundError, PermissionDeniedError, ServiceUnavailableError
+from histoprompt.core.ranged import ByteSource, RangedFile, Span, TruncatedReadError, coalesce
+from histoprompt.core.ranged import read_ranges as read_ranges
 from histoprompt.ingest.errors import SlideError, TransientError
 
-if TYPE_CHECKING:
-    from minio import Minio
+__all__ = [
+    "ByteSource",
+    "BytesSource",
+    "RangedFile",
+    "S3Object",
+    "Span",
+    "coalesce",
+    "read_ranges",
+]
 
 
-class ByteSource(Protocol):
-    """An immutable object of known size that can serve byte ranges."""
-
-    size: int
-    gets: int
-
-    def read_range(self, offset: int, length: int) -> bytes: ...
-
-
-@dataclass(frozen=True)
-class Span:
-    """Bytes [start, end) of an object."""
-
-    start: int
-    end: int
-
-
-def coalesce(ranges: Sequence[tuple[int, int]], gap: int, max_len: int) -> list[Span]:
-    """Merge (offset, length) ranges whose gap is <= `gap` into spans of at most `max_len`.
-
-    A single range longer than max_len stays one span (it cannot be split usefully).
-    """
-    spans: list[Span] = []
-    for off, length in sorted(ranges):
-        end = off + length
-        if spans:
-            last = spans[-1]
-            if off - last.end <= gap and max(end, last.end) - last.start <= max_len:
-                spans[-1] = Span(last.start, max(end, last.end))
-                continue
-        spans.append(Span(off, end))
-    return spans
+@contextmanager
+def _ingest_errors(missing: str, failed: str) -> Iterator[None]:
+    try:
+        yield
+    except TruncatedReadError as err:
+        raise SlideError(str(err), code="truncated") from err
+    except NotFoundError as err:
+        raise SlideError(missing, code="missing_object") from err
+    except PermissionDeniedError as err:
+        raise TransientError(f"{failed}: {err}", code="s3_error") from err
+    except ServiceUnavailableError as err:
+        if err.code == "s3_unavailable":
+            raise TransientError("S3 unreachable", code="s3_unavailable") from err
+        raise TransientError(f"{failed}: {err}", code="s3_error") from err
 
 
-class S3Object:
-    """One S3 object read by ranged GETs through the minio SDK (thread-safe)."""
-
-    def __init__(self, client: Minio, bucket: str, key: str, size: int | None = None) -> None:
-        self._client = client
-        self.bucket = bucket
-        self.key = key
-        self.gets = 0
-        self.bytes_read = 0
-        self._lock = threading.Lock()
-        self.size = size if size is not None else self._stat()
+class S3Object(core_ranged.S3Object):
+    """One S3 object read by ranged GETs (thread-safe), failing with ingest's errors."""
 
     def _stat(self) -> int:
-        from minio.error import S3Error
-        from urllib3.exceptions import HTTPError
-
-        try:
-            return int(self._client.stat_object(self.bucket, self.key).size or 0)
-        except S3Error as err:
-            if err.code in {"NoSuchKey", "NoSuchObject", "NoSuchBucket"}:
-                raise SlideError("a slide object is missing", code="missing_object") from err
-            raise TransientError(f"S3 stat failed: {err.code}", code="s3_error") from err
-        except HTTPError as err:
-            raise TransientError("S3 unreachable", code="s3_unavailable") from err
+        with _ingest_errors("a slide object is missing", "S3 stat failed"):
+            return super()._stat()
 
     def read_range(self, offset: int, length: int) -> bytes:
-        from minio.error import S3Error
-        from urllib3.exceptions import HTTPError
-
-        if length <= 0:
-            return b""
-        if offset < 0 or offset + length > self.size:
-            raise SlideError(
-                f"read past the end of the object ({offset}+{length} > {self.size})",
-                code="truncated",
-            )
-        try:
-            resp = self._client.get_object(self.bucket, self.key, offset=offset, length=length)
-            try:
-                data = resp.read()
-            finally:
-                resp.close()
-                resp.release_conn()
-        except S3Error as err:
-            if err.code in {"NoSuchKey", "NoSuchObject"}:
-                raise SlideError("a slide object vanished", code="missing_object") from err
-            raise TransientError(f"S3 ranged GET failed: {err.code}", code="s3_error") from err
-        except HTTPError as err:
-            raise TransientError("S3 unreachable", code="s3_unavailable") from err
-        with self._lock:
-            self.gets += 1
-            self.bytes_read += len(data)
-        if len(data) != length:
-            raise SlideError(f"short read: {len(data)} of {length} bytes", code="truncated")
-        return data
+        with _ingest_errors("a slide object vanished", "S3 ranged GET failed"):
+            return super().read_range(offset, length)
 
 
-class BytesSource:
-    """A ByteSource over bytes in memory (unit tests, tiny objects)."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self.size = len(data)
-        self.gets = 0
+class BytesSource(core_ranged.BytesSource):
+    """A ByteSource over bytes in memory (unit tests, tiny objects), failing with SlideError."""
 
     def read_range(self, offset: int, length: int) -> bytes:
-        if offset < 0 or offset + length > self.size:
-            raise SlideError("read past the end of the object", code="truncated")
-        self.gets += 1
-        return self._data[offset : offset + length]
-
-
-def read_ranges(
-    source: ByteSource, ranges: Sequence[tuple[int, int]], gap: int, max_len: int
-) -> dict[tuple[int, int], bytes]:
-    """Fetch many (offset, length) ranges with as few GETs as coalescing allows."""
-    out: dict[tuple[int, int], bytes] = {}
-    if not ranges:
-        return out
-    wanted = sorted(set(ranges))
-    spans = coalesce(wanted, gap, max_len)
-    i = 0
-    for span in spans:
-        blob = source.read_range(span.start, span.end - span.start)
-        while i < len(wanted) and wanted[i][0] + wanted[i][1] <= span.end:
-            off, length = wanted[i]
-            out[(off, length)] = blob[off - span.start : off - span.start + length]
-            i += 1
-    return out
-
-
-class RangedFile(io.RawIOBase):
-    """A seekable, read-only file object over a ByteSource with a small LRU block cache."""
-
-    def __init__(self, source: ByteSource, block_size: int = 256 * 1024, blocks: int = 64) -> None:
-        super().__init__()
-        self._src = source
-        self._block = block_size
-        self._max_blocks = blocks
-        self._cache: OrderedDict[int, bytes] = OrderedDict()
-        self._pos = 0
-        self._lock = threading.Lock()
-
-    @property
-    def size(self) -> int:
-        return self._src.size
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._src.size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def _get_block(self, index: int) -> bytes:
-        with self._lock:
-            block = self._cache.get(index)
-            if block is not None:
-                self._cache.move_to_end(index)
-                return block
-        start = index * self._block
-        data = self._src.read_range(start, min(self._block, self._src.size - start))
-        with self._lock:
-            self._cache[index] = data
-            while len(self._cache) > self._max_blocks:
-                self._cache.popitem(last=False)
-        return data
-
-    def pread(self, offset: int, length: int) -> bytes:
-        """Read without moving the position (thread-safe)."""
-        end = min(offset + length, self._src.size)
-        if offset >= end:
-            return b""
-        parts = []
-        pos = offset
-        while pos < end:
-            index = pos // self._block
-            block = self._get_block(index)
-            lo = pos - index * self._block
-            hi = min(len(block), end - index * self._block)
-            parts.append(block[lo:hi])
-            pos = index * self._block + hi
-        return b"".join(parts)
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self.pread(self._pos, len(buffer))
-        n = len(data)
-        memoryview(buffer)[:n] = data
-        self._pos += n
-        return n
-
-    def readall(self) -> bytes:
-        data = self.pread(self._pos, self._src.size - self._pos)
-        self._pos += len(data)
-        return data
+        with _ingest_errors("an in-memory object is missing", "read failed"):
+            return super().read_range(offset, length)

@@ -1,0 +1,258 @@
+"""Ranged reads over S3: a byte-range fetcher, range coalescing and a seekable file object.
+
+Shared by ingest (slide readers) and the client (thumbnails): nothing downloads a whole slide;
+headers and offset tables come through a small block cache (`RangedFile`), frames through
+`read_ranges`, which merges nearby ranges into few GETs. minio is imported lazily, so this
+module loads without it. Failures are core error types; callers that need their own codes
+(ingest) translate them.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from histoprompt.core.errors import (
+    HistopromptError,
+    NotFoundError,
+    PermissionDeniedError,
+    ServiceUnavailableError,
+)
+
+if TYPE_CHECKING:
+    from minio import Minio
+
+__all__ = [
+    "ByteSource",
+    "BytesSource",
+    "RangedFile",
+    "S3Object",
+    "Span",
+    "TruncatedReadError",
+    "coalesce",
+    "read_ranges",
+]
+
+_AUTH_CODES = frozenset(
+    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken"}
+)
+_STAT_MISSING = frozenset({"NoSuchKey", "NoSuchObject", "NoSuchBucket"})
+_GET_MISSING = frozenset({"NoSuchKey", "NoSuchObject"})
+
+
+class TruncatedReadError(HistopromptError):
+    """A read past the end of an object, or a short read: the object is not what it claims."""
+
+    code = "truncated"
+
+
+class ByteSource(Protocol):
+    """An immutable object of known size that can serve byte ranges."""
+
+    size: int
+    gets: int
+
+    def read_range(self, offset: int, length: int) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class Span:
+    """Bytes [start, end) of an object."""
+
+    start: int
+    end: int
+
+
+def coalesce(ranges: Sequence[tuple[int, int]], gap: int, max_len: int) -> list[Span]:
+    """Merge (offset, length) ranges whose gap is <= `gap` into spans of at most `max_len`.
+
+    A single range longer than max_len stays one span (it cannot be split usefully).
+    """
+    spans: list[Span] = []
+    for off, length in sorted(ranges):
+        end = off + length
+        if spans:
+            last = spans[-1]
+            if off - last.end <= gap and max(end, last.end) - last.start <= max_len:
+                spans[-1] = Span(last.start, max(end, last.end))
+                continue
+        spans.append(Span(off, end))
+    return spans
+
+
+@contextmanager
+def _s3_call(what: str, missing: frozenset[str]) -> Iterator[None]:
+    """minio/urllib3 failures -> NotFoundError (code missing_object), PermissionDeniedError,
+    ServiceUnavailableError (code s3_error, or s3_unavailable when S3 cannot be reached)."""
+    from minio.error import S3Error
+    from urllib3.exceptions import HTTPError
+
+    try:
+        yield
+    except S3Error as err:
+        if err.code in missing:
+            raise NotFoundError(
+                f"{what}: not found in S3 ({err.code})", code="missing_object"
+            ) from err
+        if err.code in _AUTH_CODES:
+            raise PermissionDeniedError(
+                f"{what}: S3 refused the credentials ({err.code}); "
+                "check HISTOPROMPT_S3_ACCESS_KEY / HISTOPROMPT_S3_SECRET_KEY"
+            ) from err
+        raise ServiceUnavailableError(f"{what}: S3 error {err.code}", code="s3_error") from err
+    except HTTPError as err:
+        raise ServiceUnavailableError(
+            f"{what}: S3 unreachable ({type(err).__name__})", code="s3_unavailable"
+        ) from err
+
+
+class S3Object:
+    """One S3 object read by ranged GETs through the minio SDK (thread-safe counters)."""
+
+    def __init__(self, client: Minio, bucket: str, key: str, size: int | None = None) -> None:
+        self._client = client
+        self.bucket = bucket
+        self.key = key
+        self.gets = 0
+        self.bytes_read = 0
+        self._lock = threading.Lock()
+        self.size = size if size is not None else self._stat()
+
+    def _stat(self) -> int:
+        with _s3_call(f"stat s3://{self.bucket}/{self.key}", _STAT_MISSING):
+            return int(self._client.stat_object(self.bucket, self.key).size or 0)
+
+    def read_range(self, offset: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        if offset < 0 or offset + length > self.size:
+            raise TruncatedReadError(
+                f"read past the end of the object ({offset}+{length} > {self.size})"
+            )
+        with _s3_call(f"ranged GET s3://{self.bucket}/{self.key}", _GET_MISSING):
+            resp = self._client.get_object(self.bucket, self.key, offset=offset, length=length)
+            try:
+                data = resp.read()
+            finally:
+                resp.close()
+                resp.release_conn()
+        with self._lock:
+            self.gets += 1
+            self.bytes_read += len(data)
+        if len(data) != length:
+            raise TruncatedReadError(f"short read: {len(data)} of {length} bytes")
+        return data
+
+
+class BytesSource:
+    """A ByteSource over bytes in memory (unit tests, tiny objects)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self.size = len(data)
+        self.gets = 0
+
+    def read_range(self, offset: int, length: int) -> bytes:
+        if offset < 0 or offset + length > self.size:
+            raise TruncatedReadError("read past the end of the object")
+        self.gets += 1
+        return self._data[offset : offset + length]
+
+
+def read_ranges(
+    source: ByteSource, ranges: Sequence[tuple[int, int]], gap: int, max_len: int
+) -> dict[tuple[int, int], bytes]:
+    """Fetch many (offset, length) ranges with as few GETs as coalescing allows."""
+    out: dict[tuple[int, int], bytes] = {}
+    if not ranges:
+        return out
+    wanted = sorted(set(ranges))
+    spans = coalesce(wanted, gap, max_len)
+    i = 0
+    for span in spans:
+        blob = source.read_range(span.start, span.end - span.start)
+        while i < len(wanted) and wanted[i][0] + wanted[i][1] <= span.end:
+            off, length = wanted[i]
+            out[(off, length)] = blob[off - span.start : off - span.start + length]
+            i += 1
+    return out
+
+
+class RangedFile(io.RawIOBase):
+    """A seekable, read-only file object over a ByteSource with a small LRU block cache."""
+
+    def __init__(self, source: ByteSource, block_size: int = 256 * 1024, blocks: int = 64) -> None:
+        super().__init__()
+        self._src = source
+        self._block = block_size
+        self._max_blocks = blocks
+        self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._pos = 0
+        self._lock = threading.Lock()
+
+    @property
+    def size(self) -> int:
+        return self._src.size
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._src.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def _get_block(self, index: int) -> bytes:
+        with self._lock:
+            block = self._cache.get(index)
+            if block is not None:
+                self._cache.move_to_end(index)
+                return block
+        start = index * self._block
+        data = self._src.read_range(start, min(self._block, self._src.size - start))
+        with self._lock:
+            self._cache[index] = data
+            while len(self._cache) > self._max_blocks:
+                self._cache.popitem(last=False)
+        return data
+
+    def pread(self, offset: int, length: int) -> bytes:
+        """Read without moving the position (thread-safe)."""
+        end = min(offset + length, self._src.size)
+        if offset >= end:
+            return b""
+        parts = []
+        pos = offset
+        while pos < end:
+            index = pos // self._block
+            block = self._get_block(index)
+            lo = pos - index * self._block
+            hi = min(len(block), end - index * self._block)
+            parts.append(block[lo:hi])
+            pos = index * self._block + hi
+        return b"".join(parts)
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        # tifffile passes numpy arrays; a flat byte view takes slices of any of them.
+        view = memoryview(buffer).cast("B")
+        data = self.pread(self._pos, len(view))
+        n = len(data)
+        view[:n] = data
+        self._pos += n
+        return n
+
+    def readall(self) -> bytes:
+        data = self.pread(self._pos, self._src.size - self._pos)
+        self._pos += len(data)
+        return data
