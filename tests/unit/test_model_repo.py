@@ -21,15 +21,7 @@ from histoprompt.export.serving.context import ModelContext
 from histoprompt.export.serving.handlers import encoder_spec_from_params
 
 REPO = Path(__file__).resolve().parents[2] / "model_repository"
-ALL_MODELS = {
-    names.MODEL_TILE_PREPROCESS,
-    names.MODEL_TILE_ENCODER,
-    names.MODEL_PATCH_EMBED,
-    names.MODEL_SLIDE_EMBED,
-    names.MODEL_RNA_EMBED,
-    names.MODEL_PATHWAY_QUERY,
-    names.MODEL_SLIDE_TO_PATHWAYS,
-}
+ALL_MODELS = set(names.ALL_MODELS)
 
 
 @pytest.mark.parametrize("flavor", list(Flavor))

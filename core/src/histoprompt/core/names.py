@@ -21,6 +21,16 @@ MODEL_SLIDE_EMBED: Final = "slide_embed"
 MODEL_RNA_EMBED: Final = "rna_embed"
 MODEL_PATHWAY_QUERY: Final = "pathway_query"
 MODEL_SLIDE_TO_PATHWAYS: Final = "slide_to_pathways"
+# Every model of the DESIGN.md table, dependencies before the ensembles that use them.
+ALL_MODELS: Final = (
+    MODEL_TILE_PREPROCESS,
+    MODEL_TILE_ENCODER,
+    MODEL_PATCH_EMBED,
+    MODEL_SLIDE_EMBED,
+    MODEL_RNA_EMBED,
+    MODEL_PATHWAY_QUERY,
+    MODEL_SLIDE_TO_PATHWAYS,
+)
 
 # Triton tensors
 TENSOR_TILES: Final = "TILES"

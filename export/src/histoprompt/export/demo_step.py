@@ -14,15 +14,7 @@ if TYPE_CHECKING:
 
     from histoprompt.stack.handle import StackHandle
 
-SERVED = (
-    names.MODEL_TILE_PREPROCESS,
-    names.MODEL_TILE_ENCODER,
-    names.MODEL_PATCH_EMBED,
-    names.MODEL_SLIDE_EMBED,
-    names.MODEL_RNA_EMBED,
-    names.MODEL_PATHWAY_QUERY,
-    names.MODEL_SLIDE_TO_PATHWAYS,
-)
+SERVED = names.ALL_MODELS
 
 
 def serve_models(handle: StackHandle, console: Console) -> None:
