@@ -143,9 +143,10 @@ def reference_genes(settings: ClientSettings) -> tuple[str, ...] | None:
     """The served RNA reference's gene symbols, to name a query's unknown genes.
 
     Where: pathway_query's `reference_uri` when it is an s3:// URI, else
-    HISTOPROMPT_REFERENCE_NAME (or the only reference) under `references/` in the models
-    bucket. Best effort: None when the reference is not reachable from here (e.g. it sits
-    inside Triton's model repository); coverage still comes from the server.
+    HISTOPROMPT_REFERENCE_NAME under `references/` in the models bucket. Never a guess: a
+    reference other than the served one would name the wrong genes. Best effort: None when
+    the reference is not reachable from here (e.g. it sits inside Triton's model repository);
+    coverage still comes from the server.
     """
     from histoprompt.client.services import minio_client
     from histoprompt.core.s3 import parse_s3_uri
@@ -159,14 +160,7 @@ def reference_genes(settings: ClientSettings) -> tuple[str, ...] | None:
         else:
             bucket, name = settings.models_bucket, settings.reference_name
             if name is None:
-                found = {
-                    o.object_name[len(root) :].split("/")[0]
-                    for o in client.list_objects(bucket, prefix=root)
-                    if o.object_name
-                }
-                if len(found) != 1:
-                    return None
-                name = found.pop()
+                return None
             key = root + name
         text = _get(client, bucket, _reference_prefix(client, bucket, key) + "genes.txt")
     except Exception:  # noqa: BLE001 - unknown genes are optional detail, coverage is not
