@@ -327,6 +327,24 @@ def test_poison_goes_to_dlq_bad_slides_fail_and_next_slide_completes(
     malformed = next(e for e in mine if e.error.code == "malformed_event")
     assert malformed.attempts == 1
 
+    # A permanent failure is recorded as a "failed" manifest with its error, so a redelivered
+    # event for that slide is a duplicate, not a second failed result.
+    store = ResultStore(minio, settings.results_bucket)
+    failed = store.read_manifest(truncated.slide_id)
+    assert failed.status == "failed" and failed.error is not None
+    assert failed.error.code == "truncated" and failed.objects == []
+    assert events[truncated.slide_id].result_uri == store.uri(
+        truncated.slide_id, failed.model.version
+    )
+    before = _skipped_duplicates(service)
+    publish_upload(producer, truncated, with_members=False)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and _skipped_duplicates(service) == before:
+        results.poll(0.5)
+    assert _skipped_duplicates(service) == before + 1
+    results.poll(1.0)
+    assert [e.slide_id for e in results_of(results.seen)].count(truncated.slide_id) == 1
+
 
 def _mine(events: list[DlqEvent]) -> list[DlqEvent]:
     """DLQ events of this test (other tests in the session may publish poison too)."""

@@ -353,6 +353,26 @@ def test_results_json_parquet_and_unknown_slide(s3: FakeS3, tmp_path: Path) -> N
     assert res.exit_code == EXIT_NOT_FOUND and "no result for slide" in res.stderr
 
 
+def test_results_of_a_failed_slide_is_one_line_with_its_error(s3: FakeS3) -> None:
+    manifest = ResultManifest.model_validate(
+        {
+            "slide_id": SID,
+            "source": {"bucket": "histoprompt-slides", "key": "uploads/x/s.dcm", "etag": "e"},
+            "model": {"name": "tiny", "version": "v1"},
+            "status": "failed",
+            "n_tiles": 0,
+            "seconds": {"total": 0.2},
+            "software_version": "0.1.0",
+            "error": {"code": "truncated", "message": "frame 3 is cut short"},
+        }
+    )
+    ResultStore(s3, "histoprompt-results").write_failure(manifest)  # type: ignore[arg-type]
+    res = runner.invoke(app, ["results", SID])
+    assert res.exit_code == EXIT_INVALID
+    assert f"slide {SID} failed in ingest (truncated: frame 3 is cut short)" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
 @pytest.fixture
 def triton(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """A fake pathway_query: score = slide-embedding sum x number of genes (deterministic)."""

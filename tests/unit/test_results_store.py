@@ -122,3 +122,25 @@ def test_write_rejects_tile_count_mismatch() -> None:
     bad = SlideResult(res.tiles, res.tile_embeddings[:2], res.slide_embedding, res.pathways)
     with pytest.raises(ValueError, match="disagree"):
         ResultStore(FakeMinio(), "r").write(_manifest("v1", "x"), bad)  # type: ignore[arg-type]
+
+
+def test_write_failure_records_the_error_alone_and_completes_the_prefix() -> None:
+    fake = FakeMinio()
+    store = ResultStore(fake, "results")  # type: ignore[arg-type]
+    sid = "ab" * 8
+    failed = _manifest("v1", "2026-01-01T00:00:00.000Z").model_copy(
+        update={"status": "failed", "error": {"code": "truncated", "message": "frame 3 cut"}}
+    )
+    uri = store.write_failure(failed)
+    assert uri == f"s3://results/slides/{sid}/v1/"
+    assert fake.order == [f"slides/{sid}/v1/manifest.json"]
+    assert store.is_complete(sid, "v1")
+    back = store.read_manifest(sid)
+    assert back.status == "failed" and back.error is not None
+    assert back.error.code == "truncated" and back.objects == []
+
+
+def test_write_failure_refuses_a_manifest_without_failure() -> None:
+    store = ResultStore(FakeMinio(), "results")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="status 'failed' and an error"):
+        store.write_failure(_manifest("v1", "x"))

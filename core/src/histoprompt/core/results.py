@@ -141,6 +141,23 @@ class ResultStore:
         )
         return self.uri(sid, ver)
 
+    def write_failure(self, manifest: ResultManifest) -> str:
+        """Record a permanent failure: a manifest with status "failed" and its error, alone.
+
+        The manifest makes the prefix complete, so a redelivered event for the same
+        (slide_id, model version) is skipped instead of failing, and publishing, again.
+        """
+        if manifest.status != "failed" or manifest.error is None:
+            raise ValueError("write_failure needs a manifest with status 'failed' and an error")
+        sid, ver = manifest.slide_id, manifest.model.version
+        final = manifest.model_copy(update={"objects": []})
+        self._put(
+            names.result_key(sid, ver, names.RESULT_MANIFEST),
+            final.model_dump_json(by_alias=True).encode(),
+            "application/json",
+        )
+        return self.uri(sid, ver)
+
     # -- reading ---------------------------------------------------------------------------
 
     def _get(self, key: str) -> bytes:

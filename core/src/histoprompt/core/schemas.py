@@ -183,6 +183,7 @@ class ResultManifest(_Frozen):
     created: str = Field(default_factory=utcnow)
     objects: list[str] = Field(default_factory=list)
     synthetic: bool = Field(False, description="true when the slide or model is synthetic")
+    error: ErrorInfo | None = Field(None, description="why a failed slide failed")
 
 
 class SeriesInstance(_Frozen):

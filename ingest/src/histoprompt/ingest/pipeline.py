@@ -96,13 +96,28 @@ class SlideProcessor:
             self.log.warning(
                 "slide failed", extra={"slide_id": sid, "status": "failed", "code": err.code}
             )
-            event = self._event(
-                job,
-                "failed",
-                seconds=Timings(total=round(total, 4)),
-                error=ErrorInfo(code=err.code, message=str(err)),
-            )
+            error = ErrorInfo(code=err.code, message=str(err))
+            seconds = Timings(total=round(total, 4))
+            # A SlideError is permanent for these bytes: record it, so a redelivery is a
+            # duplicate and never a second result event.
+            uri = await asyncio.to_thread(self._write_failure, job, error, seconds)
+            event = self._event(job, "failed", result_uri=uri, seconds=seconds, error=error)
             return SlideOutcome("failed", event)
+
+    def _write_failure(self, job: SlideJob, error: ErrorInfo, seconds: Timings) -> str:
+        return self.store.write_failure(
+            ResultManifest(
+                slide_id=job.slide_id,
+                source=SourceRef(bucket=job.bucket, key=job.key, etag=job.etag),
+                model=ModelRef(name=self.served.name, version=self.served.version),
+                status="failed",
+                n_tiles=0,
+                seconds=seconds,
+                software_version=SOFTWARE_VERSION,
+                synthetic=self.served.synthetic,
+                error=error,
+            )
+        )
 
     async def _run(self, job: SlideJob, t0: float) -> SlideOutcome:
         sid = job.slide_id

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from histoprompt.client.state import get_state
+from histoprompt.core.errors import InvalidInputError
 
 if TYPE_CHECKING:
     from histoprompt.client.settings import ClientSettings
@@ -38,6 +39,9 @@ def pathway_rows(slide_id: str, settings: ClientSettings, version: str | None) -
     store = result_store(settings)
     ver = version or store.latest_version(slide_id)
     manifest = store.read_manifest(slide_id, ver)
+    if manifest.status == "failed":
+        why = f"{manifest.error.code}: {manifest.error.message}" if manifest.error else "unknown"
+        raise InvalidInputError(f"slide {slide_id} failed in ingest ({why}); it has no scores")
     pathways = store.read_pathways(slide_id, ver)
     rows = [
         {"gene_set": name, "score": p.score, "method": p.method, "coverage": p.coverage}
