@@ -24,6 +24,7 @@ from histoprompt.export.synthetic_wsi import (
     TransferSyntax,
     blank_tiles,
     write_dicom_series,
+    write_non_wsi_dicom,
     write_tiff,
 )
 from histoprompt.ingest.demo import load_demo_model
@@ -301,7 +302,7 @@ def test_poison_goes_to_dlq_bad_slides_fail_and_next_slide_completes(
         tmp_path / "blank", DicomSeriesSpec(width=512, height=512, levels=1), tile_fn=blank_tiles
     )
     no_tissue = put_file(minio, bucket, _prefix() + "/blank.dcm", blank[0])
-    ct = _ct_dicom(tmp_path / "ct.dcm")
+    ct = write_non_wsi_dicom(tmp_path / "ct.dcm")
     not_wsi = put_file(minio, bucket, _prefix() + "/ct.dcm", ct)
     bad = {
         not_dicom.slide_id: "not_dicom",
@@ -357,21 +358,3 @@ def _mine(events: list[DlqEvent]) -> list[DlqEvent]:
         ):
             out.append(e)
     return out
-
-
-def _ct_dicom(path: Path) -> Path:
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.SeriesDescription = "SYNTHETIC"
-    ds.Rows = ds.Columns = 4
-    pydicom.dcmwrite(path, ds, enforce_file_format=True)
-    return path

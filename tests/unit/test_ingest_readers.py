@@ -13,6 +13,7 @@ from histoprompt.export.synthetic_wsi import (
     TransferSyntax,
     synthetic_tissue,
     write_dicom_series,
+    write_non_wsi_dicom,
     write_tiff,
 )
 from histoprompt.ingest.dicom import DicomSlide, ReadLimits
@@ -117,20 +118,7 @@ def test_not_dicom(tmp_path: Path) -> None:
 
 
 def test_dicom_that_is_not_slide_microscopy(tmp_path: Path) -> None:
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.Rows = ds.Columns = 4
-    path = tmp_path / "ct.dcm"
-    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    path = write_non_wsi_dicom(tmp_path / "ct.dcm")
     with pytest.raises(SlideError) as info:
         DicomSlide([BytesSource(path.read_bytes())], ReadLimits())
     assert info.value.code == "not_wsi"

@@ -322,6 +322,25 @@ def write_dicom_series(
     return paths
 
 
+def write_non_wsi_dicom(path: Path) -> Path:
+    """A tiny SYNTHETIC CT image: valid DICOM that is not VL Whole Slide Microscopy."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.SeriesDescription = "SYNTHETIC"
+    ds.Rows = ds.Columns = 4
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    return path
+
+
 def write_series_manifest(keys_and_sizes: Sequence[tuple[str, int]]) -> bytes:
     """manifest.json bytes of DESIGN.md (histoprompt.core.schemas.SeriesManifest)."""
     manifest = SeriesManifest(instances=[SeriesInstance(key=k, size=s) for k, s in keys_and_sizes])
