@@ -42,3 +42,17 @@ def test_stack_ports_keep_a_given_ingest_port() -> None:
     assert len(set(values)) == len(values)
     fixed = StackPorts.allocate(ingest_metrics=ports.ingest_metrics)
     assert fixed.ingest_metrics == ports.ingest_metrics
+
+
+def test_wait_released_returns_once_the_listener_closes() -> None:
+    import threading
+
+    from histoprompt.stack.ports import wait_released
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    port = sock.getsockname()[1]
+    assert wait_released({port}, 0.2) == {port}
+    threading.Timer(0.3, sock.close).start()
+    assert wait_released({port}, 5.0) == set()

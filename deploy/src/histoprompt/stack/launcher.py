@@ -21,6 +21,7 @@ from histoprompt.core.settings import ENV_PREFIX, ConnectionSettings
 from histoprompt.stack import kafka, prometheus, seaweed, triton
 from histoprompt.stack.errors import StackError
 from histoprompt.stack.handle import StackHandle
+from histoprompt.stack.ports import wait_released
 from histoprompt.stack.ports_layout import StackPorts
 from histoprompt.stack.settings import ALL_SERVICES, ServiceName, StackSettings
 from histoprompt.stack.state import (
@@ -285,6 +286,10 @@ def attach(state_dir: Path = Path(".stack")) -> StackHandle:
     return StackHandle(state)
 
 
+# How long `down` waits for the services' listening sockets to close after they stopped.
+PORT_RELEASE_TIMEOUT_S = 15.0
+
+
 def down(state_dir: Path = Path(".stack")) -> list[str]:
     """Stop the stack recorded in `state_dir`; returns the services that needed SIGKILL.
 
@@ -295,6 +300,8 @@ def down(state_dir: Path = Path(".stack")) -> list[str]:
     if state is None:
         return []
     killed = stop_all(list(reversed(state.processes.values())))
+    served = set(state.ports.model_dump().values()) - {state.ports.ingest_metrics}
+    wait_released(served, PORT_RELEASE_TIMEOUT_S)
     seaweed.remove_grpc_sockets(state.ports)
     if state.kafka_class_archive is not None:
         kafka.keep_class_archive(

@@ -7,6 +7,7 @@ import ipaddress
 import os
 import random
 import socket
+import time
 from pathlib import Path
 
 from histoprompt.stack.errors import StackError
@@ -132,3 +133,17 @@ def listening_addresses(pids: list[int]) -> set[tuple[str, int]]:
                 host, port = fields[1].rsplit(":", 1)
                 found.add((str(_decode_address(host)), int(port, 16)))
     return found
+
+
+def wait_released(ports: set[int], timeout: float) -> set[int]:
+    """Wait until none of `ports` has a listening socket; returns those still listening.
+
+    A stopped service's last helper (e.g. a backend stub that inherited a listening socket)
+    can outlive it by a moment; `down` waits for that so the ports are free when it returns.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        still = ports & listening_ports()
+        if not still or time.monotonic() >= deadline:
+            return still
+        time.sleep(0.1)
