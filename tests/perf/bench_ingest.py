@@ -43,28 +43,17 @@ def serve_encoder(name: str, triton_url: str, repo: Path, work: Path) -> tuple[A
     """Write and load tile_preprocess + tile_encoder + patch_embed for encoder `name`."""
     import tritonclient.grpc as grpcclient
 
-    from histoprompt.core import names
-    from histoprompt.core.modelspec import ModelCard
     from histoprompt.export.encoders import load_encoder
-    from histoprompt.export.model_repo import Flavor, render, write_repository
+    from histoprompt.export.model_repo import ENCODER_MODELS, write_encoder_repository
     from histoprompt.export.onnx_export import export_tile_encoder
     from histoprompt.ingest.triton import ServedModel
 
     enc = load_encoder(name, allow_random=True)
     onnx_path = work / f"{name}.onnx"
     export_tile_encoder(enc.module, enc.spec.input_px, onnx_path)
-    card = ModelCard(
-        name="bench",
-        version=f"{name}-bench",
-        encoder=enc.spec,
-        aligned_dim=8,
-        rna_genes=1,
-        synthetic=True,
-    )
-    write_repository(render(card, Flavor.cpu), repo)
-    (repo / names.MODEL_TILE_ENCODER / "1" / "model.onnx").write_bytes(onnx_path.read_bytes())
+    card = write_encoder_repository(enc.spec, onnx_path, repo)
     client = grpcclient.InferenceServerClient(triton_url)
-    for model in (names.MODEL_TILE_PREPROCESS, names.MODEL_TILE_ENCODER, names.MODEL_PATCH_EMBED):
+    for model in ENCODER_MODELS:
         client.load_model(model)
     client.close()
     served = ServedModel(

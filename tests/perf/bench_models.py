@@ -42,9 +42,8 @@ def bench_encoder(
     import tritonclient.grpc as grpcclient
 
     from histoprompt.core import names
-    from histoprompt.core.modelspec import ModelCard
     from histoprompt.export.encoders import load_encoder
-    from histoprompt.export.model_repo import Flavor, render, write_repository
+    from histoprompt.export.model_repo import ENCODER_MODELS, write_encoder_repository
     from histoprompt.export.onnx_export import export_tile_encoder
     from histoprompt.export.serving.preprocess import preprocess_tiles
 
@@ -69,18 +68,9 @@ def bench_encoder(
     def ort_inproc() -> object:
         return sess.run(None, {names.TENSOR_PIXELS: preprocess_tiles(tiles, spec)})
 
-    card = ModelCard(
-        name="bench",
-        version=f"{name}-bench",
-        encoder=spec,
-        aligned_dim=8,
-        rna_genes=1,
-        synthetic=True,
-    )
-    write_repository(render(card, Flavor.cpu), repo)
-    (repo / names.MODEL_TILE_ENCODER / "1" / "model.onnx").write_bytes(onnx_path.read_bytes())
+    write_encoder_repository(spec, onnx_path, repo)
     client = grpcclient.InferenceServerClient(triton_url)
-    for model in (names.MODEL_TILE_PREPROCESS, names.MODEL_TILE_ENCODER, names.MODEL_PATCH_EMBED):
+    for model in ENCODER_MODELS:
         client.load_model(model)
     inp = grpcclient.InferInput(names.TENSOR_TILES, list(tiles.shape), "UINT8")
     inp.set_data_from_numpy(tiles)

@@ -20,7 +20,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from histoprompt.core import names
-from histoprompt.core.modelspec import ModelCard
+from histoprompt.core.modelspec import EncoderSpec, ModelCard
 from histoprompt.core.pathway_engine import DEFAULT_METHOD
 from histoprompt.export.errors import ExportError
 
@@ -377,6 +377,28 @@ ARTIFACTS: tuple[tuple[str, str, str], ...] = (
     ("model_card.json", names.MODEL_TILE_PREPROCESS, "model_card.json"),
     ("gene_contract.json", names.MODEL_RNA_EMBED, "gene_contract.json"),
 )
+
+
+# The tile path alone: what `patch_embed` needs, without the slide and pathway models.
+ENCODER_MODELS = (names.MODEL_TILE_PREPROCESS, names.MODEL_TILE_ENCODER, names.MODEL_PATCH_EMBED)
+
+
+def write_encoder_repository(spec: EncoderSpec, onnx_path: Path, repo: Path) -> ModelCard:
+    """A cpu repository whose tile encoder is `onnx_path`, for timing the tile path.
+
+    Configs are rendered for every model, but only ENCODER_MODELS have what they need to load.
+    """
+    card = ModelCard(
+        name="bench",
+        version=f"{spec.name}-bench",
+        encoder=spec,
+        aligned_dim=8,
+        rna_genes=1,
+        synthetic=True,
+    )
+    write_repository(render(card, Flavor.cpu), repo)
+    shutil.copyfile(onnx_path, repo / names.MODEL_TILE_ENCODER / "1" / "model.onnx")
+    return card
 
 
 def install_artifacts(bundle: Path, repo: Path) -> list[Path]:
