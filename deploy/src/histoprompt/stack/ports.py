@@ -8,6 +8,7 @@ import os
 import random
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from histoprompt.stack.errors import StackError
@@ -88,7 +89,11 @@ def listening_ports() -> set[int]:
     Unlike a bind test this ignores TIME_WAIT leftovers of closed connections, which do
     not stop a server (they all set SO_REUSEADDR) from binding the port again.
     """
-    found: set[int] = set()
+    return {int(fields[1].rsplit(":", 1)[1], 16) for fields in _listen_rows()}
+
+
+def _listen_rows() -> Iterator[list[str]]:
+    """The fields of every listening row of /proc/net/tcp and /proc/net/tcp6."""
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
@@ -96,9 +101,8 @@ def listening_ports() -> set[int]:
             continue
         for line in lines:
             fields = line.split()
-            if len(fields) > 3 and fields[3] == _TCP_LISTEN:
-                found.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return found
+            if len(fields) > 9 and fields[3] == _TCP_LISTEN:
+                yield fields
 
 
 def _decode_address(hex_addr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -122,16 +126,10 @@ def listening_addresses(pids: list[int]) -> set[tuple[str, int]]:
             continue
         inodes.update(link[8:-1] for link in links if link.startswith("socket:["))
     found: set[tuple[str, int]] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) > 9 and fields[3] == _TCP_LISTEN and fields[9] in inodes:
-                host, port = fields[1].rsplit(":", 1)
-                found.add((str(_decode_address(host)), int(port, 16)))
+    for fields in _listen_rows():
+        if fields[9] in inodes:
+            host, port = fields[1].rsplit(":", 1)
+            found.add((str(_decode_address(host)), int(port, 16)))
     return found
 
 
