@@ -15,17 +15,20 @@ COPY --from=uv /uv /usr/local/bin/uv
 WORKDIR /src
 COPY pyproject.toml uv.lock ./
 COPY core/pyproject.toml core/pyproject.toml
+COPY wsi/pyproject.toml wsi/pyproject.toml
+COPY serving/pyproject.toml serving/pyproject.toml
 COPY export/pyproject.toml export/pyproject.toml
 COPY ingest/pyproject.toml ingest/pyproject.toml
-COPY deploy/pyproject.toml deploy/pyproject.toml
 COPY client/pyproject.toml client/pyproject.toml
+COPY stack/pyproject.toml stack/pyproject.toml
 RUN uv venv /opt/venv --python /usr/local/bin/python3.11 \
  && uv export --frozen --no-dev --no-emit-workspace --no-hashes \
       --package histoprompt-client -o /tmp/requirements.txt \
  && uv pip install --python /opt/venv/bin/python --no-cache -r /tmp/requirements.txt
 COPY core/ core/
+COPY wsi/ wsi/
 COPY client/ client/
-RUN uv pip install --python /opt/venv/bin/python --no-cache --no-deps ./core ./client \
+RUN uv pip install --python /opt/venv/bin/python --no-cache --no-deps ./core ./wsi ./client \
  && if /opt/venv/bin/python -c "import torch" 2>/dev/null; then echo "torch leaked into the client image" >&2; exit 1; fi
 
 FROM ${PYTHON_IMAGE} AS runtime

@@ -14,21 +14,24 @@ ARG INGEST_EXTRAS=""
 ENV UV_LINK_MODE=copy UV_PYTHON_DOWNLOADS=never UV_COMPILE_BYTECODE=1
 COPY --from=uv /uv /usr/local/bin/uv
 WORKDIR /src
-# uv reads the whole workspace definition; only core and ingest sources are installed.
+# uv reads the whole workspace definition; only core, wsi and ingest sources are installed.
 COPY pyproject.toml uv.lock ./
 COPY core/pyproject.toml core/pyproject.toml
+COPY wsi/pyproject.toml wsi/pyproject.toml
+COPY serving/pyproject.toml serving/pyproject.toml
 COPY export/pyproject.toml export/pyproject.toml
-COPY client/pyproject.toml client/pyproject.toml
-COPY deploy/pyproject.toml deploy/pyproject.toml
 COPY ingest/pyproject.toml ingest/pyproject.toml
+COPY client/pyproject.toml client/pyproject.toml
+COPY stack/pyproject.toml stack/pyproject.toml
 # Third-party pins come from uv.lock, resolved for histoprompt-ingest alone.
 RUN uv venv /opt/venv --python /usr/local/bin/python3.11 \
  && uv export --frozen --no-dev --no-emit-workspace --no-hashes \
       --package histoprompt-ingest ${INGEST_EXTRAS:+--extra ${INGEST_EXTRAS}} -o /tmp/requirements.txt \
  && uv pip install --python /opt/venv/bin/python --no-cache -r /tmp/requirements.txt
 COPY core/ core/
+COPY wsi/ wsi/
 COPY ingest/ ingest/
-RUN uv pip install --python /opt/venv/bin/python --no-cache --no-deps ./core ./ingest \
+RUN uv pip install --python /opt/venv/bin/python --no-cache --no-deps ./core ./wsi ./ingest \
  && if /opt/venv/bin/python -c "import torch" 2>/dev/null; then echo "torch leaked into the ingest image" >&2; exit 1; fi
 
 FROM ${PYTHON_IMAGE} AS runtime

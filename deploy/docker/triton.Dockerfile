@@ -1,12 +1,12 @@
 # syntax=docker/dockerfile:1
 # Triton for histoprompt: the NGC tritonserver image plus what the python-backend models in
-# model_repository/ import (histoprompt.core, histoprompt.export.serving, onnxruntime, numpy<2).
+# model_repository/ import (histoprompt.core, histoprompt.serving, onnxruntime, numpy<2).
 #   docker build -f deploy/docker/triton.Dockerfile -t histoprompt-triton:24.04 .
 # Build context: the repository root. Never built in this repository's CI (no Docker
 # engine there); checked statically with hadolint by tests/unit/test_dockerfiles.py.
 #
 # The NGC image's python backend embeds Python 3.10; histoprompt needs 3.11. As in the
-# local stack (deploy/src/histoprompt/stack/triton.py), the python backend gets the 3.11
+# local stack (stack/src/histoprompt/stack/triton.py), the python backend gets the 3.11
 # stub that nvidia-pytriton ships for the same Triton release (pytriton 0.5.7 = Triton 2.45
 # = NGC 24.04), and the stub's embedded CPython finds the venv through the `python3` first on
 # PATH. Keep TRITON_IMAGE and PYTRITON_VERSION on the same Triton release.
@@ -31,10 +31,12 @@ COPY --from=uv /uv /usr/local/bin/uv
 WORKDIR /src
 COPY pyproject.toml uv.lock ./
 COPY core/pyproject.toml core/pyproject.toml
+COPY wsi/pyproject.toml wsi/pyproject.toml
+COPY serving/pyproject.toml serving/pyproject.toml
 COPY export/pyproject.toml export/pyproject.toml
 COPY ingest/pyproject.toml ingest/pyproject.toml
 COPY client/pyproject.toml client/pyproject.toml
-COPY deploy/pyproject.toml deploy/pyproject.toml
+COPY stack/pyproject.toml stack/pyproject.toml
 # histoprompt-core's locked dependencies, onnxruntime on CUDA, numpy<2 (the 2.45 stub's
 # pybind11 predates numpy 2's ABI).
 RUN uv venv /opt/histoprompt/venv --python /usr/bin/python3.11 \
@@ -43,10 +45,10 @@ RUN uv venv /opt/histoprompt/venv --python /usr/bin/python3.11 \
  && uv pip install --python /opt/histoprompt/venv/bin/python --no-cache \
       -r /tmp/requirements.txt "numpy<2" "onnxruntime-gpu==${ONNXRUNTIME_GPU_VERSION}"
 COPY core/ core/
-COPY export/ export/
-# histoprompt-export without its dependencies: only the torch-free serving modules are used.
-RUN uv pip install --python /opt/histoprompt/venv/bin/python --no-cache --no-deps ./core ./export \
- && if /opt/histoprompt/venv/bin/python -c "import torch" 2>/dev/null; then echo "torch leaked into the Triton image" >&2; exit 1; fi
+COPY serving/ serving/
+# core and serving only: the generated model.py files import histoprompt.serving, which needs
+# numpy and onnxruntime (installed above), never torch or the export package.
+RUN uv pip install --python /opt/histoprompt/venv/bin/python --no-cache --no-deps ./core ./serving
 # The 3.11 stub, taken from the pytriton wheel in a throwaway venv.
 RUN uv venv /tmp/pytriton --python /usr/bin/python3.11 \
  && uv pip install --python /tmp/pytriton/bin/python --no-cache --no-deps "nvidia-pytriton==${PYTRITON_VERSION}" \

@@ -46,7 +46,7 @@ def serve_encoder(name: str, triton_url: str, repo: Path, work: Path) -> tuple[A
     from histoprompt.export.encoders import load_encoder
     from histoprompt.export.model_repo import ENCODER_MODELS, write_encoder_repository
     from histoprompt.export.onnx_export import export_tile_encoder
-    from histoprompt.ingest.triton import ServedModel
+    from histoprompt.wsi.triton import ServedModel
 
     enc = load_encoder(name, allow_random=True)
     onnx_path = work / f"{name}.onnx"
@@ -76,9 +76,9 @@ def ingest_settings(env_file: Path, **kw: Any) -> Any:
 async def _ingest_async(settings: Any, job: Any, served: Any, max_tiles: int | None) -> dict:
     from histoprompt.core.s3 import make_minio
     from histoprompt.ingest.pipeline import SlideProcessor
-    from histoprompt.ingest.sources import open_slide
-    from histoprompt.ingest.tiling import TilePlan, plan_tiles
-    from histoprompt.ingest.triton import TritonClient
+    from histoprompt.wsi.sources import open_slide
+    from histoprompt.wsi.tiling import TilePlan, plan_tiles
+    from histoprompt.wsi.triton import TritonClient
 
     minio = make_minio(settings)
     triton = TritonClient(settings.triton_url, 600, 3, 0.5)
@@ -123,9 +123,9 @@ def naive_path(settings: Any, job: Any, served: Any, max_tiles: int | None = Non
     from histoprompt.core import names
     from histoprompt.core.s3 import make_minio
     from histoprompt.core.schemas import SeriesManifest
-    from histoprompt.ingest.dicom import DicomSlide, ReadLimits
-    from histoprompt.ingest.ranged import BytesSource
-    from histoprompt.ingest.tiling import plan_tiles, read_tiles
+    from histoprompt.wsi.dicom import DicomSlide, ReadLimits
+    from histoprompt.wsi.ranged import BytesSource
+    from histoprompt.wsi.tiling import plan_tiles, read_tiles
 
     minio = make_minio(settings)
     client = grpcclient.InferenceServerClient(settings.triton_url)
@@ -159,10 +159,10 @@ def read_only_paths(settings: Any, job: Any, served: Any) -> dict:
     """Without Triton: ranged reads + decode + tiling vs download-all + decode + tiling."""
     from histoprompt.core.s3 import make_minio
     from histoprompt.core.schemas import SeriesManifest
-    from histoprompt.ingest.dicom import DicomSlide, ReadLimits
-    from histoprompt.ingest.ranged import BytesSource
-    from histoprompt.ingest.sources import open_slide
-    from histoprompt.ingest.tiling import plan_tiles, read_tiles
+    from histoprompt.wsi.dicom import DicomSlide, ReadLimits
+    from histoprompt.wsi.ranged import BytesSource
+    from histoprompt.wsi.sources import open_slide
+    from histoprompt.wsi.tiling import plan_tiles, read_tiles
 
     minio = make_minio(settings)
     batch = settings.ingest_batch_size
@@ -262,10 +262,10 @@ def bench_efficiency(handle: Any, work: Path, n_tiles: int) -> dict:
     import onnxruntime as ort
 
     from histoprompt.core import names
-    from histoprompt.export.serving.preprocess import preprocess_tiles
-    from histoprompt.ingest.dicom import DicomSlide
-    from histoprompt.ingest.sources import open_slide
-    from histoprompt.ingest.tiling import plan_tiles, read_tiles
+    from histoprompt.serving.preprocess import preprocess_tiles
+    from histoprompt.wsi.dicom import DicomSlide
+    from histoprompt.wsi.sources import open_slide
+    from histoprompt.wsi.tiling import plan_tiles, read_tiles
 
     served, onnx_path = serve_encoder(
         "vit_small", handle.triton_grpc, handle.model_repository, work
@@ -323,7 +323,7 @@ def _rss_child(env_file: str, bucket: str, key: str, etag: str) -> None:
 
     from histoprompt.core import names
     from histoprompt.ingest.events import SlideJob
-    from histoprompt.ingest.triton import served_model_from_config
+    from histoprompt.wsi.triton import served_model_from_config
 
     settings = ingest_settings(Path(env_file))
     c = grpcclient.InferenceServerClient(settings.triton_url)

@@ -45,7 +45,7 @@ def bench_encoder(
     from histoprompt.export.encoders import load_encoder
     from histoprompt.export.model_repo import ENCODER_MODELS, write_encoder_repository
     from histoprompt.export.onnx_export import export_tile_encoder
-    from histoprompt.export.serving.preprocess import preprocess_tiles
+    from histoprompt.serving.preprocess import preprocess_tiles
 
     enc = load_encoder(name, allow_random=True)
     spec = enc.spec

@@ -481,7 +481,7 @@ class FakeTriton:
 
     async def served_model(self) -> Any:
         from histoprompt.core.modelspec import EncoderSpec
-        from histoprompt.ingest.triton import ServedModel
+        from histoprompt.wsi.triton import ServedModel
 
         spec = EncoderSpec(
             name="tiny",
@@ -516,13 +516,13 @@ class FakeTriton:
 def test_example_predict_uses_the_ingest_reader_and_tiler(
     s3: FakeS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pytest.importorskip("histoprompt.ingest.tiling")
+    pytest.importorskip("histoprompt.wsi.tiling")
     # Import every ingest module predict uses before patching, so none of them (e.g. the
     # service, which binds TritonClient at import) keeps the fake after this test.
     import histoprompt.ingest.service
-    import histoprompt.ingest.sources  # noqa: F401
+    import histoprompt.wsi.sources  # noqa: F401
     from histoprompt.export.synthetic_wsi import write_tiff
-    from histoprompt.ingest import triton as ingest_triton
+    from histoprompt.wsi import triton as ingest_triton
 
     monkeypatch.setattr(ingest_triton, "TritonClient", FakeTriton)
     FakeTriton.calls = []

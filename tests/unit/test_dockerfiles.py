@@ -89,12 +89,21 @@ def test_final_stage_runs_as_a_non_root_user(path: Path) -> None:
     assert uid.isdigit() and int(uid) != 0, "USER must be a numeric non-root uid (runAsNonRoot)"
 
 
-def test_ingest_and_client_images_carry_only_their_packages() -> None:
-    for name, member in (("ingest", "ingest"), ("client", "client")):
-        text = (DOCKER / f"{name}.Dockerfile").read_text()
-        sources = set(re.findall(r"^COPY (\w+)/ \w+/$", text, re.M))
-        assert sources == {"core", member}, f"{name} copies sources of {sources}"
-        assert f"--package histoprompt-{member}" in text
+@pytest.mark.parametrize(
+    ("name", "members"),
+    [
+        ("ingest", {"core", "wsi", "ingest"}),
+        ("client", {"core", "wsi", "client"}),
+        ("triton", {"core", "serving"}),
+    ],
+)
+def test_images_carry_only_their_packages(name: str, members: set[str]) -> None:
+    text = (DOCKER / f"{name}.Dockerfile").read_text()
+    sources = set(re.findall(r"^COPY (\w+)/ \w+/$", text, re.M))
+    assert sources == members, f"{name} copies sources of {sources}"
+    installed = re.search(r"--no-deps ((?:\./\w+ ?)+)", text)
+    assert installed is not None
+    assert set(installed.group(1).replace("./", "").split()) == members
 
 
 def _uv_export(package: str, *extra: str) -> set[str]:
@@ -133,6 +142,8 @@ def _uv_export(package: str, *extra: str) -> set[str]:
         ("histoprompt-ingest", ("--extra", "gpu")),
         ("histoprompt-client", ()),
         ("histoprompt-core", ()),
+        ("histoprompt-wsi", ()),
+        ("histoprompt-serving", ()),
     ],
 )
 def test_image_dependency_sets_have_no_torch(package: str, extra: tuple[str, ...]) -> None:
@@ -160,6 +171,6 @@ def test_triton_image_chart_and_local_stack_share_one_triton_release() -> None:
     # The 3.11 python-backend stub comes from the pytriton wheel the local stack runs.
     assert args["PYTRITON_VERSION"] == metadata.version("nvidia-pytriton")
     assert "python_backend_stubs/3.11/triton_python_backend_stub" in text
-    # Serving modules without histoprompt-export's torch dependencies.
-    assert "--no-deps ./core ./export" in text
+    # The python-backend runtime is histoprompt-serving; the export package never ships here.
+    assert "./export" not in text and "COPY export/ " not in text
     assert '"numpy<2"' in text

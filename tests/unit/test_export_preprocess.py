@@ -9,8 +9,8 @@ import pytest
 from numpy.typing import NDArray
 
 from histoprompt.core.modelspec import EncoderSpec
-from histoprompt.export.serving.errors import RequestError
-from histoprompt.export.serving.preprocess import preprocess_tiles, resize_bilinear
+from histoprompt.serving.errors import RequestError
+from histoprompt.serving.preprocess import preprocess_tiles, resize_bilinear
 
 
 def _reference(tiles: NDArray[Any], spec: EncoderSpec) -> NDArray[Any]:

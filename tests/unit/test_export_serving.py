@@ -16,11 +16,11 @@ from histoprompt.export.encoder_specs import encoder_spec
 from histoprompt.export.encoders import load_encoder
 from histoprompt.export.model_repo import Flavor, parse_config, render
 from histoprompt.export.onnx_export import export_tile_encoder
-from histoprompt.export.serving.context import ModelContext
-from histoprompt.export.serving.errors import ModelConfigError, RequestError
-from histoprompt.export.serving.handlers import PathwayQuery, TileEncoder, TilePreprocess
-from histoprompt.export.serving.preprocess import preprocess_tiles, resize_bilinear
-from histoprompt.export.serving.triton_adapter import TritonModelBase
+from histoprompt.serving.context import ModelContext
+from histoprompt.serving.errors import ModelConfigError, RequestError
+from histoprompt.serving.handlers import PathwayQuery, TileEncoder, TilePreprocess
+from histoprompt.serving.preprocess import preprocess_tiles, resize_bilinear
+from histoprompt.serving.triton_adapter import TritonModelBase
 
 
 def _card() -> ModelCard:

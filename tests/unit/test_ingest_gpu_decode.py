@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from histoprompt.export.synthetic_wsi import synthetic_tissue
-from histoprompt.ingest.codecs import JPEG_BASELINE, decode_frame, gpu_decoder_or_none
+from histoprompt.wsi.codecs import JPEG_BASELINE, decode_frame, gpu_decoder_or_none
 
 
 def _cuda_device_present() -> bool:

@@ -6,8 +6,8 @@ import io
 
 import pytest
 
-from histoprompt.ingest.errors import SlideError
-from histoprompt.ingest.ranged import BytesSource, RangedFile, Span, coalesce, read_ranges
+from histoprompt.wsi.errors import SlideError
+from histoprompt.wsi.ranged import BytesSource, RangedFile, Span, coalesce, read_ranges
 
 
 def test_coalesce_merges_adjacent_and_close_ranges() -> None:

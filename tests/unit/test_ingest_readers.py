@@ -16,11 +16,11 @@ from histoprompt.export.synthetic_wsi import (
     write_non_wsi_dicom,
     write_tiff,
 )
-from histoprompt.ingest.dicom import DicomSlide, ReadLimits
-from histoprompt.ingest.errors import SlideError
-from histoprompt.ingest.ranged import BytesSource, RangedFile
-from histoprompt.ingest.slide import Region
-from histoprompt.ingest.tiff import TiffSlideReader
+from histoprompt.wsi.dicom import DicomSlide, ReadLimits
+from histoprompt.wsi.errors import SlideError
+from histoprompt.wsi.ranged import BytesSource, RangedFile
+from histoprompt.wsi.slide import Region
+from histoprompt.wsi.tiff import TiffSlideReader
 
 W, H = 600, 500
 

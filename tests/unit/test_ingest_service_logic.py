@@ -10,8 +10,8 @@ from typing import Any
 from kafka.structs import TopicPartition
 
 from histoprompt.core import names
+from histoprompt.core.errors import TransientError
 from histoprompt.core.schemas import DlqEvent, ModelRef, ResultEvent, S3Event, SourceRef
-from histoprompt.ingest.errors import TransientError
 from histoprompt.ingest.pipeline import SlideOutcome
 from histoprompt.ingest.service import IngestService
 from histoprompt.ingest.settings import IngestSettings

@@ -10,10 +10,10 @@ import pytest
 from histoprompt.core.modelspec import EncoderSpec
 from histoprompt.core.units import Mpp, Pixels
 from histoprompt.export.synthetic_wsi import blank_tiles, synthetic_tissue
-from histoprompt.ingest.errors import SlideError
-from histoprompt.ingest.slide import Level, Region, paste
-from histoprompt.ingest.tiling import pick_level, plan_tiles, read_tiles, resize
-from histoprompt.ingest.tissue import area_fractions, otsu_threshold, tissue_mask
+from histoprompt.wsi.errors import SlideError
+from histoprompt.wsi.slide import Level, Region, paste
+from histoprompt.wsi.tiling import pick_level, plan_tiles, read_tiles, resize
+from histoprompt.wsi.tissue import area_fractions, otsu_threshold, tissue_mask
 
 SPEC = EncoderSpec(
     name="t",

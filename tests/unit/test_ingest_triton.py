@@ -8,8 +8,9 @@ import json
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from histoprompt.ingest.errors import SlideError, TransientError
-from histoprompt.ingest.triton import served_model_from_config, with_retries
+from histoprompt.core.errors import TransientError
+from histoprompt.wsi.errors import SlideError
+from histoprompt.wsi.triton import served_model_from_config, with_retries
 
 
 def _flaky(errors: list[InferenceServerException]):  # noqa: ANN202

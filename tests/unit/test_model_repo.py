@@ -17,8 +17,8 @@ from histoprompt.export.model_repo import (
     render,
     write_repository,
 )
-from histoprompt.export.serving.context import ModelContext
-from histoprompt.export.serving.handlers import encoder_spec_from_params
+from histoprompt.serving.context import ModelContext
+from histoprompt.serving.handlers import encoder_spec_from_params
 
 REPO = Path(__file__).resolve().parents[2] / "model_repository"
 ALL_MODELS = set(names.ALL_MODELS)
@@ -97,7 +97,7 @@ def test_tile_preprocess_config_carries_the_encoder_spec_and_version() -> None:
 
 def test_model_py_files_are_thin() -> None:
     for model, text in render(demo_card(demo_config()), Flavor.cpu).model_py.items():
-        assert "histoprompt.export.serving.triton_adapter" in text
+        assert "histoprompt.serving.triton_adapter" in text
         assert f'model_name = "{model}"' in text
         assert len(text.splitlines()) < 20
 

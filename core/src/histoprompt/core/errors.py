@@ -46,3 +46,9 @@ class PermissionDeniedError(HistopromptError):
     """A backing service refused our credentials."""
 
     code = "unauthorized"
+
+
+class TransientError(ServiceUnavailableError):
+    """A retryable failure of S3, Kafka or Triton: retry with backoff, then give up."""
+
+    code = "unavailable"

@@ -17,8 +17,8 @@ from numpy.typing import NDArray
 from histoprompt.export.cohort import SyntheticCohort
 from histoprompt.export.encoders import LoadedEncoder
 from histoprompt.export.rna import RnaEncoder
-from histoprompt.export.serving.preprocess import preprocess_tiles
 from histoprompt.export.training import PairedEmbeddings
+from histoprompt.serving.preprocess import preprocess_tiles
 
 
 @torch.no_grad()

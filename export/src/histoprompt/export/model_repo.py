@@ -125,12 +125,12 @@ class RepoLayout:
 def _model_py(model: str) -> str:
     return f'''"""Triton python backend for `{model}` ({GENERATED_NOTE}).
 
-Thin on purpose: the logic is histoprompt.export.serving.handlers, unit-tested outside Triton.
+Thin on purpose: the logic is histoprompt.serving.handlers, unit-tested outside Triton.
 """
 
 import triton_python_backend_utils as pb_utils
 
-from histoprompt.export.serving.triton_adapter import TritonModelBase
+from histoprompt.serving.triton_adapter import TritonModelBase
 
 
 class TritonPythonModel(TritonModelBase):

@@ -1,13 +1,15 @@
 """Ingest errors. `code` is the stable reason carried into result events, the DLQ and metrics.
 
-SlideError: this slide can never succeed (bad bytes, no tissue, too large): fail it, move on.
-TransientError: a backing service hiccup: retry with backoff, then dead-letter.
 SourceRejectedError: the event itself is unusable (malformed, not allowed): dead-letter now.
+A slide that can never succeed is `histoprompt.wsi.errors.SlideError` (fail it, move on); a
+backing-service hiccup is `histoprompt.core.errors.TransientError` (retry, then dead-letter).
 """
 
 from __future__ import annotations
 
 from histoprompt.core.errors import HistopromptError
+
+__all__ = ["IngestError", "SourceRejectedError"]
 
 
 class IngestError(HistopromptError):
@@ -16,25 +18,7 @@ class IngestError(HistopromptError):
     code = "ingest_error"
 
 
-class SlideError(IngestError):
-    """A slide that can never be processed; the code names why (e.g. `not_dicom`)."""
-
-    code = "bad_slide"
-
-
 class SourceRejectedError(IngestError):
     """An event that names no processable object (malformed, outside the allow-list)."""
 
     code = "rejected"
-
-
-class TransientError(IngestError):
-    """A retryable failure of S3, Kafka or Triton."""
-
-    code = "unavailable"
-
-
-class ShutdownRequested(IngestError):
-    """Raised inside a slide's work when SIGTERM's deadline has come: release the slide."""
-
-    code = "shutdown"

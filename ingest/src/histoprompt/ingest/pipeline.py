@@ -1,8 +1,5 @@
-"""One slide, end to end: idempotency check, read, mask, tile, infer, write.
-
-Reading and decoding run in worker threads, `ingest_max_inflight` patch_embed requests fly
-at once, so S3, decode and Triton overlap. Memory holds at most max_inflight + 1 batches of
-tiles, the frame cache and the [N, D] embeddings, whatever the slide size.
+"""One slide job, end to end: idempotency check, open from S3, score (histoprompt.wsi.scoring,
+the same processor `histoprompt predict` runs), write the result to S3.
 """
 
 from __future__ import annotations
@@ -26,15 +23,15 @@ from histoprompt.core.schemas import (
     Timings,
 )
 from histoprompt.core.version import __version__ as SOFTWARE_VERSION  # noqa: N812
-from histoprompt.ingest.codecs import gpu_decoder_or_none
-from histoprompt.ingest.errors import SlideError
 from histoprompt.ingest.events import SlideJob
 from histoprompt.ingest.logs import get_logger
 from histoprompt.ingest.metrics import IngestMetrics
 from histoprompt.ingest.settings import IngestSettings
-from histoprompt.ingest.sources import OpenedSlide, open_slide
-from histoprompt.ingest.tiling import TilePlan, plan_tiles, read_tiles
-from histoprompt.ingest.triton import ServedModel, TritonClient
+from histoprompt.wsi.codecs import gpu_decoder_or_none
+from histoprompt.wsi.errors import SlideError
+from histoprompt.wsi.scoring import ScoredSlide, score_slide
+from histoprompt.wsi.sources import OpenedSlide, open_slide
+from histoprompt.wsi.triton import ServedModel, TritonClient
 
 if TYPE_CHECKING:
     from minio import Minio
@@ -122,32 +119,28 @@ class SlideProcessor:
     async def _run(self, job: SlideJob, t0: float) -> SlideOutcome:
         sid = job.slide_id
         opened: OpenedSlide = await asyncio.to_thread(
-            open_slide, self.minio, job, self.settings, self.gpu_decoder
+            open_slide, self.minio, job, self.settings.read_limits(), self.gpu_decoder
         )
         try:
             t_open = time.perf_counter() - t0
-            t1 = time.perf_counter()
-            plan: TilePlan = await asyncio.to_thread(
-                plan_tiles,
+            scored = await score_slide(
                 opened.reader,
                 self.served.spec,
-                min_tissue=self.settings.ingest_min_tissue_fraction,
-                mask_max_px=self.settings.ingest_mask_max_px,
-                mpp_tolerance=self.settings.ingest_mpp_tolerance,
+                self.triton,
+                self.gene_sets,
+                self.settings.scoring_options(),
             )
-            t_tile = time.perf_counter() - t1
-            t2 = time.perf_counter()
-            embeddings, t_read = await self._embed(opened, plan)
-            out = await self.triton.slide_to_pathways(embeddings, self.gene_sets)
-            t_infer = time.perf_counter() - t2
             gets = opened.gets
         finally:
             opened.close()
+        plan = scored.plan
+        t_read, t_infer = t_open + scored.seconds["read"], scored.seconds["infer"]
         t3 = time.perf_counter()
-        uri = await asyncio.to_thread(self._write, job, plan, embeddings, out, t0, t_open + t_read)
+        uri = await asyncio.to_thread(self._write, job, scored, t0, t_read)
         t_write = time.perf_counter() - t3
         total = time.perf_counter() - t0
-        stages = {"read": t_open + t_read, "tile": t_tile, "infer": t_infer, "write": t_write}
+        stages = {"read": t_read, "tile": scored.seconds["tile"], "infer": t_infer}
+        stages["write"] = t_write
         if self.metrics is not None:
             for stage, secs in stages.items():
                 self.metrics.stage_seconds.labels(stage=stage).observe(secs)
@@ -170,72 +163,19 @@ class SlideProcessor:
             "done",
             result_uri=uri,
             n_tiles=plan.n_tiles,
-            seconds=Timings(
-                read=round(t_open + t_read, 4), infer=round(t_infer, 4), total=round(total, 4)
-            ),
+            seconds=Timings(read=round(t_read, 4), infer=round(t_infer, 4), total=round(total, 4)),
         )
         return SlideOutcome("done", event, plan.n_tiles, stages)
 
-    async def _embed(self, opened: OpenedSlide, plan: TilePlan) -> tuple[np.ndarray, float]:
-        """Tile embeddings [N, D] in plan order; returns them and the seconds spent reading."""
-        batch = self.settings.ingest_batch_size
-        sem = asyncio.Semaphore(self.settings.ingest_max_inflight)
-        result = np.empty((plan.n_tiles, self.served.spec.embed_dim), dtype=np.float32)
-        read_s = 0.0
-
-        async def infer(start: int, tiles: np.ndarray) -> None:
-            try:
-                emb = await self.triton.patch_embed(tiles)
-                if emb.shape != (tiles.shape[0], result.shape[1]):
-                    raise SlideError(
-                        f"patch_embed returned {emb.shape}, expected "
-                        f"{(tiles.shape[0], result.shape[1])}",
-                        code="infer_error",
-                    )
-                result[start : start + tiles.shape[0]] = emb
-            finally:
-                sem.release()
-
-        tasks: list[asyncio.Task[None]] = []
-        try:
-            for start in range(0, plan.n_tiles, batch):
-                stop = min(start + batch, plan.n_tiles)
-                r0 = time.perf_counter()
-                tiles = await asyncio.to_thread(read_tiles, opened.reader, plan, start, stop)
-                read_s += time.perf_counter() - r0
-                await sem.acquire()
-                tasks.append(asyncio.create_task(infer(start, tiles)))
-                # Surface a failed request early instead of after reading the whole slide.
-                for t in tasks:
-                    if t.done() and t.exception() is not None:
-                        raise t.exception()  # type: ignore[misc]
-            await asyncio.gather(*tasks)
-        except BaseException:
-            for t in tasks:
-                t.cancel()
-            raise
-        return result, read_s
-
-    def _write(
-        self,
-        job: SlideJob,
-        plan: TilePlan,
-        embeddings: np.ndarray,
-        out: dict[str, np.ndarray],
-        t0: float,
-        read_s: float,
-    ) -> str:
+    def _write(self, job: SlideJob, scored: ScoredSlide, t0: float, read_s: float) -> str:
         from histoprompt.core import names
 
+        plan, out = scored.plan, scored.outputs
         slide_emb = out[names.TENSOR_SLIDE_EMBEDDING].reshape(-1).astype(np.float32)
         norm = float(np.linalg.norm(slide_emb))
         if norm > 0:
             slide_emb = slide_emb / norm
-        attention = out[names.TENSOR_ATTENTION].reshape(-1).astype(np.float32)
-        if attention.shape[0] != plan.n_tiles:
-            raise SlideError(
-                "slide_to_pathways returned the wrong attention length", code="infer_error"
-            )
+        attention = scored.attention
         scores = out[names.TENSOR_SCORES].reshape(-1)
         coverage = out[names.TENSOR_COVERAGE].reshape(-1)
         pathways = {
@@ -268,7 +208,7 @@ class SlideProcessor:
         )
         result = SlideResult(
             tiles=tiles,
-            tile_embeddings=embeddings,
+            tile_embeddings=scored.embeddings,
             slide_embedding=slide_emb,
             pathways=pathways,
         )

@@ -23,17 +23,18 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from histoprompt.core import names
+from histoprompt.core.errors import TransientError
 from histoprompt.core.results import ResultStore
 from histoprompt.core.s3 import make_minio
 from histoprompt.core.schemas import DlqEvent, ErrorInfo, ResultEvent, utcnow
-from histoprompt.ingest.errors import SourceRejectedError, TransientError
+from histoprompt.ingest.errors import SourceRejectedError
 from histoprompt.ingest.events import SlideJob, parse_jobs
 from histoprompt.ingest.health import Health, MetricsServer, start_metrics_server
 from histoprompt.ingest.logs import get_logger
 from histoprompt.ingest.metrics import IngestMetrics, make_metrics
 from histoprompt.ingest.pipeline import SlideProcessor
 from histoprompt.ingest.settings import IngestSettings
-from histoprompt.ingest.triton import ServedModel, TritonClient
+from histoprompt.wsi.triton import ServedModel, TritonClient
 
 _SEND_TIMEOUT_S = 30.0
 _LAG_EVERY_S = 5.0

@@ -8,6 +8,8 @@ from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
 from histoprompt.core.settings import ConnectionSettings
+from histoprompt.wsi.limits import ReadLimits, TiffBackend
+from histoprompt.wsi.scoring import ScoringOptions
 
 CommaList = Annotated[tuple[str, ...], NoDecode]
 
@@ -49,7 +51,7 @@ class IngestSettings(ConnectionSettings):
     ingest_max_range: int = Field(16 * 1024 * 1024, ge=65536, description="largest single GET")
     ingest_frame_cache: int = Field(256, ge=16, description="decoded frames kept per slide")
     ingest_decoder: str = Field("auto", pattern="^(auto|cpu|gpu)$")
-    ingest_tiff_backend: str = Field("auto", pattern="^(auto|tiffslide|cucim)$")
+    ingest_tiff_backend: TiffBackend = Field("auto")
     ingest_triton_timeout_s: float = Field(120.0, gt=0)
     ingest_metrics_port: int = Field(9108, ge=0, le=65535, description="0 disables /metrics")
     ingest_metrics_host: str = Field("127.0.0.1", description="bind address of /metrics")
@@ -64,6 +66,30 @@ class IngestSettings(ConnectionSettings):
         if isinstance(value, str):
             return tuple(v.strip() for v in value.split(",") if v.strip())
         return value
+
+    def read_limits(self) -> ReadLimits:
+        """The slide readers' bounds from these settings."""
+        return ReadLimits(
+            max_pixels=self.ingest_max_pixels,
+            max_frame_pixels=self.ingest_max_frame_pixels,
+            coalesce_gap=self.ingest_coalesce_gap,
+            max_range=self.ingest_max_range,
+            frame_cache=self.ingest_frame_cache,
+            block_size=self.ingest_block_size,
+            block_cache_blocks=max(4, self.ingest_block_cache_blocks // 4),
+            tiff_block_cache_blocks=self.ingest_block_cache_blocks,
+            tiff_backend=self.ingest_tiff_backend,
+        )
+
+    def scoring_options(self) -> ScoringOptions:
+        """Tiling and batching of the shared slide processor from these settings."""
+        return ScoringOptions(
+            min_tissue=self.ingest_min_tissue_fraction,
+            mask_max_px=self.ingest_mask_max_px,
+            mpp_tolerance=self.ingest_mpp_tolerance,
+            batch_size=self.ingest_batch_size,
+            max_inflight=self.ingest_max_inflight,
+        )
 
     def allowed_buckets(self) -> tuple[str, ...]:
         return self.ingest_allowed_buckets or (self.slides_bucket,)

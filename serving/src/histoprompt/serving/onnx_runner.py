@@ -7,7 +7,7 @@ from typing import Any
 
 from numpy.typing import NDArray
 
-from histoprompt.export.serving.errors import ModelConfigError
+from histoprompt.serving.errors import ModelConfigError
 
 
 class OnnxRunner:

@@ -13,31 +13,20 @@ import struct
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from histoprompt.core.units import Mpp
-from histoprompt.ingest.codecs import JPEG_BASELINE, SUPPORTED, GpuJpegDecoder, decode_frame
-from histoprompt.ingest.errors import SlideError
-from histoprompt.ingest.ranged import ByteSource, RangedFile, read_ranges
-from histoprompt.ingest.slide import BACKGROUND, Level, Region, paste
+from histoprompt.wsi.codecs import JPEG_BASELINE, SUPPORTED, GpuJpegDecoder, decode_frame
+from histoprompt.wsi.errors import SlideError
+from histoprompt.wsi.limits import ReadLimits
+from histoprompt.wsi.ranged import ByteSource, RangedFile, read_ranges
+from histoprompt.wsi.slide import BACKGROUND, Level, Region, paste
 
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 _ITEM = 0xE000FFFE  # (FFFE,E000) read as one little-endian uint32
 _SEQ_END = 0xE0DDFFFE
-
-
-@dataclass(frozen=True)
-class ReadLimits:
-    max_pixels: int = 100_000 * 100_000
-    max_frame_pixels: int = 4096 * 4096
-    coalesce_gap: int = 64 * 1024
-    max_range: int = 16 * 1024 * 1024
-    frame_cache: int = 512
-    block_size: int = 256 * 1024
-    block_cache_blocks: int = 16
 
 
 def _item(buf: bytes, at: int = 0) -> tuple[int, int]:

@@ -15,9 +15,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from histoprompt.core.errors import HistopromptError
-from histoprompt.export.serving.context import ModelContext
-from histoprompt.export.serving.errors import RequestError
-from histoprompt.export.serving.handlers import HANDLERS, Handler, Inputs
+from histoprompt.serving.context import ModelContext
+from histoprompt.serving.errors import RequestError
+from histoprompt.serving.handlers import HANDLERS, Handler, Inputs
 
 log = logging.getLogger("histoprompt.serving")
 

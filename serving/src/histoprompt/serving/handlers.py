@@ -17,11 +17,11 @@ from numpy.typing import NDArray
 from histoprompt.core import names
 from histoprompt.core.errors import InvalidInputError
 from histoprompt.core.modelspec import EncoderSpec
-from histoprompt.export.serving.context import ModelContext
-from histoprompt.export.serving.errors import ModelConfigError, RequestError
-from histoprompt.export.serving.onnx_runner import OnnxRunner
-from histoprompt.export.serving.preprocess import preprocess_tiles
-from histoprompt.export.serving.tensors import check_tensor
+from histoprompt.serving.context import ModelContext
+from histoprompt.serving.errors import ModelConfigError, RequestError
+from histoprompt.serving.onnx_runner import OnnxRunner
+from histoprompt.serving.preprocess import preprocess_tiles
+from histoprompt.serving.tensors import check_tensor
 
 Inputs = dict[str, NDArray[Any] | None]
 Outputs = dict[str, NDArray[Any]]

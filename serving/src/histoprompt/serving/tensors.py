@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from histoprompt.export.serving.errors import RequestError
+from histoprompt.serving.errors import RequestError
 
 
 def check_tensor(

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 
 from histoprompt.core.units import Mpp
-from histoprompt.ingest.errors import SlideError
-from histoprompt.ingest.ranged import RangedFile
-from histoprompt.ingest.slide import BACKGROUND, Level, Region, paste
+from histoprompt.wsi.errors import SlideError
+from histoprompt.wsi.ranged import RangedFile
+from histoprompt.wsi.slide import BACKGROUND, Level, Region, paste
 
 
 class TiffSlideReader:
@@ -22,7 +22,7 @@ class TiffSlideReader:
 
     format = "tiff"
 
-    def __init__(self, fileobj: RangedFile, max_pixels: int) -> None:
+    def __init__(self, fileobj: RangedFile, max_pixels: int, require_mpp: bool = True) -> None:
         import tiffslide
 
         try:
@@ -33,7 +33,9 @@ class TiffSlideReader:
             ) from err
         props = self._slide.properties
         mpp0 = props.get("tiffslide.mpp-x")
-        if not mpp0:
+        if not mpp0 and not require_mpp:
+            mpp0 = 0.0  # unknown: fine for geometry and thumbnails, never for tiling
+        elif not mpp0:
             raise SlideError("TIFF has no microns-per-pixel metadata", code="no_mpp")
         w0, h0 = self._slide.dimensions
         if w0 * h0 > max_pixels:

@@ -3,8 +3,8 @@
 Shared by ingest (slide readers) and the client (thumbnails): nothing downloads a whole slide;
 headers and offset tables come through a small block cache (`RangedFile`), frames through
 `read_ranges`, which merges nearby ranges into few GETs. minio is imported lazily, so this
-module loads without it. Failures are core error types; callers that need their own codes
-(ingest) translate them.
+module loads without it. A missing or truncated object is a SlideError (never retried); any
+other S3 failure is a TransientError (retried), with the codes results and the DLQ report.
 """
 
 from __future__ import annotations
@@ -15,14 +15,11 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from histoprompt.core.errors import (
-    HistopromptError,
-    NotFoundError,
-    PermissionDeniedError,
-    ServiceUnavailableError,
-)
+from histoprompt.core.errors import TransientError
+from histoprompt.wsi.errors import ObjectMissingError, StoreDeniedError, TruncatedReadError
 
 if TYPE_CHECKING:
     from minio import Minio
@@ -30,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ByteSource",
     "BytesSource",
+    "LocalFileSource",
     "RangedFile",
     "S3Object",
     "Span",
@@ -43,12 +41,6 @@ _AUTH_CODES = frozenset(
 )
 _STAT_MISSING = frozenset({"NoSuchKey", "NoSuchObject", "NoSuchBucket"})
 _GET_MISSING = frozenset({"NoSuchKey", "NoSuchObject"})
-
-
-class TruncatedReadError(HistopromptError):
-    """A read past the end of an object, or a short read: the object is not what it claims."""
-
-    code = "truncated"
 
 
 class ByteSource(Protocol):
@@ -87,8 +79,9 @@ def coalesce(ranges: Sequence[tuple[int, int]], gap: int, max_len: int) -> list[
 
 @contextmanager
 def _s3_call(what: str, missing: frozenset[str]) -> Iterator[None]:
-    """minio/urllib3 failures -> NotFoundError (code missing_object), PermissionDeniedError,
-    ServiceUnavailableError (code s3_error, or s3_unavailable when S3 cannot be reached)."""
+    """minio/urllib3 failures -> ObjectMissingError, StoreDeniedError, or TransientError (code
+    s3_error, or s3_unavailable when S3 cannot be reached). Messages name the operation, never
+    the key: keys may carry patient identifiers and these messages reach logs and the DLQ."""
     from minio.error import S3Error
     from urllib3.exceptions import HTTPError
 
@@ -96,17 +89,15 @@ def _s3_call(what: str, missing: frozenset[str]) -> Iterator[None]:
         yield
     except S3Error as err:
         if err.code in missing:
-            raise NotFoundError(
-                f"{what}: not found in S3 ({err.code})", code="missing_object"
-            ) from err
+            raise ObjectMissingError(f"{what}: not found in S3 ({err.code})") from err
         if err.code in _AUTH_CODES:
-            raise PermissionDeniedError(
+            raise StoreDeniedError(
                 f"{what}: S3 refused the credentials ({err.code}); "
                 "check HISTOPROMPT_S3_ACCESS_KEY / HISTOPROMPT_S3_SECRET_KEY"
             ) from err
-        raise ServiceUnavailableError(f"{what}: S3 error {err.code}", code="s3_error") from err
+        raise TransientError(f"{what}: S3 error {err.code}", code="s3_error") from err
     except HTTPError as err:
-        raise ServiceUnavailableError(
+        raise TransientError(
             f"{what}: S3 unreachable ({type(err).__name__})", code="s3_unavailable"
         ) from err
 
@@ -124,7 +115,7 @@ class S3Object:
         self.size = size if size is not None else self._stat()
 
     def _stat(self) -> int:
-        with _s3_call(f"stat s3://{self.bucket}/{self.key}", _STAT_MISSING):
+        with _s3_call("S3 stat", _STAT_MISSING):
             return int(self._client.stat_object(self.bucket, self.key).size or 0)
 
     def read_range(self, offset: int, length: int) -> bytes:
@@ -134,7 +125,7 @@ class S3Object:
             raise TruncatedReadError(
                 f"read past the end of the object ({offset}+{length} > {self.size})"
             )
-        with _s3_call(f"ranged GET s3://{self.bucket}/{self.key}", _GET_MISSING):
+        with _s3_call("S3 ranged GET", _GET_MISSING):
             resp = self._client.get_object(self.bucket, self.key, offset=offset, length=length)
             try:
                 data = resp.read()
@@ -255,4 +246,34 @@ class RangedFile(io.RawIOBase):
     def readall(self) -> bytes:
         data = self.pread(self._pos, self._src.size - self._pos)
         self._pos += len(data)
+        return data
+
+
+class LocalFileSource:
+    """A ByteSource over a local file (the CLI's `predict`, tests); opened per read, so it
+    holds no descriptor between reads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.size = path.stat().st_size
+        except FileNotFoundError as err:
+            raise ObjectMissingError(f"{path.name}: no such file") from err
+        self.gets = 0
+        self.bytes_read = 0
+        self._lock = threading.Lock()
+
+    def read_range(self, offset: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        if offset < 0 or offset + length > self.size:
+            raise TruncatedReadError("read past the end of the file")
+        with self.path.open("rb") as fh:
+            fh.seek(offset)
+            data = fh.read(length)
+        with self._lock:
+            self.gets += 1
+            self.bytes_read += len(data)
+        if len(data) != length:
+            raise TruncatedReadError(f"short read: {len(data)} of {length} bytes")
         return data

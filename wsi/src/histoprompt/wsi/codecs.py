@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from histoprompt.ingest.errors import SlideError
+from histoprompt.wsi.errors import SlideError
 
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"

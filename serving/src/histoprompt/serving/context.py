@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from histoprompt.export.serving.errors import ModelConfigError
+from histoprompt.serving.errors import ModelConfigError
 
 # Triton config type names -> numpy dtypes (TYPE_STRING is bytes objects).
 _TRITON_DTYPES: dict[str, Any] = {

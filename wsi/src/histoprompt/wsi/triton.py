@@ -15,9 +15,10 @@ from typing import Any, TypeVar
 import numpy as np
 
 from histoprompt.core import names
+from histoprompt.core.errors import TransientError
 from histoprompt.core.modelspec import EncoderSpec
 from histoprompt.core.units import Mpp, Pixels
-from histoprompt.ingest.errors import SlideError, TransientError
+from histoprompt.wsi.errors import SlideError
 
 T = TypeVar("T")
 RETRYABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "CANCELLED")

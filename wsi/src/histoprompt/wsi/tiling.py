@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from histoprompt.core.modelspec import EncoderSpec
-from histoprompt.ingest.errors import SlideError
-from histoprompt.ingest.slide import Level, Region, SlideReader
-from histoprompt.ingest.tissue import area_fractions, tissue_mask
+from histoprompt.wsi.errors import SlideError
+from histoprompt.wsi.slide import Level, Region, SlideReader
+from histoprompt.wsi.tissue import area_fractions, tissue_mask
 
 
 def pick_level(levels: Sequence[Level], target_mpp: float, tolerance: float = 0.1) -> int:

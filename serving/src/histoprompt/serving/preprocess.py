@@ -20,8 +20,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from histoprompt.core.modelspec import EncoderSpec
-from histoprompt.export.serving.errors import RequestError
-from histoprompt.export.serving.tensors import check_tensor
+from histoprompt.serving.errors import RequestError
+from histoprompt.serving.tensors import check_tensor
 
 
 def _axis_weights(src: int, dst: int) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:

@@ -1,0 +1,54 @@
+"""Errors of slide reading. `code` is the stable reason carried into results, the DLQ, metrics.
+
+SlideError: these bytes can never be read as a slide (not DICOM, truncated, too large, no
+tissue, a request Triton rejects for this slide): fail the slide, never retry it.
+A backing store that is down is `histoprompt.core.errors.TransientError` (retry).
+"""
+
+from __future__ import annotations
+
+from histoprompt.core.errors import (
+    HistopromptError,
+    NotFoundError,
+    PermissionDeniedError,
+    TransientError,
+)
+
+__all__ = [
+    "ObjectMissingError",
+    "SlideError",
+    "StoreDeniedError",
+    "TruncatedReadError",
+    "WsiError",
+]
+
+
+class WsiError(HistopromptError):
+    """Root of histoprompt.wsi's errors."""
+
+    code = "wsi_error"
+
+
+class SlideError(WsiError):
+    """A slide that can never be processed; the code names why (e.g. `not_dicom`)."""
+
+    code = "bad_slide"
+
+
+class TruncatedReadError(SlideError):
+    """A read past the end of an object, or a short read: the object is not what it claims."""
+
+    code = "truncated"
+
+
+class ObjectMissingError(SlideError, NotFoundError):
+    """A slide object that is not (or no longer) in the store."""
+
+    code = "missing_object"
+
+
+class StoreDeniedError(TransientError, PermissionDeniedError):
+    """The store refused the credentials: retried by ingest (a rotated secret may come back),
+    reported as an auth failure by the CLI."""
+
+    code = "s3_error"

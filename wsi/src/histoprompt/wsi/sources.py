@@ -1,0 +1,169 @@
+"""Open a slide as a SlideReader, from S3 or from local files: DICOM series, single DICOM,
+SVS/TIFF.
+
+The format is sniffed from the first bytes (DICM at 128, TIFF magic), never from the name.
+Only headers are read on open; pixels are fetched as tiles ask for them.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from pydantic import ValidationError
+
+from histoprompt.core.schemas import SeriesManifest
+from histoprompt.wsi.codecs import GpuJpegDecoder
+from histoprompt.wsi.dicom import DicomSlide
+from histoprompt.wsi.errors import ObjectMissingError, SlideError
+from histoprompt.wsi.limits import ReadLimits
+from histoprompt.wsi.ranged import ByteSource, LocalFileSource, RangedFile, S3Object
+from histoprompt.wsi.slide import SlideReader
+from histoprompt.wsi.tiff import CucimReader, TiffSlideReader, cucim_available
+
+if TYPE_CHECKING:
+    from minio import Minio
+
+__all__ = [
+    "OpenedSlide",
+    "SlideFormat",
+    "SlideObject",
+    "open_local",
+    "open_slide",
+    "read_series_manifest",
+    "sniff",
+]
+
+MAX_MANIFEST_BYTES = 1 << 20
+TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
+SlideFormat = Literal["dicom", "tiff"]
+
+
+class SlideObject(Protocol):
+    """Where a slide is in S3: one object, or a series manifest (`kind == "series"`)."""
+
+    @property
+    def bucket(self) -> str: ...
+    @property
+    def key(self) -> str: ...
+    @property
+    def kind(self) -> Literal["series", "single"]: ...
+
+
+def read_series_manifest(obj: ByteSource) -> SeriesManifest:
+    if obj.size > MAX_MANIFEST_BYTES:
+        raise SlideError("series manifest is too large", code="bad_manifest")
+    try:
+        return SeriesManifest.model_validate_json(obj.read_range(0, obj.size))
+    except ValidationError as err:
+        raise SlideError("series manifest does not parse", code="bad_manifest") from err
+
+
+def sniff(obj: ByteSource) -> SlideFormat:
+    """'dicom' or 'tiff' from the first 132 bytes; SlideError for anything else."""
+    head = obj.read_range(0, min(obj.size, 132))
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "dicom"
+    if head[:4] in TIFF_MAGIC:
+        return "tiff"
+    if not head:
+        raise SlideError("object is empty", code="truncated")
+    raise SlideError("object is neither DICOM nor TIFF", code="not_dicom")
+
+
+class OpenedSlide:
+    """A reader plus the byte sources behind it (for GET counts and clean-up)."""
+
+    def __init__(
+        self, reader: SlideReader, objects: Sequence[ByteSource], tmp: object = None
+    ) -> None:
+        self.reader = reader
+        self.objects = list(objects)
+        self._tmp = tmp
+
+    @property
+    def gets(self) -> int:
+        return sum(o.gets for o in self.objects)
+
+    @property
+    def bytes_read(self) -> int:
+        return sum(int(getattr(o, "bytes_read", 0)) for o in self.objects)
+
+    def close(self) -> None:
+        self.reader.close()
+        if self._tmp is not None:
+            self._tmp.close()  # type: ignore[attr-defined]
+
+    def __enter__(self) -> OpenedSlide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _series_objects(client: Minio, ref: SlideObject) -> list[S3Object]:
+    manifest = read_series_manifest(S3Object(client, ref.bucket, ref.key))
+    objects = []
+    for inst in manifest.instances:
+        key = inst.key if "/" in inst.key else ref.key.rsplit("/", 1)[0] + "/" + inst.key
+        try:
+            obj = S3Object(client, ref.bucket, key)
+        except ObjectMissingError as err:
+            raise SlideError("a series instance is missing", code="missing_instance") from err
+        if obj.size != inst.size:
+            raise SlideError(
+                "a series instance differs in size from the manifest", code="missing_instance"
+            )
+        objects.append(obj)
+    return objects
+
+
+def _open_tiff(obj: ByteSource, limits: ReadLimits, local_path: Path | None = None) -> OpenedSlide:
+    backend = limits.tiff_backend
+    if backend == "cucim" or (backend == "auto" and cucim_available()):
+        if local_path is not None:
+            return OpenedSlide(CucimReader(str(local_path)), [obj])
+        # cuCIM reads local paths only: this is the one whole-object download.
+        tmp = tempfile.NamedTemporaryFile(suffix=".tiff")  # noqa: SIM115 - closed with the slide
+        step = 8 * 1024 * 1024
+        for off in range(0, obj.size, step):
+            tmp.write(obj.read_range(off, min(step, obj.size - off)))
+        tmp.flush()
+        return OpenedSlide(CucimReader(tmp.name), [obj], tmp)
+    fileobj = RangedFile(obj, limits.block_size, limits.tiff_block_cache_blocks)
+    return OpenedSlide(TiffSlideReader(fileobj, limits.max_pixels, limits.require_mpp), [obj])
+
+
+def open_slide(
+    client: Minio,
+    ref: SlideObject,
+    limits: ReadLimits,
+    gpu_decoder: GpuJpegDecoder | None = None,
+) -> OpenedSlide:
+    """The slide `ref` names in S3, read by ranged GETs."""
+    if ref.kind == "series":
+        objects = _series_objects(client, ref)
+        return OpenedSlide(DicomSlide(objects, limits, gpu_decoder), objects)
+    obj = S3Object(client, ref.bucket, ref.key)
+    if sniff(obj) == "dicom":
+        return OpenedSlide(DicomSlide([obj], limits, gpu_decoder), [obj])
+    return _open_tiff(obj, limits)
+
+
+def open_local(
+    files: Sequence[Path],
+    limits: ReadLimits,
+    gpu_decoder: GpuJpegDecoder | None = None,
+) -> OpenedSlide:
+    """A slide from local files: one TIFF/SVS or DICOM file, or the instances of a series."""
+    if not files:
+        raise SlideError("no slide files given", code="missing_object")
+    sources = [LocalFileSource(p) for p in files]
+    if len(sources) == 1 and sniff(sources[0]) == "tiff":
+        return _open_tiff(sources[0], limits, local_path=files[0])
+    for src in sources:
+        if sniff(src) != "dicom":
+            raise SlideError("a series member is not DICOM", code="not_dicom")
+    return OpenedSlide(DicomSlide(sources, limits, gpu_decoder), sources)
