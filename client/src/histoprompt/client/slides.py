@@ -18,8 +18,6 @@ __all__ = ["WSI_SOP_CLASS", "SlideFiles", "inspect_slide"]
 
 WSI_SOP_CLASS: Final = "1.2.840.10008.5.1.4.1.1.77.1.6"
 """VL Whole Slide Microscopy Image Storage."""
-_TIFF_MAGIC: Final = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-_DICOM_MAGIC_OFFSET: Final = 128
 
 SlideKind = Literal["dicom-series", "dicom", "tiff"]
 
@@ -37,15 +35,21 @@ class SlideFiles:
         return sum(f.stat().st_size for f in self.files)
 
 
-def _is_dicom(path: Path) -> bool:
-    with path.open("rb") as fh:
-        head = fh.read(_DICOM_MAGIC_OFFSET + 4)
-    return head[_DICOM_MAGIC_OFFSET:] == b"DICM"
+def _format(path: Path) -> str:
+    """'dicom' or 'tiff' by the same magic-byte sniffing ingest applies, or 'other'."""
+    from histoprompt.wsi.errors import SlideError
+    from histoprompt.wsi.ranged import LocalFileSource
+    from histoprompt.wsi.sources import sniff
+
+    try:
+        return sniff(LocalFileSource(path))
+    except SlideError:
+        return "other"
 
 
 def _check_wsi_instance(path: Path) -> str:
     """The instance's SeriesInstanceUID; NotASlideError unless it is a WSI instance."""
-    if not _is_dicom(path):
+    if _format(path) != "dicom":
         raise NotASlideError(f"{path}: not a DICOM file (no DICM marker)")
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -66,9 +70,7 @@ def _check_wsi_instance(path: Path) -> str:
 
 
 def _check_tiff(path: Path) -> None:
-    with path.open("rb") as fh:
-        magic = fh.read(4)
-    if magic not in _TIFF_MAGIC:
+    if _format(path) != "tiff":
         raise NotASlideError(
             f"{path}: not a slide (expected a DICOM-WSI series folder, .dcm, .svs or .tiff)"
         )
@@ -98,7 +100,7 @@ def inspect_slide(path: Path) -> SlideFiles:
         return SlideFiles(path, "dicom-series", files)
     if path.stat().st_size == 0:
         raise NotASlideError(f"{path}: empty file")
-    if _is_dicom(path):
+    if _format(path) == "dicom":
         _check_wsi_instance(path)
         return SlideFiles(path, "dicom", (path,))
     _check_tiff(path)
