@@ -75,16 +75,15 @@ def ingest_settings(env_file: Path, **kw: Any) -> Any:
 
 async def _ingest_async(settings: Any, job: Any, served: Any, max_tiles: int | None) -> dict:
     from histoprompt.core.s3 import make_minio
-    from histoprompt.ingest.pipeline import SlideProcessor
+    from histoprompt.wsi.scoring import embed_tiles
     from histoprompt.wsi.sources import open_slide
     from histoprompt.wsi.tiling import TilePlan, plan_tiles
     from histoprompt.wsi.triton import TritonClient
 
     minio = make_minio(settings)
     triton = TritonClient(settings.triton_url, 600, 3, 0.5)
-    proc = SlideProcessor(settings, minio, None, triton, served, [], None)  # type: ignore[arg-type]
     t0 = time.perf_counter()
-    opened = await asyncio.to_thread(open_slide, minio, job, settings, None)
+    opened = await asyncio.to_thread(open_slide, minio, job, settings.read_limits(), None)
     plan = await asyncio.to_thread(
         plan_tiles, opened.reader, served.spec, min_tissue=settings.ingest_min_tissue_fraction
     )
@@ -97,7 +96,9 @@ async def _ingest_async(settings: Any, job: Any, served: Any, max_tiles: int | N
             plan.xy0[:max_tiles],
             plan.tissue[:max_tiles],
         )
-    emb, _ = await proc._embed(opened, plan)
+    emb, _ = await embed_tiles(
+        opened.reader, plan, triton, served.spec.embed_dim, settings.scoring_options()
+    )
     seconds = time.perf_counter() - t0
     out = {
         "n_tiles": plan.n_tiles,
@@ -167,7 +168,7 @@ def read_only_paths(settings: Any, job: Any, served: Any) -> dict:
     minio = make_minio(settings)
     batch = settings.ingest_batch_size
     t0 = time.perf_counter()
-    opened = open_slide(minio, job, settings)
+    opened = open_slide(minio, job, settings.read_limits())
     plan = plan_tiles(opened.reader, served.spec, min_tissue=settings.ingest_min_tissue_fraction)
     for i in range(0, plan.n_tiles, batch):
         read_tiles(opened.reader, plan, i, i + batch)
@@ -274,7 +275,7 @@ def bench_efficiency(handle: Any, work: Path, n_tiles: int) -> dict:
     job = upload_dicom(settings, work, "efficiency", 4096, 2, 0.5)
     from histoprompt.core.s3 import make_minio
 
-    opened = open_slide(make_minio(settings), job, settings)
+    opened = open_slide(make_minio(settings), job, settings.read_limits())
     assert isinstance(opened.reader, DicomSlide)
     plan = plan_tiles(opened.reader, served.spec, min_tissue=0.25)
     n = min(n_tiles, plan.n_tiles)
