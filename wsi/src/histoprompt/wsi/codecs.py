@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from histoprompt.wsi.errors import SlideError
 
@@ -28,7 +29,7 @@ NATIVE = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
 SUPPORTED = (JPEG_BASELINE, JPEG_EXTENDED, *JPEG_LOSSLESS, *JPEG2000, *JPEGLS, *NATIVE)
 
 
-def _to_rgb(array: np.ndarray, rows: int, cols: int) -> np.ndarray:
+def _to_rgb(array: NDArray[Any], rows: int, cols: int) -> NDArray[Any]:
     if array.dtype != np.uint8:
         raise SlideError(f"frame decodes to {array.dtype}, expected 8-bit", code="unsupported")
     if array.ndim == 2:
@@ -44,7 +45,7 @@ def _to_rgb(array: np.ndarray, rows: int, cols: int) -> np.ndarray:
 
 def decode_frame(
     data: bytes, syntax: str, rows: int, cols: int, samples: int, *, ycbcr_raw: bool = False
-) -> np.ndarray:
+) -> NDArray[Any]:
     """One DICOM frame -> uint8 [rows, cols, 3] (monochrome replicated to three channels)."""
     import imagecodecs
 
@@ -76,13 +77,14 @@ def decode_frame(
     return _to_rgb(np.asarray(arr), rows, cols)
 
 
-def ycbcr_to_rgb(arr: np.ndarray) -> np.ndarray:
+def ycbcr_to_rgb(arr: NDArray[Any]) -> NDArray[Any]:
     """Full-range YCbCr -> RGB (for uncompressed YBR_FULL frames)."""
     y, cb, cr = (arr[..., i].astype(np.float32) for i in range(3))
     r = y + 1.402 * (cr - 128)
     g = y - 0.344136 * (cb - 128) - 0.714136 * (cr - 128)
     b = y + 1.772 * (cb - 128)
-    return np.clip(np.stack([r, g, b], -1) + 0.5, 0, 255).astype(np.uint8)
+    rgb: NDArray[Any] = np.clip(np.stack([r, g, b], -1) + 0.5, 0, 255).astype(np.uint8)
+    return rgb
 
 
 class GpuJpegDecoder:
@@ -98,7 +100,7 @@ class GpuJpegDecoder:
         self._nv: Any = nvimgcodec
         self._decoder = nvimgcodec.Decoder()
 
-    def decode(self, frames: Sequence[bytes]) -> list[np.ndarray]:
+    def decode(self, frames: Sequence[bytes]) -> list[NDArray[Any]]:
         images = self._decoder.decode([bytes(f) for f in frames])
         out = []
         for img in images:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from histoprompt.core.units import Mpp
 from histoprompt.wsi.codecs import JPEG_BASELINE, SUPPORTED, GpuJpegDecoder, decode_frame
@@ -67,9 +68,9 @@ class DicomInstance:
         ok = (self.positions[:, 0] < cols_n) & (self.positions[:, 1] < rows_n)
         valid = np.nonzero(ok)[0]
         self._index[self.positions[valid, 1], self.positions[valid, 0]] = valid
-        self._ranges: np.ndarray | None = None
+        self._ranges: NDArray[Any] | None = None
         self._ranges_lock = threading.Lock()
-        self._frames: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._frames: OrderedDict[int, NDArray[Any]] = OrderedDict()
         self._frames_lock = threading.Lock()
 
     # -- header checks ---------------------------------------------------------------------
@@ -96,7 +97,7 @@ class DicomInstance:
 
     # -- frame locations -------------------------------------------------------------------
 
-    def frame_ranges(self) -> np.ndarray:
+    def frame_ranges(self) -> NDArray[Any]:
         """int64 [n_frames, 2]: (offset, length) of each frame's bytes (computed once)."""
         with self._ranges_lock:
             if self._ranges is None:
@@ -190,14 +191,14 @@ class DicomInstance:
         c0, r0 = max(region.x, 0) // self.cols, max(region.y, 0) // self.rows
         c1 = min(region.x + region.w, self.width) - 1
         r1 = min(region.y + region.h, self.height) - 1
-        out = []
+        out: list[int] = []
         if c1 < 0 or r1 < 0:
             return out
         block = self._index[r0 : r1 // self.rows + 1, c0 : c1 // self.cols + 1]
         out = [int(i) for i in block.ravel() if i >= 0]
         return out
 
-    def _decode(self, data: bytes) -> np.ndarray:
+    def _decode(self, data: bytes) -> NDArray[Any]:
         raw_ycbcr = self.syntax in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2") and (
             self.photometric.startswith("YBR_FULL") and self.photometric != "YBR_FULL_422"
         )
@@ -205,9 +206,9 @@ class DicomInstance:
             data, self.syntax, self.rows, self.cols, self.samples, ycbcr_raw=raw_ycbcr
         )
 
-    def load_frames(self, indices: Sequence[int], cache: bool = True) -> dict[int, np.ndarray]:
+    def load_frames(self, indices: Sequence[int], cache: bool = True) -> dict[int, NDArray[Any]]:
         """Decoded frames for `indices`: cached ones, plus missing ones in coalesced GETs."""
-        out: dict[int, np.ndarray] = {}
+        out: dict[int, NDArray[Any]] = {}
         missing = []
         with self._frames_lock:
             for i in indices:
@@ -244,7 +245,7 @@ class DicomInstance:
                     self._frames.popitem(last=False)
         return out
 
-    def read_regions(self, regions: Sequence[Region], cache: bool = True) -> list[np.ndarray]:
+    def read_regions(self, regions: Sequence[Region], cache: bool = True) -> list[NDArray[Any]]:
         needed = sorted({i for r in regions for i in self.frames_for(r)})
         frames = self.load_frames(needed, cache)
         out = []
@@ -301,7 +302,7 @@ def _mpp(ds: Any, width: int) -> Mpp:
     raise SlideError("DICOM-WSI header has no pixel spacing", code="corrupt_header")
 
 
-def _frame_positions(ds: Any, inst: DicomInstance) -> np.ndarray:
+def _frame_positions(ds: Any, inst: DicomInstance) -> NDArray[Any]:
     """int64 [n_frames, 2]: (column, row) of each frame in the tile grid."""
     cols_n, rows_n = inst.grid
     if str(ds.get("DimensionOrganizationType", "TILED_FULL")) != "TILED_SPARSE":
@@ -352,7 +353,7 @@ class DicomSlide:
 
     def read_regions(
         self, level: int, regions: Sequence[Region], cache: bool = True
-    ) -> list[np.ndarray]:
+    ) -> list[NDArray[Any]]:
         return self._instances[level].read_regions(regions, cache)
 
     def close(self) -> None:

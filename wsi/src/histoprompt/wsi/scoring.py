@@ -12,9 +12,10 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
+from numpy.typing import NDArray
 
 from histoprompt.core import names
 from histoprompt.core.modelspec import EncoderSpec
@@ -28,11 +29,11 @@ __all__ = ["ScoredSlide", "ScoringOptions", "SlideInference", "embed_tiles", "sc
 class SlideInference(Protocol):
     """The two served calls a slide needs (histoprompt.wsi.triton.TritonClient is one)."""
 
-    async def patch_embed(self, tiles: np.ndarray) -> np.ndarray: ...
+    async def patch_embed(self, tiles: NDArray[Any]) -> NDArray[Any]: ...
 
     async def slide_to_pathways(
-        self, embeddings: np.ndarray, gene_sets: Sequence[str]
-    ) -> dict[str, np.ndarray]: ...
+        self, embeddings: NDArray[Any], gene_sets: Sequence[str]
+    ) -> dict[str, NDArray[Any]]: ...
 
 
 @dataclass(frozen=True)
@@ -51,13 +52,13 @@ class ScoredSlide:
     """One slide's plan, tile embeddings [N, D] and slide_to_pathways outputs."""
 
     plan: TilePlan
-    embeddings: np.ndarray
-    outputs: dict[str, np.ndarray]
+    embeddings: NDArray[Any]
+    outputs: dict[str, NDArray[Any]]
     seconds: dict[str, float] = field(default_factory=dict)
     """Stage seconds: tile (mask and grid), read (tile reads and decode), infer."""
 
     @property
-    def attention(self) -> np.ndarray:
+    def attention(self) -> NDArray[Any]:
         att = self.outputs[names.TENSOR_ATTENTION].reshape(-1).astype(np.float32)
         if att.shape[0] != self.plan.n_tiles:
             raise SlideError(
@@ -72,13 +73,13 @@ async def embed_tiles(
     inference: SlideInference,
     embed_dim: int,
     options: ScoringOptions,
-) -> tuple[np.ndarray, float]:
+) -> tuple[NDArray[Any], float]:
     """Tile embeddings [N, D] in plan order, and the seconds spent reading tiles."""
     sem = asyncio.Semaphore(options.max_inflight)
     result = np.empty((plan.n_tiles, embed_dim), dtype=np.float32)
     read_s = 0.0
 
-    async def infer(start: int, tiles: np.ndarray) -> None:
+    async def infer(start: int, tiles: NDArray[Any]) -> None:
         try:
             emb = await inference.patch_embed(tiles)
             if emb.shape != (tiles.shape[0], embed_dim):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
-import numpy as np
+from numpy.typing import NDArray
 
 from histoprompt.core.units import Mpp
 
@@ -35,12 +35,15 @@ class Region:
 class SlideReader(Protocol):
     """Levels finest first. Reads outside the image come back as white background."""
 
-    levels: Sequence[Level]
-    format: str
+    @property
+    def levels(self) -> Sequence[Level]: ...
+
+    @property
+    def format(self) -> str: ...
 
     def read_regions(
         self, level: int, regions: Sequence[Region], cache: bool = True
-    ) -> list[np.ndarray]:
+    ) -> list[NDArray[Any]]:
         """uint8 [h, w, 3] per region, fetched together (ranges coalesced).
 
         cache=False: read-once data (the mask level) stays out of the frame cache.
@@ -50,7 +53,7 @@ class SlideReader(Protocol):
     def close(self) -> None: ...
 
 
-def paste(canvas: np.ndarray, tile: np.ndarray, x: int, y: int) -> None:
+def paste(canvas: NDArray[Any], tile: NDArray[Any], x: int, y: int) -> None:
     """Copy `tile` into `canvas` with its top-left at (x, y), clipped to the canvas."""
     h, w = canvas.shape[:2]
     x0, y0 = max(x, 0), max(y, 0)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from histoprompt.core.units import Mpp
 from histoprompt.wsi.errors import SlideError
@@ -52,7 +53,7 @@ class TiffSlideReader:
 
     def read_regions(
         self, level: int, regions: Sequence[Region], cache: bool = True
-    ) -> list[np.ndarray]:
+    ) -> list[NDArray[Any]]:
         out = []
         lw, lh = self.levels[level].width, self.levels[level].height
         for reg in regions:
@@ -101,7 +102,7 @@ class CucimReader:
 
     def read_regions(
         self, level: int, regions: Sequence[Region], cache: bool = True
-    ) -> list[np.ndarray]:
+    ) -> list[NDArray[Any]]:
         out = []
         for reg in regions:
             loc = (int(reg.x * self._ds[level]), int(reg.y * self._ds[level]))

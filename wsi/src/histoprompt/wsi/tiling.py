@@ -9,8 +9,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from histoprompt.core.modelspec import EncoderSpec
 from histoprompt.wsi.errors import SlideError
@@ -35,16 +37,18 @@ def mask_level(levels: Sequence[Level]) -> int:
     return min(range(len(levels)), key=lambda i: levels[i].width * levels[i].height)
 
 
-def resize(tile: np.ndarray, size: int) -> np.ndarray:
+def resize(tile: NDArray[Any], size: int) -> NDArray[Any]:
     """Square uint8 tile -> size x size: box filter for integer factors, else nearest."""
     n = tile.shape[0]
     if n == size:
         return tile
     if n > size and n % size == 0:
         f = n // size
-        return tile.reshape(size, f, size, f, 3).mean(axis=(1, 3)).round().astype(np.uint8)
+        boxed: NDArray[Any] = tile.reshape(size, f, size, f, 3).mean(axis=(1, 3))
+        return boxed.round().astype(np.uint8)
     idx = np.minimum((np.arange(size) * n / size).astype(np.int64), n - 1)
-    return tile[idx][:, idx]
+    picked: NDArray[Any] = tile[idx][:, idx]
+    return picked
 
 
 @dataclass(frozen=True)
@@ -55,8 +59,8 @@ class TilePlan:
     read_px: int
     tile_px: int
     downsample: float
-    xy0: np.ndarray
-    tissue: np.ndarray
+    xy0: NDArray[Any]
+    tissue: NDArray[Any]
 
     @property
     def n_tiles(self) -> int:
@@ -77,7 +81,7 @@ class TilePlan:
 
 def read_mask(
     slide: SlideReader, max_px: int, strip_px: int = 2_000_000
-) -> tuple[np.ndarray, float]:
+) -> tuple[NDArray[Any], float]:
     """Tissue mask (bool) of the coarsest level, box-downsampled to <= max_px; and its factor
     relative to level 0 (mask px -> level-0 px). Read in strips of about `strip_px` pixels,
     so peak memory does not grow with the slide."""
@@ -148,7 +152,7 @@ def plan_tiles(
     )
 
 
-def read_tiles(slide: SlideReader, plan: TilePlan, start: int, stop: int) -> np.ndarray:
+def read_tiles(slide: SlideReader, plan: TilePlan, start: int, stop: int) -> NDArray[Any]:
     """uint8 [n, tile_px, tile_px, 3] for tiles [start, stop) of the plan."""
     crops = slide.read_regions(plan.level, plan.regions(start, stop))
     out = np.empty((len(crops), plan.tile_px, plan.tile_px, 3), dtype=np.uint8)

@@ -6,13 +6,16 @@ keeps a blank slide from getting a threshold inside its own noise.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+from numpy.typing import NDArray
 
 MIN_SATURATION = 0.08
 """Below this saturation nothing is tissue, whatever Otsu picks."""
 
 
-def saturation(rgb: np.ndarray) -> np.ndarray:
+def saturation(rgb: NDArray[Any]) -> NDArray[Any]:
     """HSV saturation in [0, 1] of uint8 [h, w, 3] (channel-wise max/min: no float copy)."""
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     mx = np.maximum(np.maximum(r, g), b)
@@ -21,7 +24,7 @@ def saturation(rgb: np.ndarray) -> np.ndarray:
     return np.where(mx > 0, spread / np.maximum(mx, 1).astype(np.float32), np.float32(0.0))
 
 
-def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+def otsu_threshold(values: NDArray[Any], bins: int = 256) -> float:
     """Otsu's threshold of values in [0, 1] (maximises the between-class variance)."""
     hist, edges = np.histogram(values.ravel(), bins=bins, range=(0.0, 1.0))
     hist = hist.astype(np.float64)
@@ -41,14 +44,14 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     return float(edges[int(np.argmax(between)) + 1])
 
 
-def tissue_mask(rgb: np.ndarray, min_saturation: float = MIN_SATURATION) -> np.ndarray:
+def tissue_mask(rgb: NDArray[Any], min_saturation: float = MIN_SATURATION) -> NDArray[Any]:
     """bool [h, w]: True where there is tissue."""
     sat = saturation(rgb)
     thr = max(otsu_threshold(sat), min_saturation)
     return sat > thr
 
 
-def area_fractions(mask: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+def area_fractions(mask: NDArray[Any], boxes: NDArray[Any]) -> NDArray[Any]:
     """Fraction of True pixels in each box [n, 4] = (x0, y0, x1, y1) in mask pixels (clipped).
 
     Uses an integral image, so any number of boxes costs O(mask + boxes).
