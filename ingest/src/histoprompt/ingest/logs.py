@@ -19,9 +19,12 @@ _FIELDS = (
     "offset",
     "model_version",
     "format",
-    "level",
+    "pyramid_level",
     "gets",
 )
+# The formatter's own keys: an `extra` of the same name must never overwrite them (a slide's
+# pyramid level once replaced the log level).
+_RESERVED = frozenset({"ts", "level", "logger", "msg", "error"})
 
 
 class JsonFormatter(logging.Formatter):
@@ -33,7 +36,7 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
         }
         for name in _FIELDS:
-            if hasattr(record, name):
+            if name not in _RESERVED and hasattr(record, name):
                 doc[name] = getattr(record, name)
         if record.exc_info and record.exc_info[1] is not None:
             doc["error"] = type(record.exc_info[1]).__name__
