@@ -17,7 +17,6 @@ retrieval test checks.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -311,8 +310,3 @@ def write_cohort_metadata(cohort: SyntheticCohort, out_dir: Path) -> Path:
     path.write_text(json.dumps(doc, indent=1))
     (out_dir / "README.txt").write_text(SYNTHETIC_NOTE + "\n")
     return path
-
-
-def select_slides(cohort: SyntheticCohort, slide_ids: Sequence[str]) -> list[SyntheticSlide]:
-    wanted = set(slide_ids)
-    return [s for s in cohort.slides if s.slide_id in wanted]

@@ -46,8 +46,6 @@ _REGISTRY: Final[dict[str, EncoderSpec]] = {
     "null": _spec("null", 224, 224, 0.5, 256, untrained=True),
 }
 
-# Encoders whose published weights are large: never instantiated with real sizes in tests.
-LARGE_ENCODERS: Final = frozenset({"uni", "conch_v15", "virchow2"})
 # Encoders that are defined by a seed alone (no weight file exists for them).
 SEEDED_ENCODERS: Final = frozenset({"tiny", "null"})
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from histoprompt.core.modelspec import EncoderSpec
-from histoprompt.export.encoder_specs import LARGE_ENCODERS, SEEDED_ENCODERS, encoder_spec
+from histoprompt.export.encoder_specs import SEEDED_ENCODERS, encoder_spec
 from histoprompt.export.errors import WeightsError
 from histoprompt.export.weights import fetch_weights, hub_error, is_hub_name, load_weights_into
 
@@ -184,8 +184,3 @@ def load_encoder(
     for param in module.parameters():
         param.requires_grad_(False)
     return LoadedEncoder(module=module.eval(), spec=spec, weights_digest=digest)
-
-
-def is_large(name: str) -> bool:
-    """ViT-L/H encoders: never instantiated at real size in the test suite."""
-    return name in LARGE_ENCODERS

@@ -9,7 +9,6 @@ counts them, never dropping them silently.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,7 +188,3 @@ def load_rna_encoder(directory: Path) -> RnaEncoder:
     for p in encoder.parameters():
         p.requires_grad_(False)
     return encoder.eval()
-
-
-def contract_json(contract: GeneContract) -> str:
-    return json.dumps(contract.model_dump(), separators=(",", ":"))
