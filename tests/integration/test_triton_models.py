@@ -113,7 +113,7 @@ def test_slide_and_rna_embed_match_torch(
     client: grpcclient.InferenceServerClient, demo: DemoBundle
 ) -> None:
     from histoprompt.export.alignment import SlideEmbedExport
-    from histoprompt.export.training import load_alignment
+    from histoprompt.export.alignment_training import load_alignment
 
     model = load_alignment(demo.bundle_dir / "alignment")
     bag = np.random.default_rng(1).standard_normal((123, 192)).astype(np.float32)

@@ -14,7 +14,12 @@ import time
 from pathlib import Path
 
 from histoprompt.export.bundle import demo_config, ensure_bundle
-from histoprompt.export.evaluate import bundle_inputs, retrieval_gain, run_evaluation, write_report
+from histoprompt.export.evaluation_report import (
+    bundle_inputs,
+    retrieval_gain,
+    run_evaluation,
+    write_report,
+)
 from tests.perf._report import write_section
 
 

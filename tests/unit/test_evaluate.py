@@ -11,7 +11,7 @@ from sklearn.metrics import r2_score
 from typer.testing import CliRunner
 
 from histoprompt.core.errors import InvalidInputError
-from histoprompt.core.evaluation import (
+from histoprompt.core.evaluation_metrics import (
     recall_at_k,
     regression_metrics,
     retrieval_table,
@@ -75,7 +75,7 @@ def test_synthetic_pairs_show_a_retrieval_gain() -> None:
 
 
 def _app():  # type: ignore[no-untyped-def]
-    from histoprompt.export.evaluate import app
+    from histoprompt.export.evaluation_report import app
 
     return app
 

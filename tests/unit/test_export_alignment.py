@@ -15,8 +15,7 @@ from histoprompt.export.alignment import (
     SlideEmbedExport,
     symmetric_info_nce,
 )
-from histoprompt.export.errors import TrainingError
-from histoprompt.export.training import (
+from histoprompt.export.alignment_training import (
     PairedEmbeddings,
     TrainConfig,
     load_alignment,
@@ -24,6 +23,7 @@ from histoprompt.export.training import (
     split_by_patient,
     train_alignment,
 )
+from histoprompt.export.errors import TrainingError
 
 
 def _model() -> AlignmentModel:

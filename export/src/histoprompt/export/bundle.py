@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from histoprompt.core.modelspec import EncoderSpec, ModelCard
+from histoprompt.export.alignment_training import TrainConfig, config_hash
 from histoprompt.export.cohort import SYNTHETIC_NOTE, CohortConfig, hallmark_gmt_path, read_gmt
 from histoprompt.export.encoder_specs import encoder_spec
 from histoprompt.export.errors import ExportError
@@ -36,7 +37,6 @@ from histoprompt.export.model_repo import (
     render,
     write_repository,
 )
-from histoprompt.export.training import TrainConfig, config_hash
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -191,11 +191,11 @@ def train_and_export(
     """Generate the SYNTHETIC cohort, embed, train, export, check parity, build reference."""
     import pandas as pd
 
+    from histoprompt.export.alignment_training import train_alignment
     from histoprompt.export.cohort import make_cohort
     from histoprompt.export.embedding import paired_embeddings
     from histoprompt.export.encoders import load_encoder
     from histoprompt.export.rna import fit_contract, small_rna_encoder
-    from histoprompt.export.training import train_alignment
 
     card = demo_card(config)
     started = time.perf_counter()

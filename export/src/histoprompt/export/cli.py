@@ -27,7 +27,7 @@ app = typer.Typer(
 def _register_optional_groups() -> None:
     for module, name in (
         ("histoprompt.export.reference_cli", "reference"),
-        ("histoprompt.export.evaluate", "evaluate"),
+        ("histoprompt.export.evaluation_report", "evaluate"),
     ):
         try:
             sub = importlib.import_module(module)
@@ -211,8 +211,8 @@ def train(
     --expression expr.parquet --out bundle/ --encoder uni --weights s3://models/uni.safetensors
     """
     from histoprompt.core.settings import ConnectionSettings
-    from histoprompt.export.paired_training import train_from_files
-    from histoprompt.export.training import TrainConfig
+    from histoprompt.export.alignment_training import TrainConfig
+    from histoprompt.export.train_from_files import train_from_files
 
     card = train_from_files(
         embeddings,

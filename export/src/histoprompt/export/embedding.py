@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from histoprompt.export.alignment_training import PairedEmbeddings
 from histoprompt.export.cohort import SyntheticCohort
 from histoprompt.export.encoders import LoadedEncoder
 from histoprompt.export.rna import RnaEncoder
-from histoprompt.export.training import PairedEmbeddings
 from histoprompt.serving.preprocess import preprocess_tiles
 
 

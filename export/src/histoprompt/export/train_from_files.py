@@ -20,8 +20,8 @@ import numpy as np
 
 from histoprompt.core.modelspec import ModelCard
 from histoprompt.core.settings import ConnectionSettings
+from histoprompt.export.alignment_training import PairedEmbeddings, TrainConfig, config_hash
 from histoprompt.export.errors import TrainingError
-from histoprompt.export.training import PairedEmbeddings, TrainConfig, config_hash
 
 
 def _read_table(path: Path) -> Any:
@@ -51,11 +51,11 @@ def train_from_files(
     """Train the alignment on cached embeddings, export the bundle to `out_dir`."""
     import pandas as pd
 
+    from histoprompt.export.alignment_training import train_alignment
     from histoprompt.export.bundle import export_bundle
     from histoprompt.export.embedding import embed_expression
     from histoprompt.export.encoders import load_encoder
     from histoprompt.export.rna import fit_contract, load_rna_encoder, small_rna_encoder
-    from histoprompt.export.training import train_alignment
 
     cfg = config or TrainConfig()
     started = time.perf_counter()

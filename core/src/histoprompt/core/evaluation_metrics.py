@@ -7,7 +7,7 @@
   by patient, for Soft-kNN (reference = the training folds' RNA embeddings and scores) and
   the trained predictors.
 
-Plotting and file formats live in `histoprompt.export.evaluate`.
+Plotting and file formats live in `histoprompt.export.evaluation_report`.
 """
 
 from __future__ import annotations

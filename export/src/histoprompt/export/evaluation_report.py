@@ -4,7 +4,7 @@ Inputs: an `.npz` of paired, aligned embeddings (`slide` [N,E], `rna` [N,E], `pa
 [N]; optional `baseline_slide`/`baseline_rna` from the unaligned model, and `targets` [N,K]
 with `target_names` [K]) plus, when it holds no targets, `--expression` (the RNA side,
 samples keyed like patient_ids) from which the Hallmark ssGSEA targets are computed.
-`--synthetic` evaluates SYNTHETIC numpy pairs instead (histoprompt.core.evaluation), and
+`--synthetic` evaluates SYNTHETIC numpy pairs instead (histoprompt.core.evaluation_metrics), and
 `--bundle DIR` the demo bundle of `histoprompt-export demo-bundle` on its SYNTHETIC cohort:
 retrieval on the patients held out from alignment training, the untrained alignment module
 (same seed) as the unaligned baseline, per-Hallmark CV over all patients.
@@ -116,7 +116,7 @@ def hallmark_targets(expression: Path, sample_ids: list[str]) -> pd.DataFrame:
 
 
 def synthetic_inputs(n_patients: int, seed: int) -> EvalInputs:
-    from histoprompt.core.evaluation import synthetic_pairs
+    from histoprompt.core.evaluation_metrics import synthetic_pairs
 
     p = synthetic_pairs(n_patients, seed=seed)
     return EvalInputs(
@@ -144,12 +144,12 @@ def bundle_inputs(bundle: Path, seed: int = 0) -> EvalInputs:
         RnaEmbedExport,
         SlideEmbedExport,
     )
+    from histoprompt.export.alignment_training import load_alignment, split_by_patient
     from histoprompt.export.bundle import demo_card, demo_config
     from histoprompt.export.cohort import make_cohort
     from histoprompt.export.embedding import cached_slide_embeddings
     from histoprompt.export.encoders import load_encoder
     from histoprompt.export.rna import GeneContract, small_rna_encoder
-    from histoprompt.export.training import load_alignment, split_by_patient
 
     try:
         card = ModelCard.model_validate_json((bundle / "model_card.json").read_text())
@@ -220,7 +220,7 @@ def bundle_inputs(bundle: Path, seed: int = 0) -> EvalInputs:
 def run_evaluation(inputs: EvalInputs, methods: list[str], n_splits: int = 5) -> EvalReport:
     import numpy as np
 
-    from histoprompt.core.evaluation import pathway_cv_table, retrieval_table
+    from histoprompt.core.evaluation_metrics import pathway_cv_table, retrieval_table
 
     n = inputs.slide.shape[0]
     mask = inputs.retrieval_rows
