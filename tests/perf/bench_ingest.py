@@ -43,6 +43,7 @@ def serve_encoder(name: str, triton_url: str, repo: Path, work: Path) -> tuple[A
     """Write and load tile_preprocess + tile_encoder + patch_embed for encoder `name`."""
     import tritonclient.grpc as grpcclient
 
+    from histoprompt.core.modelspec import MAX_TILE_BATCH
     from histoprompt.export.encoders import load_encoder
     from histoprompt.export.model_repo import ENCODER_MODELS, write_encoder_repository
     from histoprompt.export.onnx_export import export_tile_encoder
@@ -57,7 +58,12 @@ def serve_encoder(name: str, triton_url: str, repo: Path, work: Path) -> tuple[A
         client.load_model(model)
     client.close()
     served = ServedModel(
-        spec=enc.spec, version=card.version, name=name, synthetic=True, pathway_method="n/a"
+        spec=enc.spec,
+        version=card.version,
+        encoder=name,
+        synthetic=True,
+        pathway_method="n/a",
+        max_batch_size=MAX_TILE_BATCH,
     )
     return served, onnx_path
 
@@ -329,7 +335,9 @@ def _rss_child(env_file: str, bucket: str, key: str, etag: str) -> None:
     settings = ingest_settings(Path(env_file))
     c = grpcclient.InferenceServerClient(settings.triton_url)
     served = served_model_from_config(
-        c.get_model_config(names.MODEL_TILE_PREPROCESS, as_json=True), {}
+        c.get_model_config(names.MODEL_TILE_PREPROCESS, as_json=True),
+        {},
+        c.get_model_config(names.MODEL_PATCH_EMBED, as_json=True),
     )
     c.close()
     out = ingest_path(settings, SlideJob(bucket, key, etag, 0, "series"), served)

@@ -471,6 +471,9 @@ def test_example_status_json_exit_3_when_down(s3: FakeS3, monkeypatch: pytest.Mo
     assert runner.invoke(app, ["status"]).exit_code == 0
 
 
+MAX_BATCH = 8
+
+
 class FakeTriton:
     """ingest's TritonClient surface: patch_embed = per-tile mean colour, scores = sums."""
 
@@ -493,7 +496,8 @@ class FakeTriton:
             embed_dim=3,
             untrained=True,
         )
-        return ServedModel(spec, "v1", "tiny", True, "soft-knn")
+        # below ScoringOptions' default batch, so predict must split its requests
+        return ServedModel(spec, "v1", "tiny", True, "soft-knn", max_batch_size=MAX_BATCH)
 
     async def patch_embed(self, tiles: np.ndarray) -> np.ndarray:
         self.calls.append(("patch_embed", tiles.shape))
@@ -534,6 +538,8 @@ def test_example_predict_uses_the_ingest_reader_and_tiler(
     assert FakeTriton.calls[-1][1] == ["HALLMARK_HYPOXIA", "HALLMARK_E2F_TARGETS"]
     n_tiles = sum(c[1][0] for c in FakeTriton.calls if c[0] == "patch_embed")
     assert all(c[1][1:] == (64, 64, 3) for c in FakeTriton.calls if c[0] == "patch_embed")
+    assert n_tiles > MAX_BATCH
+    assert all(c[1][0] <= MAX_BATCH for c in FakeTriton.calls if c[0] == "patch_embed")
     rows = [ln.split("\t") for ln in res.stdout.splitlines()[1:]]
     assert [r[0] for r in rows] == ["HALLMARK_E2F_TARGETS", "HALLMARK_HYPOXIA"]  # by score
     assert 0 < n_tiles <= (512 // 64) * (384 // 64)

@@ -8,6 +8,7 @@ import pytest
 from google.protobuf import json_format
 
 from histoprompt.core import names
+from histoprompt.core.triton_params import encoder_spec_from_params
 from histoprompt.export.bundle import demo_card, demo_config
 from histoprompt.export.model_repo import (
     Flavor,
@@ -18,7 +19,6 @@ from histoprompt.export.model_repo import (
     write_repository,
 )
 from histoprompt.serving.context import ModelContext
-from histoprompt.serving.handlers import encoder_spec_from_params
 
 REPO = Path(__file__).resolve().parents[2] / "model_repository"
 ALL_MODELS = set(names.ALL_MODELS)
@@ -89,7 +89,7 @@ def test_tile_preprocess_config_carries_the_encoder_spec_and_version() -> None:
     ctx = ModelContext.from_config(
         json_format.MessageToDict(cfg, preserving_proto_field_name=True), Path("."), "x"
     )
-    assert encoder_spec_from_params(ctx) == card.encoder
+    assert encoder_spec_from_params(ctx.parameters) == card.encoder
     assert ctx.parameters["model_version"] == card.version
     assert card.version.startswith("tiny-") and len(card.version) == len("tiny-") + 8
     assert ctx.parameters["synthetic"] == "true" and ctx.parameters["untrained"] == "true"

@@ -59,8 +59,10 @@ async def _predict(
     try:
         served = await triton.served_model()
         wanted = gene_sets or {n: n for n in load_hallmark()}
+        # patch_embed rejects requests above its max_batch_size.
+        options = ScoringOptions(batch_size=min(ScoringOptions().batch_size, served.max_batch_size))
         scored = await score_slide(
-            opened.reader, served.spec, triton, list(wanted.values()), ScoringOptions()
+            opened.reader, served.spec, triton, list(wanted.values()), options
         )
     finally:
         opened.close()

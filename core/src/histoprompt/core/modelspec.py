@@ -7,9 +7,15 @@ Triton, so the tile grid always matches the encoder that is actually served.
 
 from __future__ import annotations
 
+from typing import Final
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from histoprompt.core.units import Mpp, Pixels
+
+# Most tiles in one patch_embed request: the served models' max_batch_size and the bound of
+# every batch-size setting (ingest, TensorRT profile) are this.
+MAX_TILE_BATCH: Final = 256
 
 
 class EncoderSpec(BaseModel):

@@ -14,7 +14,8 @@ from typing import Annotated
 
 import typer
 
-from histoprompt.export.model_repo import MAX_BATCH_TILES, Flavor, TileEncoderPlatform
+from histoprompt.core.modelspec import MAX_TILE_BATCH
+from histoprompt.export.model_repo import Flavor, TileEncoderPlatform
 
 app = typer.Typer(
     name="histoprompt-export",
@@ -154,7 +155,7 @@ def tensorrt(
     input_px: Annotated[int, typer.Option(help="encoder input edge S")],
     max_batch: Annotated[
         int, typer.Option(help="profile max = tile_encoder max_batch_size")
-    ] = MAX_BATCH_TILES,
+    ] = MAX_TILE_BATCH,
 ) -> None:
     """Build an FP16 TensorRT plan for the gpu flavour (needs a GPU and tensorrt).
 

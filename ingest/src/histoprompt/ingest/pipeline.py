@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -17,7 +17,6 @@ from histoprompt.core.schemas import (
     ErrorInfo,
     ModelRef,
     PathwayScore,
-    ResultEvent,
     ResultManifest,
     SourceRef,
     Timings,
@@ -29,7 +28,7 @@ from histoprompt.ingest.metrics import IngestMetrics
 from histoprompt.ingest.settings import IngestSettings
 from histoprompt.wsi.codecs import gpu_decoder_or_none
 from histoprompt.wsi.errors import SlideError
-from histoprompt.wsi.scoring import ScoredSlide, score_slide
+from histoprompt.wsi.scoring import ScoredSlide, ScoringOptions, score_slide
 from histoprompt.wsi.sources import OpenedSlide, open_slide
 from histoprompt.wsi.triton import ServedModel, TritonClient
 
@@ -39,9 +38,16 @@ if TYPE_CHECKING:
 
 @dataclass
 class SlideOutcome:
+    """What happened to one slide; histoprompt.ingest.publish turns it into the result event.
+
+    `model`, `result_uri` and `seconds` are set for done and failed; `error` for failed."""
+
     status: Literal["done", "failed", "skipped_duplicate"]
-    event: ResultEvent | None
+    model: ModelRef | None = None
+    result_uri: str | None = None
     n_tiles: int = 0
+    seconds: Timings | None = None
+    error: ErrorInfo | None = None
     stages: dict[str, float] = field(default_factory=dict)
 
 
@@ -69,21 +75,20 @@ class SlideProcessor:
         # One decoder per service: nvImageCodec on GPU nodes, None (imagecodecs) elsewhere.
         self.gpu_decoder = gpu_decoder_or_none(settings.ingest_decoder)
 
-    def _event(self, job: SlideJob, status: Literal["done", "failed"], **kw: object) -> ResultEvent:
-        return ResultEvent(
-            slide_id=job.slide_id,
-            source=SourceRef(bucket=job.bucket, key=job.key, etag=job.etag),
-            model=ModelRef(name=self.served.name, version=self.served.version),
-            status=status,
-            **kw,  # type: ignore[arg-type]
-        )
+    def _scoring_options(self) -> ScoringOptions:
+        # A request above patch_embed's max_batch_size would be rejected by Triton.
+        options = self.settings.scoring_options()
+        return replace(options, batch_size=min(options.batch_size, self.served.max_batch_size))
+
+    def _model(self) -> ModelRef:
+        return ModelRef(name=self.served.encoder, version=self.served.version)
 
     async def process(self, job: SlideJob) -> SlideOutcome:
         sid, ver = job.slide_id, self.served.version
         done = await asyncio.to_thread(self.store.is_complete, sid, ver)
         if done:
             self.log.info("already done", extra={"slide_id": sid, "status": "skipped_duplicate"})
-            return SlideOutcome("skipped_duplicate", None)
+            return SlideOutcome("skipped_duplicate")
         t0 = time.perf_counter()
         self.log.info("slide started", extra={"slide_id": sid, "status": "started"})
         try:
@@ -98,15 +103,14 @@ class SlideProcessor:
             # A SlideError is permanent for these bytes: record it, so a redelivery is a
             # duplicate and never a second result event.
             uri = await asyncio.to_thread(self._write_failure, job, error, seconds)
-            event = self._event(job, "failed", result_uri=uri, seconds=seconds, error=error)
-            return SlideOutcome("failed", event)
+            return SlideOutcome("failed", self._model(), uri, seconds=seconds, error=error)
 
     def _write_failure(self, job: SlideJob, error: ErrorInfo, seconds: Timings) -> str:
         return self.store.write_failure(
             ResultManifest(
                 slide_id=job.slide_id,
                 source=SourceRef(bucket=job.bucket, key=job.key, etag=job.etag),
-                model=ModelRef(name=self.served.name, version=self.served.version),
+                model=self._model(),
                 status="failed",
                 n_tiles=0,
                 seconds=seconds,
@@ -128,7 +132,7 @@ class SlideProcessor:
                 self.served.spec,
                 self.triton,
                 self.gene_sets,
-                self.settings.scoring_options(),
+                self._scoring_options(),
             )
             gets = opened.gets
         finally:
@@ -153,19 +157,13 @@ class SlideProcessor:
                 "n_tiles": plan.n_tiles,
                 "seconds": round(total, 3),
                 "format": opened.reader.format,
-                "level": plan.level,
+                "pyramid_level": plan.level,
                 "gets": gets,
                 "model_version": self.served.version,
             },
         )
-        event = self._event(
-            job,
-            "done",
-            result_uri=uri,
-            n_tiles=plan.n_tiles,
-            seconds=Timings(read=round(t_read, 4), infer=round(t_infer, 4), total=round(total, 4)),
-        )
-        return SlideOutcome("done", event, plan.n_tiles, stages)
+        seconds = Timings(read=round(t_read, 4), infer=round(t_infer, 4), total=round(total, 4))
+        return SlideOutcome("done", self._model(), uri, plan.n_tiles, seconds, stages=stages)
 
     def _write(self, job: SlideJob, scored: ScoredSlide, t0: float, read_s: float) -> str:
         from histoprompt.core import names
@@ -199,7 +197,7 @@ class SlideProcessor:
         manifest = ResultManifest(
             slide_id=job.slide_id,
             source=SourceRef(bucket=job.bucket, key=job.key, etag=job.etag),
-            model=ModelRef(name=self.served.name, version=self.served.version),
+            model=self._model(),
             status="done",
             n_tiles=plan.n_tiles,
             seconds=Timings(read=round(read_s, 4), total=round(total, 4)),

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
+from histoprompt.core.modelspec import MAX_TILE_BATCH
 from histoprompt.core.settings import ConnectionSettings
 from histoprompt.wsi.limits import ReadLimits, TiffBackend
 from histoprompt.wsi.scoring import ScoringOptions
@@ -17,9 +18,13 @@ CommaList = Annotated[tuple[str, ...], NoDecode]
 class IngestSettings(ConnectionSettings):
     """Connections (inherited) plus the ingest service's own knobs."""
 
+    env_namespaces: ClassVar[tuple[str, ...]] = ("INGEST_",)
+
     ingest_group_id: str = Field("histoprompt-ingest", description="Kafka consumer group")
     ingest_concurrency: int = Field(1, ge=1, le=64, description="slides in flight per replica")
-    ingest_batch_size: int = Field(32, ge=1, le=256, description="tiles per patch_embed request")
+    ingest_batch_size: int = Field(
+        32, ge=1, le=MAX_TILE_BATCH, description="tiles per patch_embed request"
+    )
     ingest_max_inflight: int = Field(
         4, ge=1, le=64, description="patch_embed requests in flight per slide"
     )

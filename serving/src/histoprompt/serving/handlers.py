@@ -7,7 +7,6 @@ dim 0; `rows` tells the adapter how to split the result back.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -16,7 +15,7 @@ from numpy.typing import NDArray
 
 from histoprompt.core import names
 from histoprompt.core.errors import InvalidInputError
-from histoprompt.core.modelspec import EncoderSpec
+from histoprompt.core.triton_params import EncoderParamsError, encoder_spec_from_params
 from histoprompt.serving.context import ModelContext
 from histoprompt.serving.errors import ModelConfigError, RequestError
 from histoprompt.serving.onnx_runner import OnnxRunner
@@ -37,23 +36,6 @@ class Handler(Protocol):
     def run(self, inputs: Inputs) -> Outputs: ...
 
 
-def encoder_spec_from_params(ctx: ModelContext) -> EncoderSpec:
-    """The EncoderSpec carried by tile_preprocess's config parameters."""
-    try:
-        return EncoderSpec(
-            name=ctx.param("encoder"),
-            tile_px=ctx.int_param("tile_px"),
-            input_px=ctx.int_param("input_px"),
-            target_mpp=float(ctx.param("target_mpp")),
-            mean=tuple(json.loads(ctx.param("mean"))),
-            std=tuple(json.loads(ctx.param("std"))),
-            embed_dim=ctx.int_param("embed_dim"),
-            untrained=ctx.param("untrained", "false") == "true",
-        )
-    except (ValueError, TypeError) as err:
-        raise ModelConfigError(f"{ctx.name}: invalid encoder parameters: {err}") from err
-
-
 def _fixed_dims(ctx: ModelContext, tensor: str, *, inputs: bool = True) -> list[int]:
     for item in ctx.config.get("input" if inputs else "output", []):
         if item.get("name") == tensor:
@@ -67,7 +49,10 @@ class TilePreprocess:
     outputs = (names.TENSOR_PIXELS,)
 
     def __init__(self, ctx: ModelContext) -> None:
-        self.spec = encoder_spec_from_params(ctx)
+        try:
+            self.spec = encoder_spec_from_params(ctx.parameters)
+        except EncoderParamsError as err:
+            raise ModelConfigError(f"{ctx.name}: {err}") from err
         self.dtype = ctx.output_dtype(names.TENSOR_PIXELS)
 
     def check(self, inputs: Inputs) -> Inputs:

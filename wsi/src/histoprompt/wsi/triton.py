@@ -7,7 +7,6 @@ other errors are the request's own and fail the slide.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -17,7 +16,7 @@ import numpy as np
 from histoprompt.core import names
 from histoprompt.core.errors import TransientError
 from histoprompt.core.modelspec import EncoderSpec
-from histoprompt.core.units import Mpp, Pixels
+from histoprompt.core.triton_params import EncoderParamsError, encoder_spec_from_params
 from histoprompt.wsi.errors import SlideError
 
 T = TypeVar("T")
@@ -30,44 +29,52 @@ class ServedModel:
 
     spec: EncoderSpec
     version: str
-    name: str
+    encoder: str
     synthetic: bool
     pathway_method: str
+    # patch_embed's max_batch_size: Triton rejects a request with more tiles.
+    max_batch_size: int
+
+
+def _config(config: dict[str, Any]) -> dict[str, Any]:
+    # get_model_config(as_json=True) wraps the ModelConfig in {"config": ...}.
+    inner: dict[str, Any] = config.get("config", config)
+    return inner
 
 
 def _params(config: dict[str, Any]) -> dict[str, str]:
-    raw = config.get("config", config).get("parameters", {})
+    raw = _config(config).get("parameters", {})
     return {k: str(v.get("string_value", "")) for k, v in raw.items()}
 
 
-def served_model_from_config(config: dict[str, Any], pathway_config: dict[str, Any]) -> ServedModel:
-    """Parse tile_preprocess's config parameters (the EncoderSpec fields) into a ServedModel."""
+def served_model_from_config(
+    config: dict[str, Any], pathway_config: dict[str, Any], patch_embed_config: dict[str, Any]
+) -> ServedModel:
+    """tile_preprocess's parameters (the EncoderSpec), pathway_query's default method and
+    patch_embed's max_batch_size, which bounds the tiles of one patch_embed request."""
     from histoprompt.core.pathway_engine import DEFAULT_METHOD
 
     p = _params(config)
     try:
-        spec = EncoderSpec(
-            name=p["encoder"],
-            tile_px=Pixels(int(p["tile_px"])),
-            input_px=Pixels(int(p["input_px"])),
-            target_mpp=Mpp(float(p["target_mpp"])),
-            mean=tuple(json.loads(p["mean"])),
-            std=tuple(json.loads(p["std"])),
-            embed_dim=int(p["embed_dim"]),
-            untrained=p.get("untrained", "false") == "true",
-        )
-    except (KeyError, ValueError) as err:
+        spec = encoder_spec_from_params(p)
+    except EncoderParamsError as err:
         raise TransientError(
-            f"{names.MODEL_TILE_PREPROCESS} config lacks the encoder parameters: {err}",
-            code="model_config",
+            f"{names.MODEL_TILE_PREPROCESS} config: {err}", code="model_config"
         ) from err
+    max_batch = int(_config(patch_embed_config).get("max_batch_size", 0))
+    if max_batch < 1:
+        raise TransientError(
+            f"{names.MODEL_PATCH_EMBED} config has no batching (max_batch_size {max_batch})",
+            code="model_config",
+        )
     method = _params(pathway_config).get("default_method") or DEFAULT_METHOD
     return ServedModel(
         spec=spec,
         version=p.get("model_version") or "unversioned",
-        name=p.get("encoder", "unknown"),
+        encoder=spec.name,
         synthetic=p.get("synthetic", "false") == "true",
         pathway_method=method,
+        max_batch_size=max_batch,
     )
 
 
@@ -126,7 +133,8 @@ class TritonClient:
         async def fetch() -> ServedModel:
             pre = await self._client.get_model_config(names.MODEL_TILE_PREPROCESS, as_json=True)
             path = await self._client.get_model_config(names.MODEL_PATHWAY_QUERY, as_json=True)
-            return served_model_from_config(pre, path)
+            embed = await self._client.get_model_config(names.MODEL_PATCH_EMBED, as_json=True)
+            return served_model_from_config(pre, path, embed)
 
         return await with_retries(
             fetch, attempts=self._attempts, base_s=self._base, what="model config"
