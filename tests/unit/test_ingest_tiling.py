@@ -89,7 +89,19 @@ def test_pick_level_prefers_the_coarsest_not_coarser_than_target() -> None:
     assert pick_level(levels, 0.5) == 1
     assert pick_level(levels, 0.9) == 1
     assert pick_level(levels, 1.0) == 2
-    assert pick_level(levels, 0.1) == 0  # nothing fine enough: the finest
+    assert pick_level(levels, 0.24) == 0  # within the 10 % tolerance of the finest
+
+
+def test_a_slide_coarser_than_the_target_fails_and_is_never_upsampled() -> None:
+    levels = [Level(8, 8, Mpp(1.0)), Level(4, 4, Mpp(2.0))]
+    with pytest.raises(SlideError) as info:
+        pick_level(levels, 0.5)
+    assert info.value.code == "resolution_too_low"
+    assert "1 um/px" in str(info.value) and "0.5 um/px" in str(info.value)
+    assert pick_level(levels, 0.5, tolerance=1.0) == 0  # a looser tolerance accepts it
+    with pytest.raises(SlideError) as unknown:
+        pick_level([Level(8, 8, Mpp(0.0))], 0.5)
+    assert unknown.value.code == "no_mpp"
 
 
 def test_resize() -> None:

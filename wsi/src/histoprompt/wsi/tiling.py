@@ -21,10 +21,21 @@ from histoprompt.wsi.tissue import area_fractions, tissue_mask
 
 
 def pick_level(levels: Sequence[Level], target_mpp: float, tolerance: float = 0.1) -> int:
-    """The coarsest level whose MPP is at most target*(1+tolerance); else the finest level.
+    """The coarsest level whose MPP is at most target*(1+tolerance): read there, downsample.
 
-    Reading a finer level and downsampling keeps detail; a coarser one would be upsampled.
+    A slide whose finest level is coarser than that has too little resolution for the encoder
+    and fails with `resolution_too_low`: it is never upsampled.
     """
+    finest = float(levels[0].mpp)
+    if not finest > 0:
+        raise SlideError("slide has no microns-per-pixel for its finest level", code="no_mpp")
+    if finest > target_mpp * (1 + tolerance):
+        raise SlideError(
+            f"finest level is {finest:.3g} um/px, coarser than the encoder's "
+            f"{target_mpp:.3g} um/px (tolerance {tolerance:.0%}); upsampling would invent "
+            "detail: rescan at a higher magnification or loosen HISTOPROMPT_INGEST_MPP_TOLERANCE",
+            code="resolution_too_low",
+        )
     best = 0
     for i, lvl in enumerate(levels):
         if lvl.mpp <= target_mpp * (1 + tolerance) and lvl.mpp >= levels[best].mpp:
