@@ -15,13 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from histoprompt.core import names
-from histoprompt.core.reference import (
-    ReferenceDB,
-    build_reference,
-    linear_embed_fn,
-    save_reference_s3,
-    synthetic_reference_inputs,
-)
+from histoprompt.core.reference import ReferenceDB
+from histoprompt.core.reference_build import build_reference
+from histoprompt.core.reference_store import save_reference_s3
+from histoprompt.core.reference_synthetic import linear_embed_fn, synthetic_reference_inputs
 from histoprompt.core.s3 import make_minio
 from histoprompt.core.settings import ConnectionSettings
 

@@ -143,7 +143,7 @@ def test_query_names_unknown_genes_from_the_reference_in_s3(
 ) -> None:
     """With the served reference also in the models bucket, unknown genes are listed."""
     from histoprompt.core.genesets import load_hallmark
-    from histoprompt.core.reference import load_reference, save_reference_s3
+    from histoprompt.core.reference_store import load_reference, save_reference_s3
     from histoprompt.core.s3 import make_minio
 
     ref = load_reference(pipeline / "reference", "synthetic-demo")

@@ -11,7 +11,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from typer.testing import CliRunner
 
-from histoprompt.core.reference import load_reference_s3, synthetic_reference_inputs
+from histoprompt.core.reference_store import load_reference_s3
+from histoprompt.core.reference_synthetic import synthetic_reference_inputs
 from histoprompt.core.s3 import make_minio
 from histoprompt.stack import StackHandle
 

@@ -106,7 +106,7 @@ def test_cli_synthetic_writes_csv_markdown_png(tmp_path: Path) -> None:
 
 
 def test_cli_pairs_with_expression(tmp_path: Path) -> None:
-    from histoprompt.core.reference import synthetic_reference_inputs
+    from histoprompt.core.reference_synthetic import synthetic_reference_inputs
 
     inputs = synthetic_reference_inputs(60, n_genes=1500, seed=3)
     inputs.expression.reset_index().to_parquet(tmp_path / "expr.parquet")

@@ -12,13 +12,10 @@ import pytest
 from histoprompt.core.errors import InvalidInputError
 from histoprompt.core.pathway_engine import GeneSetQueryError, PathwayEngine, UnknownMethodError
 from histoprompt.core.predictors import PredictorConfig, TrainedPredictor
-from histoprompt.core.reference import (
-    ReferenceDB,
-    build_reference,
-    linear_embed_fn,
-    save_reference,
-    synthetic_reference_inputs,
-)
+from histoprompt.core.reference import ReferenceDB
+from histoprompt.core.reference_build import build_reference
+from histoprompt.core.reference_store import save_reference
+from histoprompt.core.reference_synthetic import linear_embed_fn, synthetic_reference_inputs
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,9 @@ from histoprompt.core.predictors import (
     cross_validated_predictions,
 )
 from histoprompt.core.prototype import PrototypeScorer
-from histoprompt.core.reference import (
-    ReferenceDB,
-    build_reference,
-    linear_embed_fn,
-    synthetic_reference_inputs,
-)
+from histoprompt.core.reference import ReferenceDB
+from histoprompt.core.reference_build import build_reference
+from histoprompt.core.reference_synthetic import linear_embed_fn, synthetic_reference_inputs
 
 
 def _pairs(n: int = 240, e: int = 16, seed: int = 0) -> tuple[np.ndarray, pd.DataFrame]:

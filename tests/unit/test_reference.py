@@ -11,18 +11,12 @@ import pytest
 
 from histoprompt.core.errors import NotFoundError
 from histoprompt.core.genesets import load_hallmark
-from histoprompt.core.reference import (
-    GeneOrderError,
-    ReferenceDB,
-    ReferenceError,
+from histoprompt.core.reference import GeneOrderError, ReferenceDB, ReferenceDbError
+from histoprompt.core.reference_build import build_reference, check_gene_order, read_table
+from histoprompt.core.reference_store import load_reference, load_reference_uri, save_reference
+from histoprompt.core.reference_synthetic import (
     SyntheticReferenceInputs,
-    build_reference,
-    check_gene_order,
     linear_embed_fn,
-    load_reference,
-    load_reference_uri,
-    read_table,
-    save_reference,
     synthetic_reference_inputs,
 )
 from histoprompt.core.ssgsea import ssgsea
@@ -101,7 +95,7 @@ def test_local_round_trip(tmp_path: Path, inputs: SyntheticReferenceInputs) -> N
 def test_tampered_file_is_detected(tmp_path: Path, inputs: SyntheticReferenceInputs) -> None:
     where = save_reference(_build(inputs), tmp_path)
     (where / "embeddings.npy").write_bytes((where / "embeddings.npy").read_bytes()[:-4] + b"xxxx")
-    with pytest.raises(ReferenceError, match="manifest hash"):
+    with pytest.raises(ReferenceDbError, match="manifest hash"):
         load_reference(where)
 
 
@@ -115,7 +109,7 @@ def test_missing_reference(tmp_path: Path) -> None:
 def test_nan_in_expression_is_rejected(inputs: SyntheticReferenceInputs) -> None:
     bad = inputs.expression.copy()
     bad.iloc[3, 7] = np.nan
-    with pytest.raises(ReferenceError, match="NaN/inf values in 1 samples"):
+    with pytest.raises(ReferenceDbError, match="NaN/inf values in 1 samples"):
         _build(type(inputs)(bad, inputs.metadata, inputs.latents, inputs.program_sets))
 
 
@@ -144,7 +138,7 @@ def test_reorder_builds_the_same_reference(inputs: SyntheticReferenceInputs) -> 
 
 def test_metadata_must_cover_samples(inputs: SyntheticReferenceInputs) -> None:
     meta = inputs.metadata.iloc[1:]
-    with pytest.raises(ReferenceError, match="metadata lacks 1 of 120"):
+    with pytest.raises(ReferenceDbError, match="metadata lacks 1 of 120"):
         _build(type(inputs)(inputs.expression, meta, inputs.latents, inputs.program_sets))
 
 
@@ -156,7 +150,7 @@ def test_read_table_formats(tmp_path: Path, inputs: SyntheticReferenceInputs) ->
         back = read_table(tmp_path / f)
         assert list(back.index) == list(expr.index)
         np.testing.assert_allclose(back.to_numpy(), expr.to_numpy(), rtol=1e-6)
-    with pytest.raises(ReferenceError, match="unsupported"):
+    with pytest.raises(ReferenceDbError, match="unsupported"):
         (tmp_path / "e.xlsx").write_text("x")
         read_table(tmp_path / "e.xlsx")
 
@@ -169,7 +163,7 @@ def test_h5ad_without_anndata_says_what_to_install(tmp_path: Path) -> None:
     else:
         pytest.skip("anndata is installed; the missing-extra message cannot show")
     (tmp_path / "x.h5ad").write_bytes(b"")
-    with pytest.raises(ReferenceError, match=r"histoprompt-core\[h5ad\]"):
+    with pytest.raises(ReferenceDbError, match=r"histoprompt-core\[h5ad\]"):
         read_table(tmp_path / "x.h5ad")
 
 

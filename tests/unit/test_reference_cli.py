@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from histoprompt.core.reference import load_reference, synthetic_reference_inputs
+from histoprompt.core.reference_store import load_reference
+from histoprompt.core.reference_synthetic import synthetic_reference_inputs
 
 
 def _rna_embed_onnx(path: Path, n_genes: int, dim: int, seed: int = 0) -> np.ndarray:

@@ -8,12 +8,9 @@ from scipy.stats import spearmanr
 
 from histoprompt.core.errors import InvalidInputError
 from histoprompt.core.genesets import load_hallmark, parse_gene_list
-from histoprompt.core.reference import (
-    ReferenceDB,
-    build_reference,
-    linear_embed_fn,
-    synthetic_reference_inputs,
-)
+from histoprompt.core.reference import ReferenceDB
+from histoprompt.core.reference_build import build_reference
+from histoprompt.core.reference_synthetic import linear_embed_fn, synthetic_reference_inputs
 from histoprompt.core.softknn import ScoreCache, SoftKnn, SoftKnnConfig
 from histoprompt.core.ssgsea import ssgsea
 

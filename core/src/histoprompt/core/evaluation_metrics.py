@@ -216,7 +216,7 @@ def synthetic_pairs(
     from sklearn.decomposition import PCA
 
     from histoprompt.core.genesets import load_hallmark
-    from histoprompt.core.reference import synthetic_reference_inputs
+    from histoprompt.core.reference_synthetic import synthetic_reference_inputs
     from histoprompt.core.ssgsea import ssgsea_frame
 
     rng = np.random.default_rng(seed)

@@ -186,7 +186,7 @@ class PathwayEngine:
         S3 credentials come from `settings` (default: `ConnectionSettings.load()`, i.e. the
         HISTOPROMPT_* environment of the Triton server).
         """
-        from histoprompt.core.reference import load_reference_uri
+        from histoprompt.core.reference_store import load_reference_uri
 
         client = None
         if uri.startswith("s3://"):

@@ -7,7 +7,7 @@ checks, builds the RNA reference DB, and writes a ready-to-serve Triton model re
 Bundle layout (`<cache>/bundles/<version>/`):
   model_card.json, encoder.json, tile_encoder.onnx, slide_embed.onnx, rna_embed.onnx,
   gene_contract.json, parity.json, metrics.json, alignment/ (training run), reference/
-  (RNA reference DB, when histoprompt.core.reference is available), SYNTHETIC.txt
+  (RNA reference DB), SYNTHETIC.txt
 """
 
 from __future__ import annotations
@@ -163,17 +163,15 @@ def export_bundle(
     doc = {**metrics, "synthetic": card.synthetic, "model_version": card.version}
     (bundle_dir / "metrics.json").write_text(json.dumps(doc, indent=1, sort_keys=True))
 
-    try:
-        from histoprompt.core import reference as refdb
-    except ImportError:  # pragma: no cover - core ships it
-        return
+    from histoprompt.core.reference_build import build_reference
+    from histoprompt.core.reference_store import save_reference
 
     def embed_fn(x: NDArray[Any]) -> NDArray[Any]:
         with torch.no_grad():
             out: NDArray[Any] = rna_export(torch.from_numpy(x)).numpy()
         return out
 
-    ref = refdb.build_reference(
+    ref = build_reference(
         expression,
         None,
         embed_fn,
@@ -182,7 +180,7 @@ def export_bundle(
         encoder=card.version,
         synthetic=card.synthetic,
     )
-    refdb.save_reference(ref, bundle_dir / "reference")
+    save_reference(ref, bundle_dir / "reference")
 
 
 def train_and_export(

@@ -103,7 +103,7 @@ def hallmark_targets(expression: Path, sample_ids: list[str]) -> pd.DataFrame:
     """Raw Hallmark ssGSEA scores of the expression rows named by `sample_ids` (in order)."""
     from histoprompt.core.errors import InvalidInputError
     from histoprompt.core.genesets import load_hallmark
-    from histoprompt.core.reference import read_table
+    from histoprompt.core.reference_build import read_table
     from histoprompt.core.ssgsea import ssgsea_frame
 
     expr = read_table(expression)

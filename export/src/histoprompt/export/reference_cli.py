@@ -126,12 +126,8 @@ def build(
 ) -> None:
     """Embed a reference cohort, score the Hallmarks and store a versioned reference DB."""
     from histoprompt.core.errors import HistopromptError
-    from histoprompt.core.reference import (
-        build_reference,
-        read_table,
-        save_reference,
-        save_reference_s3,
-    )
+    from histoprompt.core.reference_build import build_reference, read_table
+    from histoprompt.core.reference_store import save_reference, save_reference_s3
 
     # --rna-onnx wins over a Triton URL that may come from the environment
     if rna_onnx is None and triton is None:
@@ -190,7 +186,7 @@ def show(
 ) -> None:
     """Print a reference's manifest (sizes, version, skipped Hallmark sets)."""
     from histoprompt.core.errors import HistopromptError
-    from histoprompt.core.reference import load_reference_uri
+    from histoprompt.core.reference_store import load_reference_uri
 
     client = None
     if uri.startswith("s3://"):
