@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field, ValidationError
 
@@ -28,7 +28,13 @@ __all__ = ["CONFIG_ENV_VAR", "ClientSettings", "load_settings"]
 
 
 class ClientSettings(ConnectionSettings):
-    """Connections (inherited) plus what only the CLI needs. Env names: HISTOPROMPT_<FIELD>."""
+    """Connections (inherited) plus what only the CLI needs. Env names: HISTOPROMPT_<FIELD>.
+
+    The fields predate namespaces and are listed in core's TOP_LEVEL_NAMES; new ones go
+    under HISTOPROMPT_CLIENT_.
+    """
+
+    env_namespaces: ClassVar[tuple[str, ...]] = ("CLIENT_",)
 
     publish_events: bool = Field(
         True,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -29,6 +29,8 @@ def checkout_root() -> Path | None:
 
 class StackSettings(ConnectionSettings):
     """Settings of the local stack launcher (env `HISTOPROMPT_STACK_*`)."""
+
+    env_namespaces: ClassVar[tuple[str, ...]] = ("STACK_",)
 
     stack_state_dir: Path = Field(default=Path(".stack"), description="logs, data, state.json")
     stack_env_file: Path = Field(
