@@ -8,9 +8,12 @@ histoprompt-ingest settings                  # print the effective settings (no 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from histoprompt.ingest.settings import IngestSettings
 
 app = typer.Typer(
     name="histoprompt-ingest",
@@ -23,6 +26,25 @@ EnvFile = Annotated[
     Path | None,
     typer.Option("--env-file", envvar="HISTOPROMPT_ENV_FILE", help="stack.env to read"),
 ]
+
+
+def _load(env_file: Path | None, **overrides: object) -> IngestSettings:
+    """Settings, or one line on stderr and exit 2: a bad setting never becomes a traceback."""
+    from pydantic import ValidationError
+
+    from histoprompt.core.errors import ConfigError
+    from histoprompt.ingest.settings import IngestSettings
+
+    try:
+        return IngestSettings.load(env_file, **overrides)
+    except ConfigError as err:
+        message = str(err)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        message = f"invalid setting {where}: {first['msg']}"
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
 
 
 @app.command()
@@ -39,7 +61,6 @@ def run(
     """Consume histoprompt.slides.incoming until SIGTERM. Example: `histoprompt-ingest run`."""
     from histoprompt.ingest.logs import configure
     from histoprompt.ingest.service import IngestService
-    from histoprompt.ingest.settings import IngestSettings
 
     overrides: dict[str, object] = {}
     if concurrency is not None:
@@ -47,7 +68,7 @@ def run(
     if metrics_port is not None:
         overrides["ingest_metrics_port"] = metrics_port
     configure(log_level.upper())
-    settings = IngestSettings.load(env_file, **overrides)
+    settings = _load(env_file, **overrides)
     raise typer.Exit(IngestService(settings).run())
 
 
@@ -57,6 +78,4 @@ def show_settings(env_file: EnvFile = None) -> None:
 
     Example: `histoprompt-ingest settings`.
     """
-    from histoprompt.ingest.settings import IngestSettings
-
-    typer.echo(IngestSettings.load(env_file).model_dump_json(indent=1))
+    typer.echo(_load(env_file).model_dump_json(indent=1))
