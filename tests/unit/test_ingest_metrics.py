@@ -1,4 +1,4 @@
-"""The DESIGN.md metric names on /metrics of a private registry; liveness and readiness."""
+"""docs/architecture.md metric names on /metrics of a private registry; liveness, readiness."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Unit tests for the wire contracts of DESIGN.md."""
+"""Unit tests for the wire contracts of docs/architecture.md (Kafka messages, S3 manifests)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PROMQL", "Check", "run_checks"]
 
-# The DESIGN.md metric names; `or vector(0)` makes "no data yet" a zero, not an error.
+# Metric names of docs/architecture.md ("6. Metrics"); `or vector(0)`: no data yet = zero.
 PROMQL: dict[str, str] = {
     "tiles/s": "sum(rate(histoprompt_ingest_tiles_total[5m])) or vector(0)",
     "slides/h": ('sum(increase(histoprompt_ingest_slides_total{status="done"}[1h])) or vector(0)'),

@@ -1,4 +1,4 @@
-"""Names fixed by DESIGN.md: Kafka topics, Triton models and tensors, S3 layout.
+"""Names fixed by docs/architecture.md: Kafka topics, Triton models and tensors, S3 layout.
 
 model.py files, the ingest service and the client import these, never literals.
 """
@@ -21,7 +21,7 @@ MODEL_SLIDE_EMBED: Final = "slide_embed"
 MODEL_RNA_EMBED: Final = "rna_embed"
 MODEL_PATHWAY_QUERY: Final = "pathway_query"
 MODEL_SLIDE_TO_PATHWAYS: Final = "slide_to_pathways"
-# Every model of the DESIGN.md table, dependencies before the ensembles that use them.
+# Every served model (docs/architecture.md, section 5); dependencies before their ensembles.
 ALL_MODELS: Final = (
     MODEL_TILE_PREPROCESS,
     MODEL_TILE_ENCODER,

@@ -1,4 +1,4 @@
-"""The S3 result layout of DESIGN.md: one writer (ingest), many readers (CLI, tests).
+"""The S3 result layout (docs/architecture.md, "Results bucket"): one writer, many readers.
 
 `s3://<results-bucket>/slides/<slide_id>/<model_version>/` holds tiles.parquet,
 tile_embeddings.npy, slide_embedding.npy, pathways.json and manifest.json. The manifest is

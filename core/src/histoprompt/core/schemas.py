@@ -1,4 +1,4 @@
-"""Wire schemas of DESIGN.md: S3 event notifications, result and DLQ events, result manifest.
+"""Wire schemas (docs/architecture.md, sections 3 and 4): S3 events, result/DLQ events, manifests.
 
 All are pydantic models; parse at the boundary and pass typed objects inside.
 """

@@ -342,7 +342,7 @@ def write_non_wsi_dicom(path: Path) -> Path:
 
 
 def write_series_manifest(keys_and_sizes: Sequence[tuple[str, int]]) -> bytes:
-    """manifest.json bytes of DESIGN.md (histoprompt.core.schemas.SeriesManifest)."""
+    """Series manifest.json bytes (core.schemas.SeriesManifest; docs/architecture.md, S3 layout)."""
     manifest = SeriesManifest(instances=[SeriesInstance(key=k, size=s) for k, s in keys_and_sizes])
     return manifest.model_dump_json(by_alias=True).encode()
 

@@ -1,4 +1,4 @@
-"""The DESIGN.md metrics on a registry passed in (never the global default registry)."""
+"""docs/architecture.md metrics ("6. Metrics") on a registry passed in, never the global one."""
 
 from __future__ import annotations
 

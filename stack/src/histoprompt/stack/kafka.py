@@ -241,7 +241,7 @@ def probe(conn: ConnectionSettings) -> None:
 
 
 def create_topics(conn: ConnectionSettings, incoming_partitions: int) -> None:
-    """Create the DESIGN.md topics (idempotent); the incoming topic gets several partitions."""
+    """Create the topics of docs/architecture.md (idempotent); incoming gets several partitions."""
     admin = _admin(conn)
     try:
         wanted = {
