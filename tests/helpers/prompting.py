@@ -8,7 +8,6 @@ modules left them.
 
 from __future__ import annotations
 
-import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from histoprompt.core.reference_store import save_reference_s3
 from histoprompt.core.reference_synthetic import linear_embed_fn, synthetic_reference_inputs
 from histoprompt.core.s3 import make_minio
 from histoprompt.core.settings import ConnectionSettings
+from histoprompt.export.model_repo import config_text, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKED_IN = ROOT / "model_repository" / names.MODEL_PATHWAY_QUERY
@@ -41,34 +41,26 @@ class ServedReference:
 
 def slide_dim(config: str) -> int:
     """E from a pathway_query config: SLIDE_EMBEDDING dims [ -1, E ]."""
-    block = config[config.index(f'"{names.TENSOR_SLIDE_EMBEDDING}"') :]
-    dims = re.search(r"dims:\s*\[([^\]]*)\]", block)
-    if dims is None:
-        raise ValueError("pathway_query config has no SLIDE_EMBEDDING dims")
-    return int(dims.group(1).split(",")[-1])
+    for tensor in parse_config(config).input:
+        if tensor.name == names.TENSOR_SLIDE_EMBEDDING:
+            return int(tensor.dims[-1])
+    raise ValueError("pathway_query config has no SLIDE_EMBEDDING input")
 
 
 def set_param(config: str, key: str, value: str) -> str:
     """`config` with string parameter `key` set to `value` (added if absent)."""
-    pattern = rf'(key:\s*"{key}"\s*value:\s*\{{\s*string_value:\s*)"[^"]*"'
-    new, n = re.subn(pattern, rf'\1"{value}"', config)
-    if n == 0:
-        new = (
-            config
-            + f'\nparameters {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}\n'
-        )
-    return new
+    cfg = parse_config(config)
+    cfg.parameters[key].string_value = value
+    return config_text(cfg)
 
 
 def rename_model(config: str, model_name: str) -> str:
     """`config` with its top-level `name:` set to `model_name`."""
-    pattern = rf'^name:\s*"{names.MODEL_PATHWAY_QUERY}"'
-    new, n = re.subn(pattern, f'name: "{model_name}"', config, count=1, flags=re.M)
-    if n != 1:
-        raise ValueError(
-            f'pathway_query config has no top-level name "{names.MODEL_PATHWAY_QUERY}"'
-        )
-    return new
+    cfg = parse_config(config)
+    if cfg.name != names.MODEL_PATHWAY_QUERY:
+        raise ValueError(f"not a {names.MODEL_PATHWAY_QUERY} config: {cfg.name!r}")
+    cfg.name = model_name
+    return config_text(cfg)
 
 
 def prepare_pathway_query(
