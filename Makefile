@@ -36,7 +36,7 @@ install-prometheus:
 install-helm:
 	@bash deploy/install/helm.sh "$(HELM_VERSION)" "$(CACHE)/go"
 
-# Lint first: ruff on everything, strict mypy on core and client (a few seconds each).
+# Lint first: ruff on everything, strict mypy on core, wsi, serving and client.
 test: install lint-check
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
 
@@ -48,7 +48,7 @@ lint: install-python lint-check
 lint-check:
 	$(UV) run --frozen ruff check .
 	$(UV) run --frozen ruff format --check .
-	$(UV) run --frozen mypy core/src client/src
+	$(UV) run --frozen mypy core/src wsi/src serving/src client/src
 
 # DEMO_ARGS=--once runs the demo steps and tears the stack down (for scripts and CI).
 demo: install

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
+from numpy.typing import NDArray
 
 from histoprompt.core import names
 from histoprompt.core.errors import TransientError
@@ -140,7 +141,7 @@ class TritonClient:
             fetch, attempts=self._attempts, base_s=self._base, what="model config"
         )
 
-    async def patch_embed(self, tiles: np.ndarray) -> np.ndarray:
+    async def patch_embed(self, tiles: NDArray[Any]) -> NDArray[Any]:
         """uint8 [n, H, W, 3] -> float32 [n, D]."""
         from tritonclient.grpc import InferInput, InferRequestedOutput
 
@@ -148,7 +149,7 @@ class TritonClient:
         inp.set_data_from_numpy(np.ascontiguousarray(tiles))
         out = [InferRequestedOutput(names.TENSOR_TILE_EMBEDDING)]
 
-        async def call() -> np.ndarray:
+        async def call() -> NDArray[Any]:
             res = await self._client.infer(
                 names.MODEL_PATCH_EMBED, [inp], outputs=out, client_timeout=self._timeout
             )
@@ -159,8 +160,8 @@ class TritonClient:
         )
 
     async def slide_to_pathways(
-        self, embeddings: np.ndarray, gene_sets: Sequence[str]
-    ) -> dict[str, np.ndarray]:
+        self, embeddings: NDArray[Any], gene_sets: Sequence[str]
+    ) -> dict[str, NDArray[Any]]:
         """[N, D] tile embeddings of one slide -> slide embedding, attention, scores, coverage."""
         from tritonclient.grpc import InferInput, InferRequestedOutput
 
@@ -176,7 +177,7 @@ class TritonClient:
         )
         outs = [InferRequestedOutput(n) for n in wanted]
 
-        async def call() -> dict[str, np.ndarray]:
+        async def call() -> dict[str, NDArray[Any]]:
             res = await self._client.infer(
                 names.MODEL_SLIDE_TO_PATHWAYS,
                 [emb, sets],
