@@ -1,122 +1,250 @@
-"""Service logic with fakes: retries then DLQ, failed slides, commits stop at released work."""
+"""Service logic through its seams (in-memory EventSource and ResultSink, a fake Processor):
+retries then DLQ, poison, failed slides, duplicates, commits stop at released work, which is
+redelivered, and liveness while a slide is in flight."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kafka.structs import TopicPartition
+import pytest
 
 from histoprompt.core import names
 from histoprompt.core.errors import TransientError
-from histoprompt.core.schemas import DlqEvent, ModelRef, ResultEvent, S3Event, SourceRef
+from histoprompt.core.schemas import ErrorInfo, ModelRef, S3Event, Timings
+from histoprompt.ingest.events import SlideJob
+from histoprompt.ingest.memory_io import InMemoryEventSource, InMemoryResultSink
 from histoprompt.ingest.pipeline import SlideOutcome
+from histoprompt.ingest.ports import Message, commit_plan
 from histoprompt.ingest.service import IngestService
 from histoprompt.ingest.settings import IngestSettings
 
-
-@dataclass
-class Msg:
-    value: bytes | None
-    offset: int = 0
-    partition: int = 0
-    topic: str = names.TOPIC_INCOMING
-    key: bytes | None = b"k"
-    timestamp: int = 0
-
-
-class FakeFuture:
-    def get(self, timeout: float) -> None:
-        return None
-
-
-@dataclass
-class FakeProducer:
-    sent: list[tuple[str, bytes | None, bytes]] = field(default_factory=list)
-
-    def send(self, topic: str, key: bytes | None, value: bytes) -> FakeFuture:
-        self.sent.append((topic, key, value))
-        return FakeFuture()
+TOPIC = names.TOPIC_INCOMING
+SLIDES = "histoprompt_ingest_slides_total"
 
 
 @dataclass
 class FakeProcessor:
-    fail_times: int = 0
-    calls: int = 0
+    """Fails the first `fail_times` calls; never returns for keys in `hang`."""
 
-    async def process(self, job: Any) -> SlideOutcome:
-        self.calls += 1
-        if self.calls <= self.fail_times:
+    fail_times: int = 0
+    status: str = "done"
+    hang: frozenset[str] = frozenset()
+    calls: list[str] = field(default_factory=list)
+
+    async def process(self, job: SlideJob) -> SlideOutcome:
+        self.calls.append(job.key)
+        if job.key in self.hang:
+            await asyncio.Event().wait()
+        if len(self.calls) <= self.fail_times:
             raise TransientError("Triton UNAVAILABLE", code="triton_unavailable")
-        event = ResultEvent(
-            slide_id=job.slide_id,
-            source=SourceRef(bucket=job.bucket, key=job.key, etag=job.etag),
-            model=ModelRef(name="tiny", version="v1"),
-            status="done",
-        )
-        return SlideOutcome("done", event, 3)
+        if self.status == "skipped_duplicate":
+            return SlideOutcome("skipped_duplicate")
+        model = ModelRef(name="tiny", version="v1")
+        uri = f"s3://results/{job.slide_id}"
+        if self.status == "failed":
+            error = ErrorInfo(code="not_wsi", message="a CT, not a slide")
+            return SlideOutcome("failed", model, uri, seconds=Timings(total=0.1), error=error)
+        return SlideOutcome("done", model, uri, 3, Timings(total=1.0))
 
 
 def _settings(**kw: Any) -> IngestSettings:
-    return IngestSettings(  # type: ignore[call-arg]
-        _env_file=None, slides_bucket="b", ingest_retry_base_s=0.001, **kw
-    )
+    base: dict[str, Any] = {
+        "slides_bucket": "b",
+        "ingest_retry_base_s": 0.001,
+        "ingest_poll_timeout_s": 0.01,
+        "ingest_metrics_port": 0,
+    }
+    return IngestSettings.model_validate(base | kw)
 
 
-def _value(key: str = "x/slide.svs") -> bytes:
-    return json.dumps(S3Event.make("b", key, 1, "e")).encode()
+def _value(key: str = "x/slide.svs", bucket: str = "b") -> bytes:
+    return json.dumps(S3Event.make(bucket, key, 1, "e")).encode()
+
+
+def _msg(value: bytes | None, offset: int = 0, partition: int = 0) -> Message:
+    return Message(value, b"k", TOPIC, partition, offset, int(time.time() * 1000))
+
+
+def _slides(svc: IngestService, status: str) -> float | None:
+    return svc.registry.get_sample_value(SLIDES, {"status": status})
+
+
+def _consume_until(
+    svc: IngestService,
+    source: InMemoryEventSource,
+    sink: InMemoryResultSink,
+    proc: FakeProcessor,
+    until: Callable[[], bool],
+    during: Callable[[], None] | None = None,
+) -> None:
+    """Consume until `until()` holds, then stop and wait for the loop to return."""
+
+    async def drive() -> None:
+        task = asyncio.create_task(svc.consume(source, sink, proc))
+        deadline = time.monotonic() + 10
+        while not until():
+            if task.done():
+                task.result()
+                pytest.fail("consume returned before the condition held")
+            assert time.monotonic() < deadline, "condition not reached in 10 s"
+            await asyncio.sleep(0.005)
+        if during is not None:
+            during()
+        svc.request_stop()
+        await asyncio.wait_for(task, timeout=10)
+
+    asyncio.run(drive())
 
 
 def test_transient_errors_retry_then_dead_letter() -> None:
     svc = IngestService(_settings(ingest_max_attempts=3))
-    prod, proc = FakeProducer(), FakeProcessor(fail_times=10)
-    asyncio.run(svc._handle(Msg(_value()), prod, proc))  # type: ignore[arg-type]
-    assert proc.calls == 3
-    assert [t for t, _, _ in prod.sent] == [names.TOPIC_DLQ]
-    dlq = DlqEvent.model_validate_json(prod.sent[0][2])
+    source, sink, proc = (
+        InMemoryEventSource([_msg(_value())]),
+        InMemoryResultSink(),
+        FakeProcessor(10),
+    )
+    _consume_until(svc, source, sink, proc, lambda: bool(source.committed))
+    assert len(proc.calls) == 3
+    assert sink.results == [] and len(sink.dlq) == 1
+    key, dlq = sink.dlq[0]
+    assert key == b"k"
     assert dlq.attempts == 3 and dlq.error.code == "triton_unavailable"
     assert dlq.original["Records"][0]["s3"]["bucket"]["name"] == "b"
-    assert svc.metrics.slides.labels(status="dlq")._value.get() == 1
+    assert source.committed == {(TOPIC, 0): 1}
+    assert _slides(svc, "dlq") == 1
 
 
 def test_transient_error_then_success_publishes_one_result() -> None:
     svc = IngestService(_settings(ingest_max_attempts=3))
-    prod, proc = FakeProducer(), FakeProcessor(fail_times=1)
-    asyncio.run(svc._handle(Msg(_value()), prod, proc))  # type: ignore[arg-type]
-    assert [t for t, _, _ in prod.sent] == [names.TOPIC_RESULTS]
-    assert svc.metrics.slides.labels(status="done")._value.get() == 1
+    source, sink, proc = (
+        InMemoryEventSource([_msg(_value())]),
+        InMemoryResultSink(),
+        FakeProcessor(1),
+    )
+    _consume_until(svc, source, sink, proc, lambda: bool(source.committed))
+    assert [e.status for e in sink.results] == ["done"] and sink.dlq == []
+    event = sink.results[0]
+    assert (event.source.bucket, event.source.key, event.n_tiles) == ("b", "x/slide.svs", 3)
+    assert event.result_uri == f"s3://results/{event.slide_id}"
+    assert _slides(svc, "done") == 1
 
 
-def test_malformed_goes_to_dlq_at_once() -> None:
+def test_unacknowledged_result_event_is_resent_without_reprocessing_the_slide() -> None:
+    svc = IngestService(_settings(ingest_max_attempts=3))
+    source, sink, proc = (
+        InMemoryEventSource([_msg(_value())]),
+        InMemoryResultSink(fail_next=1),
+        FakeProcessor(),
+    )
+    _consume_until(svc, source, sink, proc, lambda: bool(source.committed))
+    assert len(proc.calls) == 1
+    assert [e.status for e in sink.results] == ["done"]
+    assert _slides(svc, "done") == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "code"),
+    [
+        (b"\xff\xfe not json", "malformed_event"),
+        (_value(bucket="elsewhere"), "forbidden_source"),
+        (None, "malformed_event"),
+    ],
+)
+def test_poison_goes_to_dlq_at_once_with_its_reason(value: bytes | None, code: str) -> None:
     svc = IngestService(_settings())
-    prod, proc = FakeProducer(), FakeProcessor()
-    asyncio.run(svc._handle(Msg(b"\xff\xfe not json"), prod, proc))  # type: ignore[arg-type]
-    assert proc.calls == 0
-    dlq = DlqEvent.model_validate_json(prod.sent[0][2])
-    assert dlq.error.code == "malformed_event" and dlq.attempts == 1
+    source, sink, proc = InMemoryEventSource([_msg(value)]), InMemoryResultSink(), FakeProcessor()
+    _consume_until(svc, source, sink, proc, lambda: bool(source.committed))
+    assert proc.calls == []
+    [(_, dlq)] = sink.dlq
+    assert dlq.error.code == code and dlq.attempts == 1
+    assert source.committed == {(TOPIC, 0): 1}
 
 
-class FakeConsumer:
-    def __init__(self) -> None:
-        self.committed: dict[Any, Any] = {}
-        self.seeks: list[tuple[Any, int]] = []
-
-    def commit(self, offsets: dict[Any, Any]) -> None:
-        self.committed.update(offsets)
-
-    def seek(self, tp: Any, offset: int) -> None:
-        self.seeks.append((tp, offset))
-
-
-def test_commit_stops_at_the_first_released_message() -> None:
+def test_failed_slide_publishes_a_failed_result_event() -> None:
     svc = IngestService(_settings())
-    msgs = [Msg(b"", offset=o, partition=p) for p, o in [(0, 5), (0, 6), (0, 7), (1, 3)]]
-    handled = {id(msgs[0]), id(msgs[2]), id(msgs[3])}  # partition 0 offset 6 was released
-    consumer = FakeConsumer()
-    svc._commit(consumer, msgs, handled)
-    tp0, tp1 = TopicPartition(names.TOPIC_INCOMING, 0), TopicPartition(names.TOPIC_INCOMING, 1)
-    assert consumer.committed[tp0].offset == 6  # offset 5 done; 6 must be redelivered
-    assert consumer.committed[tp1].offset == 4
-    assert consumer.seeks == [(tp0, 6)]
+    source, sink = InMemoryEventSource([_msg(_value())]), InMemoryResultSink()
+    _consume_until(svc, source, sink, FakeProcessor(status="failed"), lambda: bool(sink.results))
+    [event] = sink.results
+    assert event.status == "failed" and event.error is not None
+    assert event.error.code == "not_wsi" and event.model.version == "v1"
+    assert sink.dlq == []
+    assert _slides(svc, "failed") == 1
+
+
+def test_duplicate_is_skipped_without_an_event_and_committed() -> None:
+    svc = IngestService(_settings())
+    source, sink = InMemoryEventSource([_msg(_value())]), InMemoryResultSink()
+    proc = FakeProcessor(status="skipped_duplicate")
+    _consume_until(svc, source, sink, proc, lambda: bool(source.committed))
+    assert sink.results == [] and sink.dlq == []
+    assert _slides(svc, "skipped_duplicate") == 1
+
+
+def test_commit_stops_at_the_first_released_message_which_is_redelivered() -> None:
+    at = [(0, 5, "a"), (0, 6, "hangs"), (0, 7, "c"), (1, 3, "d")]
+    msgs = [_msg(_value(f"x/{k}.svs"), offset=o, partition=p) for p, o, k in at]
+    settings = _settings(ingest_concurrency=4, ingest_shutdown_deadline_s=0.5)
+    svc = IngestService(settings)
+    source, sink = InMemoryEventSource(msgs), InMemoryResultSink()
+    proc = FakeProcessor(hang=frozenset({"x/hangs.svs"}))
+    _consume_until(svc, source, sink, proc, lambda: len(sink.results) == 3)
+    # Partition 0: offset 5 done, 6 released, so 7 waits with it although it finished.
+    assert source.committed == {(TOPIC, 0): 6, (TOPIC, 1): 4}
+    assert sorted(e.source.key for e in sink.results) == ["x/a.svs", "x/c.svs", "x/d.svs"]
+
+    again = IngestService(settings)
+    _consume_until(
+        again, source, sink, FakeProcessor(), lambda: source.committed.get((TOPIC, 0)) == 8
+    )
+    redelivered = [(m.partition, m.offset) for m in source.delivered[len(msgs) :]]
+    assert redelivered == [(0, 6), (0, 7)]
+
+
+def test_liveness_beats_and_readiness_holds_while_a_slide_is_in_flight() -> None:
+    svc = IngestService(_settings(ingest_liveness_timeout_s=0.2, ingest_shutdown_deadline_s=0.5))
+    source, sink = InMemoryEventSource([_msg(_value("x/slow.svs"))]), InMemoryResultSink()
+    proc = FakeProcessor(hang=frozenset({"x/slow.svs"}))
+    beats: list[float] = []
+    sampled_at: list[float] = []
+
+    def in_flight_a_while() -> bool:
+        now = time.monotonic()
+        if proc.calls and (not sampled_at or now - sampled_at[-1] >= 0.1):
+            sampled_at.append(now)
+            beats.append(svc.health.last_beat)
+            assert svc.health.ready and svc.health.alive()
+        return len(beats) >= 4
+
+    _consume_until(svc, source, sink, proc, in_flight_a_while)
+    assert len(set(beats)) == 4, beats
+    assert not svc.health.ready
+    assert source.committed == {}  # released at the deadline, not committed
+
+
+def test_lag_is_reported_from_the_source() -> None:
+    svc = IngestService(_settings(ingest_concurrency=1))
+    source = InMemoryEventSource([_msg(_value(f"x/{i}.svs"), offset=i) for i in range(5)])
+    sink = InMemoryResultSink()
+    _consume_until(svc, source, sink, FakeProcessor(), lambda: bool(sink.results))
+    # Measured after the first batch of one: four behind.
+    assert svc.registry.get_sample_value("histoprompt_ingest_consumer_lag") == 4
+
+
+def test_run_returns_zero_when_stopped_before_it_starts() -> None:
+    svc = IngestService(_settings())
+    svc.request_stop()
+    assert svc.run(install_signals=False) == 0
+    assert not svc.health.ready
+
+
+def test_commit_plan_is_per_partition_up_to_the_first_unhandled() -> None:
+    batch = [_msg(b"", offset=o, partition=p) for p, o in [(0, 7), (0, 5), (0, 6), (1, 3), (2, 9)]]
+    handled = [m for m in batch if (m.partition, m.offset) != (0, 6) and m.partition != 2]
+    plan = commit_plan(batch, handled)
+    assert plan.commit == {(TOPIC, 0): 6, (TOPIC, 1): 4}
+    assert plan.rewind == {(TOPIC, 0): 6, (TOPIC, 2): 9}

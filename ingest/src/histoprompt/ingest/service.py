@@ -1,8 +1,12 @@
-"""The consumer service: poll, process up to `ingest_concurrency` messages, commit, repeat.
+"""The consumer service: poll, process up to `ingest_concurrency` messages, settle, repeat.
+
+One asyncio program: `run()` is `asyncio.run(serve())`; the blocking Kafka client runs in
+worker threads. `serve()` wires Kafka, S3 and Triton; `consume()` is the loop over any
+EventSource / ResultSink / Processor (histoprompt.ingest.ports).
 
 At-least-once: an offset is committed only after its result is in S3 and its result event
-(or its DLQ event) is acknowledged by Kafka. Offsets are committed per partition up to the
-first message not handled, so a released message is redelivered.
+(or its DLQ event) is acknowledged. Offsets are committed per partition up to the first
+message not handled, so a released message is redelivered.
 
 SIGTERM/SIGINT: stop polling, give in-flight slides until the deadline to finish, release
 (cancel, do not commit) the rest, commit what finished, leave the group, exit 0.
@@ -11,46 +15,38 @@ SIGTERM/SIGINT: stop polling, give in-flight slides until the deadline to finish
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import signal
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from histoprompt.core import names
 from histoprompt.core.errors import TransientError
+from histoprompt.core.genesets import load_hallmark
 from histoprompt.core.results import ResultStore
 from histoprompt.core.s3 import make_minio
-from histoprompt.core.schemas import DlqEvent, ErrorInfo, ResultEvent, utcnow
+from histoprompt.core.schemas import ErrorInfo, utcnow
 from histoprompt.ingest.errors import SourceRejectedError
 from histoprompt.ingest.events import SlideJob, parse_jobs
 from histoprompt.ingest.health import Health, MetricsServer, start_metrics_server
 from histoprompt.ingest.logs import get_logger
 from histoprompt.ingest.metrics import IngestMetrics, make_metrics
-from histoprompt.ingest.pipeline import SlideProcessor
+from histoprompt.ingest.pipeline import SlideOutcome, SlideProcessor
+from histoprompt.ingest.ports import EventSource, Message, Processor, ResultSink
+from histoprompt.ingest.publish import dead_letter, publish_outcome
 from histoprompt.ingest.settings import IngestSettings
 from histoprompt.wsi.triton import ServedModel, TritonClient
 
-_SEND_TIMEOUT_S = 30.0
 _LAG_EVERY_S = 5.0
+_BEAT_EVERY_S = 1.0
 
-
-def hallmark_names() -> list[str]:
-    """The default prompts: every bundled MSigDB Hallmark set."""
-    from histoprompt.core.genesets import load_hallmark
-
-    return list(load_hallmark())
-
-
-@dataclass
-class _Handled:
-    msg: Any
-    ok: bool
+# Per message, across its attempts: slide id -> its outcome until the result event is out,
+# then None. A retry after a failed publish re-sends the event instead of reprocessing the
+# slide, whose stored result would make it a duplicate with no event at all.
+_Progress = dict[str, SlideOutcome | None]
 
 
 class IngestService:
@@ -90,82 +86,71 @@ class IngestService:
         self.log.info("stop requested", extra={"code": signal.Signals(signum).name})
         self.request_stop()
 
-    # -- main loop ---------------------------------------------------------------------------
+    def _bind_loop(self) -> asyncio.Event:
+        """The stop event of the running loop; set at once if a stop came first."""
+        loop = asyncio.get_running_loop()
+        if self._stop_event is None or self._loop is not loop:
+            self._stop_event = asyncio.Event()
+            self._loop = loop
+        if self._stopping.is_set():
+            self._stop_event.set()
+        return self._stop_event
+
+    # -- wiring ------------------------------------------------------------------------------
 
     def run(self, install_signals: bool = True) -> int:
-        from kafka import KafkaConsumer, KafkaProducer
-
         if install_signals:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
-        if self.settings.ingest_metrics_port:
+        return asyncio.run(self.serve())
+
+    async def serve(self) -> int:
+        """Wait for the served model, then consume Kafka until stopped. Returns the exit code."""
+        from histoprompt.ingest.kafka_io import KafkaEventSource, KafkaResultSink
+
+        s = self.settings
+        self._bind_loop()
+        if s.ingest_metrics_port:
             self.metrics_server = start_metrics_server(
-                self.settings.ingest_metrics_port,
-                self.registry,
-                self.health,
-                self.settings.ingest_metrics_host,
+                s.ingest_metrics_port, self.registry, self.health, s.ingest_metrics_host
             )
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        consumer = producer = None
+        closers: list[Callable[[], object]] = []
         triton: TritonClient | None = None
         try:
-            self._stop_event = loop.run_until_complete(_make_event())
             if self._stopping.is_set():
                 return 0
-            triton = loop.run_until_complete(self._make_triton())
-            served = loop.run_until_complete(self._wait_for_model(triton))
+            triton = TritonClient(
+                s.triton_url,
+                s.ingest_triton_timeout_s,
+                s.ingest_max_attempts,
+                s.ingest_retry_base_s,
+            )
+            served = await self._wait_for_model(triton)
             if served is None:
                 return 0
             self.served = served
-            minio = make_minio(self.settings)
-            store = ResultStore(minio, self.settings.results_bucket)
-            kafka_cfg = self.settings.kafka_config()
-            producer = KafkaProducer(acks="all", linger_ms=5, **kafka_cfg)
-            consumer = KafkaConsumer(
-                names.TOPIC_INCOMING,
-                group_id=self.settings.ingest_group_id,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                max_poll_records=self.settings.ingest_concurrency,
-                max_poll_interval_ms=int(self.settings.ingest_max_poll_interval_s * 1000),
-                **kafka_cfg,
-            )
-            processor = SlideProcessor(
-                self.settings,
-                minio,
-                store,
-                triton,
-                served,
-                self.gene_sets if self.gene_sets is not None else hallmark_names(),
-                self.metrics,
-            )
-            self.health.ready = True
-            self.log.info(
-                "consuming",
-                extra={"model_version": served.version, "status": "ready"},
-            )
-            self._consume(loop, consumer, producer, processor)
+            minio = make_minio(s)
+            sink = await asyncio.to_thread(KafkaResultSink, s)
+            closers.append(sink.close)
+            source = await asyncio.to_thread(KafkaEventSource, s)
+            closers.append(source.close)
+            gene_sets = self.gene_sets if self.gene_sets is not None else list(load_hallmark())
+            store = ResultStore(minio, s.results_bucket)
+            processor = SlideProcessor(s, minio, store, triton, served, gene_sets, self.metrics)
+            self.log.info("consuming", extra={"model_version": served.version, "status": "ready"})
+            await self.consume(source, sink, processor)
         finally:
             self.health.ready = False
-            if consumer is not None:
-                consumer.close(autocommit=False)
-            if producer is not None:
-                producer.close(timeout=5)
+            # The consumer leaves its group first, so its partitions move to another replica
+            # without waiting for this producer's flush.
+            for close in reversed(closers):
+                await asyncio.to_thread(close)
             if triton is not None:
-                loop.run_until_complete(triton.close())
-            loop.close()
-            self._loop = None
+                await triton.close()
             if self.metrics_server is not None:
                 self.metrics_server.close()
             self.log.info("stopped", extra={"status": "stopped"})
         return 0
-
-    async def _make_triton(self) -> TritonClient:
-        s = self.settings
-        return TritonClient(
-            s.triton_url, s.ingest_triton_timeout_s, s.ingest_max_attempts, s.ingest_retry_base_s
-        )
 
     async def _wait_for_model(self, triton: TritonClient) -> ServedModel | None:
         """Readiness waits for the served model; liveness keeps beating meanwhile."""
@@ -181,36 +166,53 @@ class IngestService:
             delay = min(delay * 2, 10.0)
         return None
 
-    def _consume(
-        self, loop: asyncio.AbstractEventLoop, consumer: Any, producer: Any, proc: SlideProcessor
-    ) -> None:
-        last_lag = 0.0
-        while not self._stopping.is_set():
-            self.health.beat()
-            polled = consumer.poll(
-                timeout_ms=int(self.settings.ingest_poll_timeout_s * 1000),
-                max_records=self.settings.ingest_concurrency,
-            )
-            msgs = [m for batch in polled.values() for m in batch]
-            if msgs:
-                handled = loop.run_until_complete(self._handle_all(msgs, producer, proc))
-                self._commit(consumer, msgs, handled)
-            if time.monotonic() - last_lag > _LAG_EVERY_S:
-                self._update_lag(consumer)
-                last_lag = time.monotonic()
+    # -- the loop ----------------------------------------------------------------------------
 
-    async def _handle_all(self, msgs: list[Any], producer: Any, proc: SlideProcessor) -> set[int]:
-        """Run the messages concurrently; ids of those handled (committable)."""
-        assert self._stop_event is not None
-        tasks = {asyncio.create_task(self._handle(m, producer, proc)): id(m) for m in msgs}
-        stop = asyncio.create_task(self._stop_event.wait())
-        pending: set[asyncio.Task[Any]] = set(tasks)
+    async def consume(self, source: EventSource, sink: ResultSink, processor: Processor) -> None:
+        """Poll, handle, settle until stopped; ready meanwhile. Closes neither end."""
+        self._bind_loop()
+        s = self.settings
+        beat = asyncio.create_task(self._beat_forever())
+        self.health.ready = True
+        last_lag = 0.0
+        try:
+            while not self._stopping.is_set():
+                msgs = await asyncio.to_thread(
+                    source.poll, s.ingest_concurrency, s.ingest_poll_timeout_s
+                )
+                if msgs:
+                    handled = await self._handle_batch(msgs, sink, processor)
+                    await asyncio.to_thread(source.settle, msgs, handled)
+                if time.monotonic() - last_lag > _LAG_EVERY_S:
+                    lag = await asyncio.to_thread(source.lag)
+                    if lag is not None:
+                        self.metrics.consumer_lag.set(lag)
+                    last_lag = time.monotonic()
+        finally:
+            self.health.ready = False
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+
+    async def _beat_forever(self) -> None:
+        """Liveness means the event loop turns: a slide in flight for minutes is not a stall."""
+        every = min(_BEAT_EVERY_S, self.settings.ingest_liveness_timeout_s / 4)
+        while True:
+            self.health.beat()
+            await asyncio.sleep(every)
+
+    async def _handle_batch(
+        self, msgs: Sequence[Message], sink: ResultSink, proc: Processor
+    ) -> list[Message]:
+        """Run the messages concurrently; those handled (committable), in batch order."""
+        stop_event = self._bind_loop()
+        tasks = {asyncio.create_task(self._handle(m, sink, proc)): m for m in msgs}
+        stop = asyncio.create_task(stop_event.wait())
+        pending: set[asyncio.Task[None]] = set(tasks)
         try:
             while pending and not stop.done():
-                _, pending = await asyncio.wait(
-                    pending | {stop}, return_when=asyncio.FIRST_COMPLETED
-                )
-                pending.discard(stop)
+                done, _ = await asyncio.wait(pending | {stop}, return_when=asyncio.FIRST_COMPLETED)
+                pending -= done
             if pending:
                 remaining = max(0.0, self._deadline - time.monotonic() - 1.0)
                 _, pending = await asyncio.wait(pending, timeout=remaining)
@@ -224,30 +226,31 @@ class IngestService:
                     )
         finally:
             stop.cancel()
-        handled = set()
-        for task, mid in tasks.items():
-            if task.done() and not task.cancelled() and task.exception() is None:
-                handled.add(mid)
-            elif task.done() and not task.cancelled() and task.exception() is not None:
+        handled: list[Message] = []
+        for task, msg in tasks.items():
+            if not task.done() or task.cancelled():
+                continue
+            if task.exception() is None:
+                handled.append(msg)
+            else:
                 self.log.error(
-                    "message handler crashed",
-                    exc_info=task.exception(),
-                    extra={"code": "internal"},
+                    "message handler crashed", exc_info=task.exception(), extra={"code": "internal"}
                 )
         return handled
 
-    async def _handle(self, msg: Any, producer: Any, proc: SlideProcessor) -> None:
+    async def _handle(self, msg: Message, sink: ResultSink, proc: Processor) -> None:
         first_seen = utcnow()
+        progress: _Progress = {}
         attempt = 1
         while True:
             try:
-                jobs = parse_jobs(msg.value, self.settings)
-                for job in jobs:
+                for job in parse_jobs(msg.value, self.settings):
                     if isinstance(job, SlideJob):
-                        await self._process_job(job, msg, producer, proc)
+                        await self._process_job(job, msg, sink, proc, progress)
                 return
             except SourceRejectedError as err:
-                await self._dead_letter(msg, producer, err.code, str(err), attempt, first_seen)
+                error = ErrorInfo(code=err.code, message=str(err))
+                await self._dead_letter(sink, msg, error, attempt, first_seen)
                 return
             except (TransientError, OSError) as err:
                 code = getattr(err, "code", "io_error")
@@ -256,7 +259,8 @@ class IngestService:
                 self.log.error("unexpected error", exc_info=err, extra={"code": "internal"})
                 code, message = "internal", f"unexpected {type(err).__name__}"
             if attempt >= self.settings.ingest_max_attempts:
-                await self._dead_letter(msg, producer, code, message, attempt, first_seen)
+                error = ErrorInfo(code=code, message=message)
+                await self._dead_letter(sink, msg, error, attempt, first_seen)
                 return
             self.log.warning(
                 "retrying", extra={"code": code, "attempt": attempt, "offset": msg.offset}
@@ -265,95 +269,32 @@ class IngestService:
             attempt += 1
 
     async def _process_job(
-        self, job: SlideJob, msg: Any, producer: Any, proc: SlideProcessor
+        self, job: SlideJob, msg: Message, sink: ResultSink, proc: Processor, progress: _Progress
     ) -> None:
-        self.metrics.inflight.inc()
-        try:
-            outcome = await proc.process(job)
-        finally:
-            self.metrics.inflight.dec()
-        if outcome.event is not None:
-            await asyncio.to_thread(
-                self._send,
-                producer,
-                names.TOPIC_RESULTS,
-                job.slide_id.encode(),
-                outcome.event.to_json(),
-            )
+        sid = job.slide_id
+        if sid in progress:
+            outcome = progress[sid]
+            if outcome is None:
+                return  # its event went out in an earlier attempt of this message
+        else:
+            self.metrics.inflight.inc()
+            try:
+                outcome = await proc.process(job)
+            finally:
+                self.metrics.inflight.dec()
+            progress[sid] = outcome
+        await asyncio.to_thread(publish_outcome, sink, job, outcome)
+        progress[sid] = None
         self.metrics.slides.labels(status=outcome.status).inc()
-        if outcome.status != "skipped_duplicate" and msg.timestamp and msg.timestamp > 0:
-            self.metrics.slide_seconds.observe(max(0.0, time.time() - msg.timestamp / 1000.0))
+        if outcome.status != "skipped_duplicate" and msg.timestamp_ms > 0:
+            self.metrics.slide_seconds.observe(max(0.0, time.time() - msg.timestamp_ms / 1000.0))
 
     async def _dead_letter(
-        self, msg: Any, producer: Any, code: str, message: str, attempts: int, first_seen: str
+        self, sink: ResultSink, msg: Message, error: ErrorInfo, attempts: int, first_seen: str
     ) -> None:
-        try:
-            original: Any = json.loads(msg.value) if msg.value is not None else None
-        except (ValueError, UnicodeDecodeError):
-            original = (msg.value or b"").decode("utf-8", errors="replace")
-        event = DlqEvent(
-            original=original,
-            error=ErrorInfo(code=code, message=message),
-            attempts=attempts,
-            first_seen=first_seen,
-            last_seen=utcnow(),
-        )
-        await asyncio.to_thread(self._send, producer, names.TOPIC_DLQ, msg.key, event.to_json())
+        await asyncio.to_thread(dead_letter, sink, msg, error, attempts, first_seen)
         self.metrics.slides.labels(status="dlq").inc()
         self.log.warning(
             "dead-lettered",
-            extra={"status": "dlq", "code": code, "attempt": attempts, "offset": msg.offset},
+            extra={"status": "dlq", "code": error.code, "attempt": attempts, "offset": msg.offset},
         )
-
-    @staticmethod
-    def _send(producer: Any, topic: str, key: bytes | None, value: bytes) -> None:
-        from kafka.errors import KafkaError
-
-        try:
-            producer.send(topic, key=key, value=value).get(timeout=_SEND_TIMEOUT_S)
-        except KafkaError as err:
-            raise TransientError(f"publishing to {topic} failed", code="kafka_unavailable") from err
-
-    def _commit(self, consumer: Any, msgs: list[Any], handled: set[int]) -> None:
-        from kafka.structs import OffsetAndMetadata, TopicPartition
-
-        offsets: dict[Any, Any] = {}
-        by_tp: dict[Any, list[Any]] = {}
-        for m in msgs:
-            by_tp.setdefault(TopicPartition(m.topic, m.partition), []).append(m)
-        for tp, ms in by_tp.items():
-            ms.sort(key=lambda m: m.offset)
-            upto = None
-            for m in ms:
-                if id(m) not in handled:
-                    # Redeliver from here: seek back so a running consumer sees it again.
-                    consumer.seek(tp, m.offset)
-                    break
-                upto = m.offset
-            if upto is not None:
-                offsets[tp] = OffsetAndMetadata(upto + 1, "", -1)
-        if offsets:
-            consumer.commit(offsets)
-
-    def _update_lag(self, consumer: Any) -> None:
-        try:
-            parts = consumer.assignment()
-            if not parts:
-                return
-            ends = consumer.end_offsets(list(parts))
-            lag = sum(max(0, ends[tp] - consumer.position(tp)) for tp in parts)
-            self.metrics.consumer_lag.set(lag)
-        except Exception as err:  # lag is best-effort; never stop consuming for it
-            self.log.debug("lag unavailable", extra={"code": type(err).__name__})
-
-
-async def _make_event() -> asyncio.Event:
-    return asyncio.Event()
-
-
-def publish_result(producer: Any, event: ResultEvent) -> None:
-    """Publish one result event (used by tools and tests that replay results)."""
-    IngestService._send(producer, names.TOPIC_RESULTS, event.slide_id.encode(), event.to_json())
-
-
-StopHook = Callable[[], None]
