@@ -196,6 +196,90 @@ def train_alignment(
         )
 
 
+def _alignment_config(data: PairedEmbeddings, config: TrainConfig) -> AlignmentConfig:
+    return AlignmentConfig(
+        tile_dim=int(data.bags[0].shape[1]),
+        rna_dim=int(data.rna.shape[1]),
+        hidden=config.hidden,
+        attn_dim=config.attn_dim,
+        aligned_dim=config.aligned_dim,
+        dropout=config.dropout,
+        temperature_init=config.temperature_init,
+    )
+
+
+def _train_epoch(
+    model: AlignmentModel,
+    opt: torch.optim.Optimizer,
+    train: _Split,
+    config: TrainConfig,
+    gen: torch.Generator,
+) -> float:
+    """One pass over the training patients in random order; returns the mean InfoNCE."""
+    model.train()
+    order = torch.randperm(len(train.patients), generator=gen).tolist()
+    losses = []
+    for start in range(0, len(order) - 1, config.batch_size):
+        batch = order[start : start + config.batch_size]
+        if len(batch) < 2:
+            continue
+        picks = [
+            train.slides[i][int(torch.randint(len(train.slides[i]), (1,), generator=gen))]
+            for i in batch
+        ]
+        x, mask = _pad([train.data.bags[s] for s in picks], config.max_tiles, gen)
+        img, _ = model.embed_slides(x, mask)
+        rna = model.embed_rna(train.rna[batch])
+        loss = symmetric_info_nce(img, rna, model.scale())
+        opt.zero_grad()
+        loss.backward()  # type: ignore[no-untyped-call]
+        opt.step()
+        losses.append(float(loss.detach()))
+    return float(np.mean(losses))
+
+
+def _save_checkpoint(
+    ckpt: Path,
+    digest: str,
+    model: AlignmentModel,
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    best_state: dict[str, torch.Tensor],
+    state: dict[str, Any],
+) -> None:
+    torch.save(
+        {
+            "config_hash": digest,
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "generator": gen.get_state(),
+            "best_model": best_state,
+            "state": json.dumps(state),
+        },
+        ckpt,
+    )
+
+
+def _resume(
+    ckpt: Path,
+    digest: str,
+    model: AlignmentModel,
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Restore model, optimizer and generator from `ckpt`; returns (best weights, loop state)."""
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    if saved.get("config_hash") != digest:
+        raise TrainingError(
+            f"{ckpt} belongs to another configuration (hash {saved.get('config_hash')}, "
+            f"this run {digest}); use a fresh output directory or resume=False"
+        )
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["optimizer"])
+    gen.set_state(saved["generator"])
+    return saved["best_model"], json.loads(saved["state"])
+
+
 def _train(
     data: PairedEmbeddings,
     config: TrainConfig,
@@ -208,15 +292,7 @@ def _train(
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
-    align_cfg = AlignmentConfig(
-        tile_dim=int(data.bags[0].shape[1]),
-        rna_dim=int(data.rna.shape[1]),
-        hidden=config.hidden,
-        attn_dim=config.attn_dim,
-        aligned_dim=config.aligned_dim,
-        dropout=config.dropout,
-        temperature_init=config.temperature_init,
-    )
+    align_cfg = _alignment_config(data, config)
     # Run length is not part of the identity, so a finished run can be extended by resuming.
     identity = config.model_dump(exclude={"epochs", "patience", "threads"})
     digest = config_hash(identity, align_cfg.model_dump(), fingerprint)
@@ -234,17 +310,7 @@ def _train(
     ckpt = out_dir / CHECKPOINT
     train_seconds = 0.0
     if resume and ckpt.is_file():
-        saved = torch.load(ckpt, map_location="cpu", weights_only=True)
-        if saved.get("config_hash") != digest:
-            raise TrainingError(
-                f"{ckpt} belongs to another configuration (hash {saved.get('config_hash')}, "
-                f"this run {digest}); use a fresh output directory or resume=False"
-            )
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        gen.set_state(saved["generator"])
-        best_state = saved["best_model"]
-        state = json.loads(saved["state"])
+        best_state, state = _resume(ckpt, digest, model, opt, gen)
         train_seconds = float(state.get("train_seconds", 0.0))
 
     bar = tqdm(
@@ -258,28 +324,10 @@ def _train(
         if state["bad"] >= config.patience:
             break
         started = time.perf_counter()
-        model.train()
-        order = torch.randperm(len(train.patients), generator=gen).tolist()
-        losses = []
-        for start in range(0, len(order) - 1, config.batch_size):
-            batch = order[start : start + config.batch_size]
-            if len(batch) < 2:
-                continue
-            picks = [
-                train.slides[i][int(torch.randint(len(train.slides[i]), (1,), generator=gen))]
-                for i in batch
-            ]
-            x, mask = _pad([data.bags[s] for s in picks], config.max_tiles, gen)
-            img, _ = model.embed_slides(x, mask)
-            rna = model.embed_rna(train.rna[batch])
-            loss = symmetric_info_nce(img, rna, model.scale())
-            opt.zero_grad()
-            loss.backward()  # type: ignore[no-untyped-call]
-            opt.step()
-            losses.append(float(loss.detach()))
+        train_loss = _train_epoch(model, opt, train, config, gen)
         metrics = evaluate(model, val, config.max_tiles)
         train_seconds += time.perf_counter() - started
-        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), **metrics}
+        record = {"epoch": epoch + 1, "train_loss": train_loss, **metrics}
         state["history"].append(record)
         if metrics["loss"] < state["best"] - 1e-4:
             state.update(best=metrics["loss"], bad=0, best_epoch=epoch + 1)
@@ -289,17 +337,7 @@ def _train(
         state["epoch"] = epoch + 1
         state["train_seconds"] = train_seconds
         bar.set_postfix(val_loss=f"{metrics['loss']:.3f}", r5=f"{metrics['recall@5']:.2f}")
-        torch.save(
-            {
-                "config_hash": digest,
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "generator": gen.get_state(),
-                "best_model": best_state,
-                "state": json.dumps(state),
-            },
-            ckpt,
-        )
+        _save_checkpoint(ckpt, digest, model, opt, gen, best_state, state)
     bar.close()
 
     model.load_state_dict(best_state)

@@ -28,6 +28,11 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
+    from histoprompt.core.modelspec import ModelCard
+    from histoprompt.export.alignment import AlignmentConfig
+    from histoprompt.export.cohort import SyntheticCohort
+    from histoprompt.export.rna import GeneContract
+
 app = typer.Typer(
     name="evaluate",
     help="Retrieval Recall@k and per-Hallmark R2/Pearson/Spearman (5-fold CV by patient).",
@@ -137,28 +142,15 @@ def bundle_inputs(bundle: Path, seed: int = 0) -> EvalInputs:
     import torch
 
     from histoprompt.core.errors import InvalidInputError
-    from histoprompt.core.modelspec import ModelCard
-    from histoprompt.export.alignment import (
-        AlignmentConfig,
-        AlignmentModel,
-        RnaEmbedExport,
-        SlideEmbedExport,
-    )
+    from histoprompt.export.alignment import AlignmentModel, RnaEmbedExport, SlideEmbedExport
     from histoprompt.export.alignment_training import load_alignment, split_by_patient
     from histoprompt.export.bundle import demo_card, demo_config
     from histoprompt.export.cohort import make_cohort
     from histoprompt.export.embedding import cached_slide_embeddings
     from histoprompt.export.encoders import load_encoder
-    from histoprompt.export.rna import GeneContract, small_rna_encoder
+    from histoprompt.export.rna import small_rna_encoder
 
-    try:
-        card = ModelCard.model_validate_json((bundle / "model_card.json").read_text())
-        contract = GeneContract.model_validate_json((bundle / "gene_contract.json").read_text())
-        align_cfg = AlignmentConfig.model_validate_json(
-            (bundle / "alignment" / "alignment_config.json").read_text()
-        )
-    except (OSError, ValueError) as err:
-        raise InvalidInputError(f"{bundle} is not a demo bundle: {err}") from err
+    card, contract, align_cfg = _read_bundle(bundle)
     config = demo_config(seed)
     if demo_card(config).version != card.version:
         raise InvalidInputError(
@@ -168,8 +160,8 @@ def bundle_inputs(bundle: Path, seed: int = 0) -> EvalInputs:
     cohort = make_cohort(config.cohort)
     encoder = load_encoder(config.encoder, seed=config.seed)
     first: dict[str, int] = {}
-    for i, slide in enumerate(cohort.slides):
-        first.setdefault(slide.patient_id, i)
+    for i, cohort_slide in enumerate(cohort.slides):
+        first.setdefault(cohort_slide.patient_id, i)
     slides = [cohort.slides[i] for i in first.values()]
     bags = cached_slide_embeddings(
         encoder, [(s.slide_id, s.tiles) for s in slides], bundle.parent.parent / "tile_embeddings"
@@ -193,19 +185,11 @@ def bundle_inputs(bundle: Path, seed: int = 0) -> EvalInputs:
     base_slide, base_rna = embed(untrained)
     _, val = split_by_patient(patients, config.train.val_fraction, config.train.seed)
     held_out = np.array([p in set(val) for p in patients])
-    import pandas as pd
-
-    from histoprompt.core.genesets import load_hallmark
-    from histoprompt.core.ssgsea import ssgsea_frame
-
-    expr = pd.DataFrame(cohort.expression, index=list(cohort.patient_ids), columns=cohort.genes)
-    hallmark = load_hallmark()
-    targets = ssgsea_frame(expr, {n: hallmark[n].genes for n in hallmark}, min_size=5)
     return EvalInputs(
         slide,
         rna,
         patients,
-        targets.loc[patients].reset_index(drop=True),
+        _cohort_hallmark_targets(cohort, patients),
         base_slide,
         base_rna,
         synthetic=True,
@@ -215,6 +199,36 @@ def bundle_inputs(bundle: Path, seed: int = 0) -> EvalInputs:
         ),
         retrieval_rows=held_out,
     )
+
+
+def _read_bundle(bundle: Path) -> tuple[ModelCard, GeneContract, AlignmentConfig]:
+    from histoprompt.core.errors import InvalidInputError
+    from histoprompt.core.modelspec import ModelCard
+    from histoprompt.export.alignment import AlignmentConfig
+    from histoprompt.export.rna import GeneContract
+
+    try:
+        card = ModelCard.model_validate_json((bundle / "model_card.json").read_text())
+        contract = GeneContract.model_validate_json((bundle / "gene_contract.json").read_text())
+        align_cfg = AlignmentConfig.model_validate_json(
+            (bundle / "alignment" / "alignment_config.json").read_text()
+        )
+    except (OSError, ValueError) as err:
+        raise InvalidInputError(f"{bundle} is not a demo bundle: {err}") from err
+    return card, contract, align_cfg
+
+
+def _cohort_hallmark_targets(cohort: SyntheticCohort, patients: list[str]) -> pd.DataFrame:
+    """Hallmark ssGSEA scores of the cohort's expression, one row per patient in order."""
+    import pandas as pd
+
+    from histoprompt.core.genesets import load_hallmark
+    from histoprompt.core.ssgsea import ssgsea_frame
+
+    expr = pd.DataFrame(cohort.expression, index=list(cohort.patient_ids), columns=cohort.genes)
+    hallmark = load_hallmark()
+    targets = ssgsea_frame(expr, {n: hallmark[n].genes for n in hallmark}, min_size=5)
+    return targets.loc[patients].reset_index(drop=True)
 
 
 def run_evaluation(inputs: EvalInputs, methods: list[str], n_splits: int = 5) -> EvalReport:

@@ -21,7 +21,7 @@ import typer
 if TYPE_CHECKING:
     import numpy as np
 
-    from histoprompt.core.reference import EmbedFn
+    from histoprompt.core.reference import EmbedFn, ReferenceDB
 
 app = typer.Typer(
     name="reference",
@@ -90,6 +90,20 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
+def _store(ref: ReferenceDB, out: str) -> str:
+    """Save under a local directory or `s3://<bucket>[/<root>]`; returns where it went."""
+    from histoprompt.core.reference_store import save_reference, save_reference_s3
+
+    if not out.startswith("s3://"):
+        return str(save_reference(ref, Path(out)))
+    from histoprompt.core.s3 import make_minio, parse_s3_uri
+    from histoprompt.core.settings import ConnectionSettings
+
+    bucket, root = parse_s3_uri(out)
+    client = make_minio(ConnectionSettings.load())
+    return save_reference_s3(ref, client, bucket, root or "references")
+
+
 @app.command("build")
 def build(
     expression: Annotated[
@@ -127,7 +141,6 @@ def build(
     """Embed a reference cohort, score the Hallmarks and store a versioned reference DB."""
     from histoprompt.core.errors import HistopromptError
     from histoprompt.core.reference_build import build_reference, read_table
-    from histoprompt.core.reference_store import save_reference, save_reference_s3
 
     # --rna-onnx wins over a Triton URL that may come from the environment
     if rna_onnx is None and triton is None:
@@ -160,15 +173,7 @@ def build(
             reorder=reorder,
             synthetic=synthetic,
         )
-        if out.startswith("s3://"):
-            from histoprompt.core.s3 import make_minio, parse_s3_uri
-            from histoprompt.core.settings import ConnectionSettings
-
-            bucket, root = parse_s3_uri(out)
-            client = make_minio(ConnectionSettings.load())
-            where = save_reference_s3(ref, client, bucket, root or "references")
-        else:
-            where = str(save_reference(ref, Path(out)))
+        where = _store(ref, out)
     except HistopromptError as err:
         raise _fail(err.message) from err
     m = ref.manifest

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from histoprompt.core.modelspec import ModelCard
 from histoprompt.core.settings import ConnectionSettings
@@ -30,6 +31,47 @@ def _read_table(path: Path) -> Any:
     if path.suffix == ".parquet":
         return pd.read_parquet(path)
     return pd.read_csv(path)
+
+
+def _read_expression(
+    path: Path, is_log1p: bool
+) -> tuple[list[str], list[str], NDArray[np.float64]]:
+    """(patient ids, genes, log1p values [patients, genes]) from the expression parquet."""
+    import pandas as pd
+
+    expr = pd.read_parquet(path)
+    if "patient_id" not in expr.columns:
+        raise TrainingError(f"{path} lacks a patient_id column")
+    expr = expr.set_index("patient_id")
+    values = expr.to_numpy(dtype=np.float64)
+    if not is_log1p:
+        values = np.log1p(values)
+    return [str(p) for p in expr.index], [str(g) for g in expr.columns], values
+
+
+def _load_bags(
+    embeddings_dir: Path, slides: Any, known_patients: set[str], encoder_name: str, embed_dim: int
+) -> tuple[list[NDArray[np.float32]], list[str], int]:
+    """Tile embeddings of the slides whose patient has expression; (bags, patients, skipped)."""
+    bags, slide_patients = [], []
+    skipped = 0
+    for slide_id, patient in zip(
+        slides["slide_id"].astype(str), slides["patient_id"].astype(str), strict=True
+    ):
+        path = embeddings_dir / f"{slide_id}.npy"
+        if patient not in known_patients or not path.is_file():
+            skipped += 1
+            continue
+        bag = np.load(path).astype(np.float32)
+        if bag.ndim != 2 or bag.shape[1] != embed_dim:
+            raise TrainingError(
+                f"{path} has shape {bag.shape}; encoder {encoder_name} gives [n, {embed_dim}]"
+            )
+        bags.append(bag)
+        slide_patients.append(patient)
+    if not bags:
+        raise TrainingError("no slide has both embeddings and expression")
+    return bags, slide_patients, skipped
 
 
 def train_from_files(
@@ -64,14 +106,7 @@ def train_from_files(
     missing_cols = {"slide_id", "patient_id"} - set(slides.columns)
     if missing_cols:
         raise TrainingError(f"{slides_table} lacks columns {sorted(missing_cols)}")
-    expr = pd.read_parquet(expression_parquet)
-    if "patient_id" not in expr.columns:
-        raise TrainingError(f"{expression_parquet} lacks a patient_id column")
-    expr = expr.set_index("patient_id")
-    genes = [str(g) for g in expr.columns]
-    values = expr.to_numpy(dtype=np.float64)
-    if not is_log1p:
-        values = np.log1p(values)
+    patients, genes, values = _read_expression(expression_parquet, is_log1p)
     if rna_encoder_dir is not None:
         rna_encoder = load_rna_encoder(rna_encoder_dir)
         rna_untrained = False
@@ -80,27 +115,9 @@ def train_from_files(
         rna_untrained = True
     aligned = rna_encoder.contract.align(values, genes)
 
-    bags, slide_patients = [], []
-    known = set(expr.index.astype(str))
-    skipped = 0
-    for slide_id, patient in zip(
-        slides["slide_id"].astype(str), slides["patient_id"].astype(str), strict=True
-    ):
-        path = embeddings_dir / f"{slide_id}.npy"
-        if patient not in known or not path.is_file():
-            skipped += 1
-            continue
-        bag = np.load(path).astype(np.float32)
-        if bag.ndim != 2 or bag.shape[1] != encoder.spec.embed_dim:
-            raise TrainingError(
-                f"{path} has shape {bag.shape}; encoder {encoder_name} gives "
-                f"[n, {encoder.spec.embed_dim}]"
-            )
-        bags.append(bag)
-        slide_patients.append(patient)
-    if not bags:
-        raise TrainingError("no slide has both embeddings and expression")
-    patients = [str(p) for p in expr.index]
+    bags, slide_patients, skipped = _load_bags(
+        embeddings_dir, slides, set(patients), encoder_name, encoder.spec.embed_dim
+    )
     data = PairedEmbeddings(
         bags=bags,
         slide_patients=slide_patients,
