@@ -46,8 +46,9 @@ def pipeline(stack: StackHandle, tmp_path_factory: pytest.TempPathFactory) -> It
     import tritonclient.grpc as grpcclient
 
     from histoprompt.export.bundle import build_demo_bundle
-    from histoprompt.ingest.harness import running_service, skip_group_to_end
     from histoprompt.ingest.settings import IngestSettings
+    from histoprompt.stack.feed import skip_group_to_end
+    from histoprompt.stack.ingest_demo import running_service
 
     bundle = build_demo_bundle(
         tmp_path_factory.mktemp("demo"), seed=0, repo_dir=stack.model_repository

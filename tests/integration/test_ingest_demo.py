@@ -14,8 +14,7 @@ from rich.console import Console
 from histoprompt.core.genesets import load_hallmark
 from histoprompt.core.results import ResultStore
 from histoprompt.core.s3 import make_minio
-from histoprompt.ingest.demo import demo_step
-from histoprompt.ingest.harness import SERVICE_THREAD_NAME
+from histoprompt.stack.ingest_demo import SERVICE_THREAD_NAME, demo_step
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -27,8 +27,10 @@ from histoprompt.export.synthetic_wsi import (
     write_non_wsi_dicom,
     write_tiff,
 )
-from histoprompt.ingest.demo import load_demo_model
-from histoprompt.ingest.harness import (
+from histoprompt.ingest.logs import JsonFormatter
+from histoprompt.ingest.service import IngestService
+from histoprompt.ingest.settings import IngestSettings
+from histoprompt.stack.feed import (
     TopicWatcher,
     Uploaded,
     dlq_of,
@@ -39,13 +41,10 @@ from histoprompt.ingest.harness import (
     put_bytes,
     put_file,
     results_of,
-    running_service,
     skip_group_to_end,
     upload_series,
 )
-from histoprompt.ingest.logs import JsonFormatter
-from histoprompt.ingest.service import IngestService
-from histoprompt.ingest.settings import IngestSettings
+from histoprompt.stack.ingest_demo import load_demo_model, running_service
 
 pytestmark = pytest.mark.integration
 

@@ -20,8 +20,8 @@ from histoprompt.core import names
 from histoprompt.core.results import ResultStore
 from histoprompt.core.s3 import make_minio
 from histoprompt.export.synthetic_wsi import write_tiff
-from histoprompt.ingest.demo import load_demo_model
-from histoprompt.ingest.harness import (
+from histoprompt.ingest.settings import IngestSettings
+from histoprompt.stack.feed import (
     TopicWatcher,
     make_producer,
     publish_upload,
@@ -29,7 +29,7 @@ from histoprompt.ingest.harness import (
     results_of,
     skip_group_to_end,
 )
-from histoprompt.ingest.settings import IngestSettings
+from histoprompt.stack.ingest_demo import load_demo_model
 
 pytestmark = pytest.mark.integration
 

@@ -203,7 +203,7 @@ def upload_dicom(settings: Any, work: Path, name: str, size: int, levels: int, m
     from histoprompt.core.s3 import make_minio
     from histoprompt.export.synthetic_wsi import DicomSeriesSpec, write_dicom_series
     from histoprompt.ingest.events import SlideJob
-    from histoprompt.ingest.harness import upload_series
+    from histoprompt.stack.feed import upload_series
 
     t0 = time.perf_counter()
     paths = write_dicom_series(
@@ -385,8 +385,7 @@ def bench_latency(handle: Any, work: Path, n_slides: int = 20, workers: int = 2)
     from histoprompt.core import names
     from histoprompt.core.s3 import make_minio
     from histoprompt.export.synthetic_wsi import DicomSeriesSpec, write_dicom_series
-    from histoprompt.ingest.demo import load_demo_model
-    from histoprompt.ingest.harness import (
+    from histoprompt.stack.feed import (
         TopicWatcher,
         make_producer,
         publish_upload,
@@ -394,6 +393,7 @@ def bench_latency(handle: Any, work: Path, n_slides: int = 20, workers: int = 2)
         skip_group_to_end,
         upload_series,
     )
+    from histoprompt.stack.ingest_demo import load_demo_model
 
     load_demo_model(handle.triton_grpc, handle.model_repository, work / "demo")
     settings = ingest_settings(handle.env_file)

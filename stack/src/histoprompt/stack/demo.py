@@ -31,7 +31,7 @@ DEMO_STEPS: tuple[str, ...] = (
     # train (or reuse) the SYNTHETIC alignment, build the model repository, load it in Triton
     "histoprompt.export.demo_step:serve_models",
     # run the ingest service, upload a SYNTHETIC slide, print its pathway scores
-    "histoprompt.ingest.demo:demo_step",
+    "histoprompt.stack.ingest_demo:demo_step",
 )
 
 DemoStep = Callable[["StackHandle", "Console"], None]

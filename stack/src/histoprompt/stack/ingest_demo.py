@@ -1,16 +1,24 @@
 """`make demo` step: serve the demo model, run the ingest service, upload a SYNTHETIC slide,
 print its pathway scores.
 
-As a stack demo step: `histoprompt.ingest.demo:demo_step` (a `(handle, console)` callable).
-Standalone against a running stack: `python -m histoprompt.ingest.demo --env-file stack.env`.
-The demo model needs `histoprompt-export` (torch), which the dev workspace installs.
+As a stack demo step: `histoprompt.stack.ingest_demo:demo_step` (a `(handle, console)`
+callable). Standalone against a running stack:
+`python -m histoprompt.stack.ingest_demo --env-file stack.env`.
+
+It sits above the ingest package, not in it: the ingest image ships without demo or test
+support. Like every demo step it runs in the dev workspace, where histoprompt-ingest and
+histoprompt-export (torch, for the demo model) are installed; both are imported lazily, so
+the stack package itself depends on neither.
 """
 
 from __future__ import annotations
 
 import tempfile
+import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -18,11 +26,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from histoprompt.core import names
-from histoprompt.ingest.errors import IngestError
+from histoprompt.stack.errors import StackError
 
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from histoprompt.ingest.service import IngestService
     from histoprompt.ingest.settings import IngestSettings
 
 MODELS_IN_ORDER = (
@@ -66,6 +75,61 @@ def _already_served(client: Any, version: str) -> bool:
     return bool(params.get("model_version", {}).get("string_value") == version)
 
 
+# The thread running_service starts; tests look for it to check that it stopped.
+SERVICE_THREAD_NAME = "histoprompt-ingest-service"
+
+
+class ServiceHarnessError(StackError):
+    """The in-process service did not become ready, or did not stop."""
+
+    code = "harness"
+
+
+@contextmanager
+def running_service(
+    settings: IngestSettings,
+    *,
+    timeout_s: float = 120.0,
+    settle_s: float = 2.0,
+    diagnostics: Callable[[], str] | None = None,
+) -> Iterator[IngestService]:
+    """An IngestService running in a thread: started, ready (and `settle_s` more, so its
+    consumer has joined its group before events arrive), then stopped and joined on exit.
+
+    Raises ServiceHarnessError when it is not ready within `timeout_s` (or its thread dies
+    first), and on exit when the thread outlives its shutdown deadline: a thread left running
+    would keep the metrics port and the consumer group. `diagnostics` adds context (e.g. a log
+    tail) to the not-ready error.
+    """
+    from histoprompt.ingest.service import IngestService
+
+    service = IngestService(settings)
+    thread = threading.Thread(
+        target=service.run,
+        kwargs={"install_signals": False},
+        name=SERVICE_THREAD_NAME,
+        daemon=True,
+    )
+    thread.start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not service.health.ready and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if not service.health.ready:
+            why = "its thread exited" if not thread.is_alive() else f"{timeout_s:.0f} s passed"
+            extra = f"\n{diagnostics()}" if diagnostics is not None else ""
+            raise ServiceHarnessError(
+                f"the ingest service did not become ready ({why}; is the model loaded?){extra}"
+            )
+        time.sleep(settle_s)
+        yield service
+    finally:
+        service.request_stop()
+        thread.join(timeout=settings.ingest_shutdown_deadline_s + 10)
+    if thread.is_alive():
+        raise ServiceHarnessError("the ingest service thread did not stop within its deadline")
+
+
 @dataclass(frozen=True)
 class DemoResult:
     """What the demo computed for its SYNTHETIC slide: scores read back from S3."""
@@ -86,12 +150,11 @@ def run_demo(
     from histoprompt.core.results import ResultStore
     from histoprompt.core.s3 import make_minio
     from histoprompt.export.synthetic_wsi import DicomSeriesSpec, write_dicom_series
-    from histoprompt.ingest.harness import (
+    from histoprompt.stack.feed import (
         TopicWatcher,
         make_producer,
         publish_upload,
         results_of,
-        running_service,
         skip_group_to_end,
         upload_series,
     )
@@ -123,7 +186,7 @@ def run_demo(
             watcher.close()
         event = next((e for e in results_of(seen) if e.slide_id == up.slide_id), None)
         if event is None or event.status != "done":
-            raise IngestError(f"no done result for the demo slide {up.slide_id}: {event}")
+            raise StackError(f"no done result for the demo slide {up.slide_id}: {event}")
     console.print(
         f"result in {time.monotonic() - t0:.1f} s: {event.n_tiles} tiles, "
         f"model {event.model.version}"

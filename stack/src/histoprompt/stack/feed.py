@@ -1,17 +1,15 @@
-"""Drive the service from outside: upload slides, publish their S3 events, watch results.
+"""Feed the local stack from outside: upload slides, publish their S3 events, watch topics.
 
-Used by the demo, the integration tests and the benchmarks (the same path a scanner gateway
-with bucket notifications takes). Torch-free.
+The path a scanner gateway with bucket notifications takes. Used by the ingest demo, the
+integration tests and the benchmarks; Kafka and S3 clients only (no ingest import).
 """
 
 from __future__ import annotations
 
 import io
 import json
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,14 +23,11 @@ from histoprompt.core.schemas import (
     SeriesManifest,
     slide_id_for,
 )
-from histoprompt.ingest.errors import IngestError
 
 if TYPE_CHECKING:
     from minio import Minio
 
     from histoprompt.core.settings import ConnectionSettings
-    from histoprompt.ingest.service import IngestService
-    from histoprompt.ingest.settings import IngestSettings
 
 
 @dataclass(frozen=True)
@@ -156,58 +151,3 @@ def skip_group_to_end(settings: ConnectionSettings, group_id: str) -> None:
         consumer.commit({tp: OffsetAndMetadata(ends[tp], "", -1) for tp in tps})
     finally:
         consumer.close()
-
-
-# The thread running_service starts; tests look for it to check that it stopped.
-SERVICE_THREAD_NAME = "histoprompt-ingest-service"
-
-
-class ServiceHarnessError(IngestError):
-    """The in-process service did not become ready, or did not stop."""
-
-    code = "harness"
-
-
-@contextmanager
-def running_service(
-    settings: IngestSettings,
-    *,
-    timeout_s: float = 120.0,
-    settle_s: float = 2.0,
-    diagnostics: Callable[[], str] | None = None,
-) -> Iterator[IngestService]:
-    """An IngestService running in a thread: started, ready (and `settle_s` more, so its
-    consumer has joined its group before events arrive), then stopped and joined on exit.
-
-    Raises ServiceHarnessError when it is not ready within `timeout_s` (or its thread dies
-    first), and on exit when the thread outlives its shutdown deadline: a thread left running
-    would keep the metrics port and the consumer group. `diagnostics` adds context (e.g. a log
-    tail) to the not-ready error.
-    """
-    from histoprompt.ingest.service import IngestService
-
-    service = IngestService(settings)
-    thread = threading.Thread(
-        target=service.run,
-        kwargs={"install_signals": False},
-        name=SERVICE_THREAD_NAME,
-        daemon=True,
-    )
-    thread.start()
-    try:
-        deadline = time.monotonic() + timeout_s
-        while not service.health.ready and thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if not service.health.ready:
-            why = "its thread exited" if not thread.is_alive() else f"{timeout_s:.0f} s passed"
-            extra = f"\n{diagnostics()}" if diagnostics is not None else ""
-            raise ServiceHarnessError(
-                f"the ingest service did not become ready ({why}; is the model loaded?){extra}"
-            )
-        time.sleep(settle_s)
-        yield service
-    finally:
-        service.request_stop()
-        thread.join(timeout=settings.ingest_shutdown_deadline_s + 10)
-    if thread.is_alive():
-        raise ServiceHarnessError("the ingest service thread did not stop within its deadline")
