@@ -60,7 +60,7 @@ class KafkaEventSource:
             if not parts:
                 return None
             ends = self._consumer.end_offsets(list(parts))
-            return sum(max(0, ends[tp] - self._consumer.position(tp)) for tp in parts)
+            return int(sum(max(0, ends[tp] - self._consumer.position(tp)) for tp in parts))
         except Exception as err:  # lag is best-effort; never stop consuming for it
             get_logger().debug("lag unavailable", extra={"code": type(err).__name__})
             return None

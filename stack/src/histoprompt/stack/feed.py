@@ -47,12 +47,12 @@ class Uploaded:
 
 def put_bytes(client: Minio, bucket: str, key: str, data: bytes) -> Uploaded:
     res = client.put_object(bucket, key, io.BytesIO(data), len(data))
-    return Uploaded(bucket, key, res.etag.strip('"'), len(data))
+    return Uploaded(bucket, key, (res.etag or "").strip('"'), len(data))
 
 
 def put_file(client: Minio, bucket: str, key: str, path: Path) -> Uploaded:
     res = client.fput_object(bucket, key, str(path))
-    return Uploaded(bucket, key, res.etag.strip('"'), path.stat().st_size)
+    return Uploaded(bucket, key, (res.etag or "").strip('"'), path.stat().st_size)
 
 
 def upload_series(

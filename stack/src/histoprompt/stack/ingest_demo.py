@@ -208,7 +208,7 @@ def run_demo(
     return DemoResult(
         slide_id=up.slide_id,
         model_version=event.model.version,
-        result_uri=event.result_uri,
+        result_uri=event.result_uri or "",
         scores={k: v.score for k, v in pathways.items()},
     )
 
