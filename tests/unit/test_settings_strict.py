@@ -90,7 +90,7 @@ def test_client_and_process_variables_are_accepted_elsewhere(
 ) -> None:
     monkeypatch.setenv("HISTOPROMPT_WAIT_TIMEOUT", "5")
     monkeypatch.setenv("HISTOPROMPT_REFERENCE_NAME", "ref")
-    monkeypatch.setenv("HISTOPROMPT_INGEST_GROUP", "g")
+    monkeypatch.setenv("HISTOPROMPT_INGEST_GROUP_ID", "g")
     monkeypatch.setenv("HISTOPROMPT_CONFIG", str(tmp_path / "none.toml"))
     monkeypatch.setenv("HISTOPROMPT_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("HISTOPROMPT_STACK_OPTIONAL", "1")

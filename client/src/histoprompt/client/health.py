@@ -82,7 +82,7 @@ def _committed_offsets(settings: ClientSettings) -> dict[Any, Any]:
         **settings.kafka_config(), request_timeout_ms=ms * 3, bootstrap_timeout_ms=ms
     )
     try:
-        group = settings.ingest_group
+        group = settings.ingest_group_id
         offsets: dict[Any, Any] = admin.list_group_offsets({group: None}).get(group, {})
         return offsets
     except KafkaError:
@@ -113,7 +113,7 @@ def check_kafka(settings: ClientSettings) -> Check:
     ours = sorted(t for t in topics if t in names.ALL_TOPICS)
     missing = sorted(set(names.ALL_TOPICS) - set(ours))
     detail = f"{settings.kafka_bootstrap} topics {len(ours)}/{len(names.ALL_TOPICS)}"
-    detail += f", lag({settings.ingest_group})={'-' if lag is None else lag}"
+    detail += f", lag({settings.ingest_group_id})={'-' if lag is None else lag}"
     if missing:
         detail += f"; missing: {', '.join(missing)}"
     return Check("kafka", True, detail, {"topics": ours, "lag": lag})

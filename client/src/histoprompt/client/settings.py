@@ -53,7 +53,7 @@ class ClientSettings(ConnectionSettings):
     reference_name: str | None = Field(
         None, description="RNA reference (models bucket) used to list unknown genes"
     )
-    ingest_group: str = Field(
+    ingest_group_id: str = Field(
         "histoprompt-ingest", description="the ingest consumer group (for lag in `status`)"
     )
 

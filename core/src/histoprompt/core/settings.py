@@ -78,7 +78,7 @@ TOP_LEVEL_NAMES: frozenset[str] = frozenset(
 # must accept them even though they are not its fields.
 SHARED_NAMESPACED_NAMES: frozenset[str] = frozenset(
     {
-        "INGEST_GROUP",  # ClientSettings.ingest_group: consumer group for `status` lag
+        "INGEST_GROUP_ID",  # ClientSettings: the consumer group whose lag `status` shows
         "INGEST_METRICS_PORT",  # StackSettings: port Prometheus scrapes for ingest
         "STACK_OPTIONAL",  # tests/conftest.py: skip instead of fail without a stack
     }
