@@ -37,7 +37,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def slides(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from histoprompt.export.synthetic_wsi import DicomSeriesSpec, write_dicom_series, write_tiff
+    from histoprompt.export.synthetic_tiff import write_tiff
+    from histoprompt.export.synthetic_wsi import DicomSeriesSpec, write_dicom_series
 
     root = tmp_path_factory.mktemp("cli-slides")
     write_tiff(root / "synthetic.svs", 512, 384, levels=2, tile=128)

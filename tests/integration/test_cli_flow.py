@@ -78,7 +78,8 @@ def pipeline(stack: StackHandle, tmp_path_factory: pytest.TempPathFactory) -> It
 
 @pytest.fixture(scope="module")
 def slides(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from histoprompt.export.synthetic_wsi import DicomSeriesSpec, write_dicom_series, write_tiff
+    from histoprompt.export.synthetic_tiff import write_tiff
+    from histoprompt.export.synthetic_wsi import DicomSeriesSpec, write_dicom_series
 
     root = tmp_path_factory.mktemp("flow-slides")
     write_tiff(root / "synthetic.svs", SLIDE_W, SLIDE_H, levels=3)

@@ -19,13 +19,13 @@ from histoprompt.core import names
 from histoprompt.core.results import ResultStore
 from histoprompt.core.s3 import make_minio
 from histoprompt.core.schemas import DlqEvent
+from histoprompt.export.synthetic_tiff import write_tiff
+from histoprompt.export.synthetic_tiles import blank_tiles
 from histoprompt.export.synthetic_wsi import (
     DicomSeriesSpec,
     TransferSyntax,
-    blank_tiles,
     write_dicom_series,
     write_non_wsi_dicom,
-    write_tiff,
 )
 from histoprompt.ingest.logs import JsonFormatter
 from histoprompt.ingest.service import IngestService

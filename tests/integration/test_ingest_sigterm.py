@@ -19,7 +19,7 @@ import pytest
 from histoprompt.core import names
 from histoprompt.core.results import ResultStore
 from histoprompt.core.s3 import make_minio
-from histoprompt.export.synthetic_wsi import write_tiff
+from histoprompt.export.synthetic_tiff import write_tiff
 from histoprompt.ingest.settings import IngestSettings
 from histoprompt.stack.feed import (
     TopicWatcher,

@@ -525,7 +525,7 @@ def test_example_predict_uses_the_ingest_reader_and_tiler(
     # service, which binds TritonClient at import) keeps the fake after this test.
     import histoprompt.ingest.service
     import histoprompt.wsi.sources  # noqa: F401
-    from histoprompt.export.synthetic_wsi import write_tiff
+    from histoprompt.export.synthetic_tiff import write_tiff
     from histoprompt.wsi import triton as ingest_triton
 
     monkeypatch.setattr(ingest_triton, "TritonClient", FakeTriton)

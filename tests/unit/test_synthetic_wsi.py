@@ -9,14 +9,13 @@ import pydicom
 import pytest
 
 from histoprompt.core.schemas import SeriesManifest
+from histoprompt.export.synthetic_tiff import write_tiff
+from histoprompt.export.synthetic_tiles import SYNTHETIC, synthetic_tissue
 from histoprompt.export.synthetic_wsi import (
-    SYNTHETIC,
     DicomSeriesSpec,
     TransferSyntax,
-    synthetic_tissue,
     write_dicom_series,
     write_series_manifest,
-    write_tiff,
 )
 
 LOSSLESS = [TransferSyntax.explicit_le, TransferSyntax.jpeg2000, TransferSyntax.jpegls]

@@ -9,7 +9,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from histoprompt.export.synthetic_wsi import synthetic_tissue
+from histoprompt.export.synthetic_tiles import synthetic_tissue
 from histoprompt.wsi.codecs import JPEG_BASELINE, decode_frame, gpu_decoder_or_none
 
 

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from histoprompt.export.synthetic_tiff import write_tiff
+from histoprompt.export.synthetic_tiles import synthetic_tissue
 from histoprompt.export.synthetic_wsi import (
     DicomSeriesSpec,
     TransferSyntax,
-    synthetic_tissue,
     write_dicom_series,
     write_non_wsi_dicom,
-    write_tiff,
 )
 from histoprompt.wsi.dicom import DicomSlide, ReadLimits
 from histoprompt.wsi.errors import SlideError

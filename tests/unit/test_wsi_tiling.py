@@ -9,7 +9,7 @@ import pytest
 
 from histoprompt.core.modelspec import EncoderSpec
 from histoprompt.core.units import Mpp, Pixels
-from histoprompt.export.synthetic_wsi import blank_tiles, synthetic_tissue
+from histoprompt.export.synthetic_tiles import blank_tiles, synthetic_tissue
 from histoprompt.wsi.errors import SlideError
 from histoprompt.wsi.slide import Level, Region, paste
 from histoprompt.wsi.tiling import pick_level, plan_tiles, read_tiles, resize

@@ -34,7 +34,7 @@ class CohortFiles:
 
 
 def mosaic_tile_fn(image: NDArray[Any]) -> Callable[[int, int, int, int, int], NDArray[Any]]:
-    """A synthetic_wsi TileFn over an in-memory level-0 image (levels = 2^k box downsamples)."""
+    """A synthetic_tiles TileFn over an in-memory level-0 image (levels = 2^k box downsamples)."""
     pyramid = [image]
 
     def level_image(level: int) -> NDArray[Any]:

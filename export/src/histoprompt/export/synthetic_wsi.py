@@ -1,19 +1,17 @@
-"""SYNTHETIC whole-slide image files: multi-level DICOM-WSI series and pyramidal TIFF/SVS.
+"""SYNTHETIC DICOM-WSI series: one VL Whole Slide Microscopy Image Storage instance per level.
 
-Torch-free. Pixels come from a tile generator `(level, x, y, w, h) -> uint8 [h, w, 3]`
-(level coordinates), and frames are written one at a time, so a 50k x 50k px slide never
-sits in memory. Every file says SYNTHETIC (SeriesDescription, ImageDescription).
-
-DICOM: one VL Whole Slide Microscopy Image Storage instance per pyramid level, TILED_FULL or
-TILED_SPARSE, JPEG baseline / JPEG 2000 / JPEG-LS (encapsulated, Basic or Extended Offset
-Table) or uncompressed explicit VR little endian, RGB or MONOCHROME2. Optional PHI-bearing
-attributes exist only so tests can prove they never leak.
+Torch-free. Pixels come from a `synthetic_tiles` generator and frames are written one at a
+time, so a 50k x 50k px slide never sits in memory. Every file says SYNTHETIC
+(SeriesDescription). TILED_FULL or TILED_SPARSE, JPEG baseline / JPEG 2000 / JPEG-LS
+(encapsulated, Basic or Extended Offset Table) or uncompressed explicit VR little endian, RGB
+or MONOCHROME2. Optional PHI-bearing attributes exist only so tests can prove they never
+leak. Pyramidal TIFF/SVS: `synthetic_tiff`.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -21,22 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from histoprompt.core.schemas import SeriesInstance, SeriesManifest
+from histoprompt.export.synthetic_tiles import SYNTHETIC, TileFn, synthetic_tissue
 
 __all__ = [
-    "SYNTHETIC",
     "DicomSeriesSpec",
-    "TileFn",
     "TransferSyntax",
-    "blank_tiles",
-    "synthetic_tissue",
     "write_dicom_series",
+    "write_non_wsi_dicom",
     "write_series_manifest",
-    "write_tiff",
 ]
-
-SYNTHETIC = "SYNTHETIC"
-TileFn = Callable[[int, int, int, int, int], np.ndarray]
-"""(level, x, y, w, h) -> uint8 [h, w, 3] in that level's pixel coordinates."""
 
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 
@@ -50,39 +41,6 @@ class TransferSyntax(StrEnum):
     @property
     def encapsulated(self) -> bool:
         return self is not TransferSyntax.explicit_le
-
-
-def synthetic_tissue(width0: int, height0: int, seed: int = 0) -> TileFn:
-    """Pink elliptical 'tissue' blobs with texture on a white background (level-0 size given).
-
-    The pattern is a function of the relative slide position, so every pyramid level shows
-    the same picture; levels are taken as power-of-two downsamples of level 0.
-    """
-    rng = np.random.default_rng(seed)
-    blobs = [
-        (rng.uniform(0.25, 0.75), rng.uniform(0.25, 0.75), rng.uniform(0.12, 0.3)) for _ in range(3)
-    ]
-
-    def tile(level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
-        scale = 2**level
-        xs = (x + np.arange(w, dtype=np.float32)) * scale / max(width0, 1)
-        ys = (y + np.arange(h, dtype=np.float32)) * scale / max(height0, 1)
-        gx, gy = np.meshgrid(xs, ys)
-        inside = np.zeros((h, w), dtype=bool)
-        for cx, cy, r in blobs:
-            inside |= (gx - cx) ** 2 + (gy - cy) ** 2 < r * r
-        texture = (np.sin(gx * 400.0) * np.cos(gy * 300.0) * 30.0).astype(np.float32)
-        out = np.full((h, w, 3), 242, dtype=np.float32)
-        pink = np.stack([200 + texture, 110 + texture, 170 + 0.5 * texture], axis=-1)
-        out[inside] = pink[inside]
-        return np.clip(out, 0, 255).astype(np.uint8)
-
-    return tile
-
-
-def blank_tiles(level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
-    """An all-background (no tissue) slide."""
-    return np.full((h, w, 3), 245, dtype=np.uint8)
 
 
 @dataclass(frozen=True)
@@ -345,65 +303,3 @@ def write_series_manifest(keys_and_sizes: Sequence[tuple[str, int]]) -> bytes:
     """Series manifest.json bytes (core.schemas.SeriesManifest; docs/architecture.md, S3 layout)."""
     manifest = SeriesManifest(instances=[SeriesInstance(key=k, size=s) for k, s in keys_and_sizes])
     return manifest.model_dump_json(by_alias=True).encode()
-
-
-def write_tiff(
-    path: Path,
-    width: int,
-    height: int,
-    *,
-    levels: int = 3,
-    tile: int = 256,
-    mpp: float = 0.5,
-    compression: str = "jpeg",
-    tile_fn: TileFn | None = None,
-    seed: int = 0,
-) -> Path:
-    """An SVS-like pyramidal tiled TIFF (Aperio-style description, MPP), frames streamed."""
-    import tifffile
-
-    fn = tile_fn or synthetic_tissue(width, height, seed)
-    with tifffile.TiffWriter(path, bigtiff=width * height > 2**31) as tif:
-        for level in range(levels):
-            w, h = max(1, width >> level), max(1, height >> level)
-
-            def tiles(level: int = level, w: int = w, h: int = h):  # noqa: ANN202
-                for y in range(0, h, tile):
-                    for x in range(0, w, tile):
-                        out = np.full((tile, tile, 3), 255, dtype=np.uint8)
-                        cw, ch = min(tile, w - x), min(tile, h - y)
-                        out[:ch, :cw] = fn(level, x, y, cw, ch)
-                        yield out
-
-            desc = (
-                f"Aperio Image Library {SYNTHETIC}\r\n{w}x{h} [0,0 {w}x{h}] ({tile}x{tile}) "
-                f"JPEG/RGB Q=85|AppMag = {10.0 / mpp:g}|MPP = {mpp * 2**level:.6f}"
-                f"|Comment = {SYNTHETIC}"
-            )
-            tif.write(
-                tiles(),
-                shape=(h, w, 3),
-                dtype=np.uint8,
-                tile=(tile, tile),
-                photometric="rgb",
-                compression=compression,
-                description=desc,
-                metadata=None,
-            )
-            if level == 0:
-                # SVS layout: page 1 is a small stripped thumbnail, levels follow (tifffile
-                # and tiffslide read them as one pyramid this way).
-                tw, th = max(1, w // 32), max(1, h // 32)
-                thumb = fn(0, 0, 0, w, h) if w * h <= 4096 * 4096 else None
-                thumb_img = (
-                    thumb[::32, ::32][:th, :tw]
-                    if thumb is not None
-                    else np.full((th, tw, 3), 255, dtype=np.uint8)
-                )
-                tif.write(
-                    np.ascontiguousarray(thumb_img),
-                    photometric="rgb",
-                    description=f"Aperio Image Library {SYNTHETIC}\r\n{tw}x{th} -> thumbnail",
-                    metadata=None,
-                )
-    return path
