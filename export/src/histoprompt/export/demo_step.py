@@ -5,19 +5,31 @@ Registered in histoprompt.stack.demo.DEMO_STEPS as "histoprompt.export.demo_step
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from histoprompt.core import names
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from histoprompt.stack.handle import StackHandle
-
 SERVED = names.ALL_MODELS
 
 
-def serve_models(handle: StackHandle, console: Console) -> None:
+class DemoStack(Protocol):
+    """What this step uses of histoprompt.stack's StackHandle; export does not depend on stack."""
+
+    @property
+    def state_dir(self) -> Path: ...
+
+    @property
+    def model_repository(self) -> Path: ...
+
+    @property
+    def triton_grpc(self) -> str: ...
+
+
+def serve_models(handle: DemoStack, console: Console) -> None:
     """Build the demo bundle into the stack's model repository and load every model."""
     import tritonclient.grpc as grpcclient
 
