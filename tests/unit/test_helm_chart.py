@@ -45,16 +45,24 @@ def _makefile_helm_version() -> str:
     return match.group(1)
 
 
-def _built_version(binary: Path) -> str | None:
-    """The helm module version a `go install` build embeds (`helm version` says only v3.16)."""
+def _build_info(binary: Path) -> str:
     go = shutil.which("go")
     if go is None or not binary.is_file():
-        return None
-    out = subprocess.run(
+        return ""
+    return subprocess.run(
         [go, "version", "-m", str(binary)], capture_output=True, text=True, check=False
     ).stdout
+
+
+def _built_version(binary: Path) -> str | None:
+    """The helm module version a `go install` build embeds (`helm version` says only v3.16),
+    or None when the build lacks the Kubernetes-version ldflags the official release sets
+    (without them helm assumes Kubernetes v1.20.0 and refuses this chart's kubeVersion)."""
+    out = _build_info(binary)
     match = re.search(r"^\s*mod\s+helm\.sh/helm/v3\s+(\S+)", out, re.M)
-    return match.group(1) if match else None
+    if not match or "chartutil.k8sVersionMinor=" not in out:
+        return None
+    return match.group(1)
 
 
 @pytest.fixture(scope="session")
@@ -139,6 +147,19 @@ def test_helm_lint_strict(helm: str, values: str) -> None:
     result = _run_helm(helm, *args)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 chart(s) linted, 0 chart(s) failed" in result.stdout
+
+
+def test_helm_renders_without_kube_version_as_a_new_user_would(helm: str) -> None:
+    """`helm template t helm/histoprompt` with no --kube-version: a `go install` helm without
+    the release's chartutil ldflags assumes Kubernetes v1.20.0 and fails on kubeVersion."""
+    for args in (["template", "t", str(CHART)], ["lint", "--strict", str(CHART)]):
+        result = _run_helm(helm, *args)
+        assert result.returncode == 0, result.stdout + result.stderr
+    ldflags = re.search(r"-ldflags=\"?([^\n\"]*)", _build_info(Path(helm)))
+    assert ldflags, "helm was built without ldflags"
+    minor = re.search(r"chartutil\.k8sVersionMinor=(\d+)", ldflags.group(1))
+    assert minor and int(minor.group(1)) >= 27, ldflags.group(1)
+    assert "lint/rules.k8sVersionMinor=" in ldflags.group(1)
 
 
 @pytest.mark.parametrize("values", list(VALUE_SETS))
