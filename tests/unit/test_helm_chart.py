@@ -492,6 +492,17 @@ def test_pod_disruption_budgets_select_their_pods(render: Render) -> None:
 # --- network policy -----------------------------------------------------------------------
 
 
+def _ports(rule: Manifest) -> list[int | str]:
+    return sorted(p["port"] for p in rule["ports"])
+
+
+def _egress_rules(docs: list[Manifest], component: str) -> list[Manifest]:
+    policy = _one(docs, "NetworkPolicy", f"-{component}")
+    kubernetes_validate.validate(policy, KUBE_VERSION, strict=True)
+    rules: list[Manifest] = policy["spec"]["egress"]
+    return rules
+
+
 def test_ingest_network_policy_allows_only_dns_kafka_s3_triton(render: Render) -> None:
     docs = render(PROD_VALUES)
     policy = _one(docs, "NetworkPolicy", "-ingest")
@@ -503,8 +514,8 @@ def test_ingest_network_policy_allows_only_dns_kafka_s3_triton(render: Render) -
     egress = policy["spec"]["egress"]
     assert all(rule.get("ports") for rule in egress), "an egress rule without ports allows all"
     assert all(rule.get("to") for rule in egress), "production egress rules name their peers"
-    ports = [sorted(p["port"] for p in rule["ports"]) for rule in egress]
-    assert ports == [[53, 53], prod["kafka"]["ports"], prod["s3"]["ports"], [8000, 8001]]
+    # Ports from kafka.bootstrap (:9093) and s3.endpoint (:9000), not a fixed list.
+    assert [_ports(rule) for rule in egress] == [[53, 53], [9093], [9000], [8000, 8001]]
     assert egress[1]["to"] == prod["kafka"]["peers"]
     assert egress[2]["to"] == prod["s3"]["peers"]
     triton_selector = egress[3]["to"][0]["podSelector"]["matchLabels"]
@@ -521,12 +532,99 @@ def test_triton_network_policy_takes_inference_only_from_ingest(render: Render) 
     triton_labels = _one(docs, "Deployment", "-triton")["spec"]["template"]["metadata"]["labels"]
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= triton_labels.items()
     inference, metrics = policy["spec"]["ingress"]
-    (peer,) = inference["from"]
-    assert peer["podSelector"]["matchLabels"].items() <= ingest_labels.items()
+    # This release's ingest and its helm test pod, nothing else by default.
+    components = [
+        p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in inference["from"]
+    ]
+    assert components == ["ingest", "test"]
+    assert inference["from"][0]["podSelector"]["matchLabels"].items() <= ingest_labels.items()
     assert {p["port"] for p in inference["ports"]} == {"grpc", "http"}
     assert metrics["ports"] == [{"port": "metrics", "protocol": "TCP"}]
-    egress_ports = [sorted(p["port"] for p in rule["ports"]) for rule in policy["spec"]["egress"]]
+    egress_ports = [_ports(rule) for rule in policy["spec"]["egress"]]
     assert egress_ports == [[53, 53], [9000]]  # DNS and S3 (model repository) only
+
+
+# E2: an external Triton (shared, KServe) must be reachable from ingest.
+def test_ingest_reaches_an_external_triton_on_its_ports(render: Render) -> None:
+    sets = (
+        "triton.enabled=false",
+        "ingest.tritonGrpcUrl=triton.shared.svc:8101",
+        "ingest.tritonHttpUrl=triton.shared.svc:8100",
+    )
+    triton_rule = _egress_rules(render(sets=sets), "ingest")[3]
+    assert "to" not in triton_rule, "no peers set: any destination on Triton's ports"
+    assert _ports(triton_rule) == [8100, 8101]
+    peer = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "shared"}}}
+    with_peer = (
+        *sets,
+        "networkPolicy.triton.peers[0].namespaceSelector.matchLabels"
+        ".kubernetes\\.io/metadata\\.name=shared",
+    )
+    triton_rule = _egress_rules(render(sets=with_peer), "ingest")[3]
+    assert triton_rule["to"] == [peer]
+    assert _ports(triton_rule) == [8100, 8101]
+    # ingest pointed elsewhere while the release's Triton still runs: not the release's pods.
+    elsewhere = ("ingest.tritonGrpcUrl=kserve-triton.models.svc:9000",)
+    triton_rule = _egress_rules(render(sets=elsewhere), "ingest")[3]
+    assert "to" not in triton_rule and _ports(triton_rule) == [8000, 9000]
+    fixed = (*elsewhere, "networkPolicy.triton.ports={9000}")
+    assert _ports(_egress_rules(render(sets=fixed), "ingest")[3]) == [9000]
+
+
+# E3: histoprompt query / predict / status pods must be allowed to reach Triton.
+def test_triton_clients_can_be_allowed(render: Render) -> None:
+    sets = ("networkPolicy.triton.clients[0].podSelector.matchLabels.app=histoprompt-cli",)
+    policy = _one(render(sets=sets), "NetworkPolicy", "-triton")
+    kubernetes_validate.validate(policy, KUBE_VERSION, strict=True)
+    inference = policy["spec"]["ingress"][0]
+    assert inference["from"][-1] == {"podSelector": {"matchLabels": {"app": "histoprompt-cli"}}}
+    assert len(inference["from"]) == 3
+
+
+# E4: NodeLocal DNSCache (169.254.20.10) or any DNS server.
+@pytest.mark.parametrize("component", ["ingest", "triton"])
+def test_dns_egress_for_node_local_dns_and_any_peer(render: Render, component: str) -> None:
+    (dns, *_) = _egress_rules(render(), component)
+    assert len(dns["to"]) == 1 and "podSelector" in dns["to"][0]
+    local = ("networkPolicy.dns.extraPeers[0].ipBlock.cidr=169.254.20.10/32",)
+    (dns, *_) = _egress_rules(render(sets=local), component)
+    assert dns["to"][1] == {"ipBlock": {"cidr": "169.254.20.10/32"}}
+    assert _ports(dns) == [53, 53]
+    (dns, *_) = _egress_rules(render(sets=("networkPolicy.dns.anyPeer=true",)), component)
+    assert "to" not in dns, "anyPeer: port 53 to any destination"
+    assert {(p["port"], p["protocol"]) for p in dns["ports"]} == {(53, "UDP"), (53, "TCP")}
+
+
+# E4b: ports follow kafka.bootstrap and s3.endpoint (Ceph RGW on 7480/8080, Kafka on 9094).
+@pytest.mark.parametrize(
+    ("sets", "kafka", "s3"),
+    [
+        ((), [9092], [443]),
+        (
+            ("kafka.bootstrap=b0.kafka:9094\\,b1.kafka:9095", "s3.endpoint=rgw.ceph:7480"),
+            [9094, 9095],
+            [7480],
+        ),
+        (("s3.endpoint=rgw.ceph", "s3.secure=false"), [9092], [80]),
+        (("s3.endpoint=rgw.ceph", "networkPolicy.s3.extraPorts={8443}"), [9092], [443, 8443]),
+        (("networkPolicy.kafka.extraPorts={9096}",), [9092, 9096], [443]),
+    ],
+)
+def test_egress_ports_come_from_the_endpoints(
+    render: Render, sets: tuple[str, ...], kafka: list[int], s3: list[int]
+) -> None:
+    docs = render(sets=sets)
+    _dns, kafka_rule, s3_rule, _triton = _egress_rules(docs, "ingest")
+    assert _ports(kafka_rule) == kafka
+    assert _ports(s3_rule) == s3
+    _dns, triton_s3 = _egress_rules(docs, "triton")
+    assert _ports(triton_s3) == s3
+
+
+def test_triton_reaches_the_model_repository_port(render: Render) -> None:
+    uri = "triton.modelRepository.uri=s3://http://rgw.ceph:8080/models/model_repository"
+    _dns, s3_rule = _egress_rules(render(sets=("s3.endpoint=rgw.ceph:7480", uri)), "triton")
+    assert _ports(s3_rule) == [7480, 8080]
 
 
 def test_network_policies_can_be_turned_off(render: Render) -> None:

@@ -110,3 +110,78 @@ imagePullSecrets:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end -}}
+
+{{/* TCP ports of a comma-separated endpoint list ("h1:9093,h2:9094", "https://h:9000/x"):
+     each entry's own port, else (dict ... "default" 9092), else https 443 / http 80 by the
+     entry's scheme. Returns a JSON list of unique ints:
+     (dict "endpoints" .Values.kafka.bootstrap "default" 9092) */}}
+{{- define "histoprompt.endpointPorts" -}}
+{{- $ports := list -}}
+{{- range $entry := splitList "," .endpoints -}}
+{{- $e := trim $entry -}}
+{{- if $e -}}
+{{- $scheme := "" -}}
+{{- if regexMatch "^[a-zA-Z][a-zA-Z0-9+.-]*://" $e -}}
+{{- $scheme = regexFind "^[a-zA-Z][a-zA-Z0-9+.-]*" $e | lower -}}
+{{- $e = regexReplaceAll "^[a-zA-Z][a-zA-Z0-9+.-]*://" $e "" | trimPrefix "/" -}}
+{{- end -}}
+{{- $e = regexReplaceAll "/.*$" $e "" -}}
+{{- if regexMatch "(^[^:]+|\\]):[0-9]+$" $e -}}
+{{- $ports = append $ports (regexFind "[0-9]+$" $e | int) -}}
+{{- else if eq $scheme "https" -}}
+{{- $ports = append $ports 443 -}}
+{{- else if eq $scheme "http" -}}
+{{- $ports = append $ports 80 -}}
+{{- else -}}
+{{- $ports = append $ports ($.default | int) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $ports | uniq | toJson -}}
+{{- end -}}
+
+{{/* S3 ports: s3.endpoint's (443/80 by s3.secure without one; AWS is 443). */}}
+{{- define "histoprompt.s3Ports" -}}
+{{- $default := ternary 443 80 .Values.s3.secure -}}
+{{- $ports := list 443 -}}
+{{- if .Values.s3.endpoint -}}
+{{- $ports = include "histoprompt.endpointPorts" (dict "endpoints" .Values.s3.endpoint "default" $default) | fromJsonArray -}}
+{{- end -}}
+{{- concat $ports .Values.networkPolicy.s3.extraPorts | uniq | toJson -}}
+{{- end -}}
+
+{{/* NetworkPolicy ports entries of a JSON port list: (list 9092 9093) */}}
+{{- define "histoprompt.tcpPorts" -}}
+{{- $seen := list -}}
+{{- range . }}
+{{- $port := . | int }}
+{{- if not (has $port $seen) }}
+{{- $seen = append $seen $port }}
+- { port: {{ $port }}, protocol: TCP }
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Egress rule for DNS: kube-dns pods (plus dns.extraPeers, e.g. NodeLocal DNSCache's
+     169.254.20.10/32), or port 53 to any destination with dns.anyPeer. */}}
+{{- define "histoprompt.dnsEgress" -}}
+{{- $dns := .Values.networkPolicy.dns -}}
+- {{- if not $dns.anyPeer }}
+  to:
+    - namespaceSelector:
+        {{- toYaml $dns.namespaceSelector | nindent 8 }}
+      podSelector:
+        {{- toYaml $dns.podSelector | nindent 8 }}
+    {{- with $dns.extraPeers }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- end }}
+  ports:
+    - { port: 53, protocol: UDP }
+    - { port: 53, protocol: TCP }
+{{- end -}}
+
+{{/* Whether ingest talks to this release's Triton (not an external one). */}}
+{{- define "histoprompt.tritonInRelease" -}}
+{{- if and .Values.triton.enabled (not .Values.ingest.tritonGrpcUrl) -}}true{{- end -}}
+{{- end -}}
