@@ -74,4 +74,7 @@ ENV PATH=/opt/histoprompt/venv/bin:$PATH \
 # triton-server (uid 1000) is the NGC image's non-root user.
 USER 1000:1000
 EXPOSE 8000 8001 8002
-ENTRYPOINT ["tritonserver"]
+# NGC's entrypoint (CUDA forward compatibility, driver checks) stays: the chart passes
+# `tritonserver --flags` as args.
+ENTRYPOINT ["/opt/nvidia/nvidia_entrypoint.sh"]
+CMD ["tritonserver"]

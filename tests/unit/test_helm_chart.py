@@ -202,6 +202,7 @@ def test_production_values_render_every_component(render: Render) -> None:
             "ScaledObject",
             "Service",
             "Service",
+            "Service",
             "ServiceAccount",
             "ServiceMonitor",
             "ServiceMonitor",
@@ -298,6 +299,51 @@ def test_triton_deployment_on_gpu_nodes(render: Render) -> None:
         assert "value" not in env[name]
 
 
+def test_triton_rolls_without_surging_a_gpu(render: Render) -> None:
+    """E7: no extra GPU pod during a rollout; runtime and priority classes are values; the
+    NGC entrypoint runs (args, no command)."""
+    deployment = _one(render(), "Deployment", "-triton")
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+    }
+    pod = deployment["spec"]["template"]["spec"]
+    assert "runtimeClassName" not in pod and "priorityClassName" not in pod
+    (container,) = pod["containers"]
+    assert "command" not in container, "command: would replace NGC's nvidia_entrypoint.sh"
+    assert container["args"][0] == "tritonserver"
+    dockerfile = (ROOT / "deploy" / "docker" / "triton.Dockerfile").read_text()
+    assert 'ENTRYPOINT ["/opt/nvidia/nvidia_entrypoint.sh"]' in dockerfile
+    sets = ("triton.runtimeClassName=nvidia", "triton.priorityClassName=gpu-serving")
+    pod = _one(render(sets=sets), "Deployment", "-triton")["spec"]["template"]["spec"]
+    assert (pod["runtimeClassName"], pod["priorityClassName"]) == ("nvidia", "gpu-serving")
+    recreate = ("triton.strategy.type=Recreate", "triton.strategy.rollingUpdate=null")
+    deployment = _one(render(sets=recreate), "Deployment", "-triton")
+    kubernetes_validate.validate(deployment, KUBE_VERSION, strict=True)
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_ingest_balances_over_triton_replicas_through_a_headless_service(
+    render: Render,
+) -> None:
+    docs = render(PROD_VALUES)
+    headless = _one(docs, "Service", "-triton-headless")
+    assert headless["spec"]["clusterIP"] == "None"
+    triton_labels = _one(docs, "Deployment", "-triton")["spec"]["template"]["metadata"]["labels"]
+    assert headless["spec"]["selector"].items() <= triton_labels.items()
+    assert [p["name"] for p in headless["spec"]["ports"]] == ["grpc"]
+    env = _env(_ingest_container(docs))
+    assert env["HISTOPROMPT_TRITON_URL"]["value"] == (
+        f"dns:///{headless['metadata']['name']}:{headless['spec']['ports'][0]['port']}"
+    )
+    assert env["GRPC_DNS_RESOLVER"]["value"] == "native"
+    off = render(sets=("triton.service.headless=false",))
+    assert not [s for s in _by_kind(off, "Service") if s["spec"].get("clusterIP") == "None"]
+    env = _env(_ingest_container(off))
+    assert env["HISTOPROMPT_TRITON_URL"]["value"] == f"{RELEASE}-histoprompt-triton:8001"
+    assert "GRPC_DNS_RESOLVER" not in env
+
+
 def test_triton_shared_memory_is_optional(render: Render) -> None:
     pod = _one(render(sets=("triton.shm.enabled=false",)), "Deployment", "-triton")["spec"][
         "template"
@@ -376,7 +422,8 @@ def test_ingest_settings_read_from_the_rendered_env(render: Render) -> None:
     assert settings.s3_endpoint == prod["s3"]["endpoint"]
     assert settings.s3_secure is True
     assert settings.s3_region == "eu-west-1"
-    assert settings.triton_url == f"{RELEASE}-histoprompt-triton:8001"
+    # The headless Service, balanced client-side (round_robin over every ready replica).
+    assert settings.triton_url == f"dns:///{RELEASE}-histoprompt-triton-headless:8001"
     assert settings.triton_http_url == f"{RELEASE}-histoprompt-triton:8000"
 
 
@@ -487,6 +534,10 @@ def test_pod_disruption_budgets_select_their_pods(render: Render) -> None:
         labels = _one(docs, "Deployment", f"-{component}")["spec"]["template"]["metadata"]["labels"]
         assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
         assert pdb["spec"]["maxUnavailable"] == 1
+        # E10: while Triton is down every ingest pod is unready; unready pods must stay
+        # evictable or the budget blocks node drains.
+        assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+        kubernetes_validate.validate(pdb, KUBE_VERSION, strict=True)
 
 
 # --- network policy -----------------------------------------------------------------------
@@ -677,6 +728,34 @@ def test_keda_sasl_mode_follows_the_kafka_mechanism(
     docs = render(PROD_VALUES, sets=(f"kafka.sasl.mechanism={mechanism}",))
     (trigger,) = _one(docs, "ScaledObject")["spec"]["triggers"]
     assert trigger["metadata"]["sasl"] == keda
+
+
+def test_autoscalers_scale_down_slowly_and_stop_at_the_partition_count(
+    render: Render,
+) -> None:
+    """E9: cooldownPeriod only matters for scaling to zero, so scale-down is HPA behavior;
+    maxReplicas defaults to the incoming topic's partitions (more replicas sit idle)."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    partitions = values["kafka"]["topics"]["incomingPartitions"]
+    behavior = values["autoscaling"]["behavior"]
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] >= 60
+    hpa = _one(render(sets=("autoscaling.hpa.enabled=true",)), "HorizontalPodAutoscaler")
+    assert hpa["spec"]["behavior"] == behavior
+    assert hpa["spec"]["maxReplicas"] == partitions
+    keda = ("autoscaling.keda.enabled=true",)
+    spec = _one(render(sets=keda), "ScaledObject")["spec"]
+    assert spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"] == behavior
+    assert spec["maxReplicaCount"] == partitions
+    assert "cooldownPeriod" not in spec, "cooldownPeriod does nothing unless scaling to zero"
+    to_zero = (*keda, "autoscaling.keda.minReplicas=0", "kafka.topics.incomingPartitions=6")
+    spec = _one(render(sets=to_zero), "ScaledObject")["spec"]
+    assert spec["cooldownPeriod"] == values["autoscaling"]["keda"]["cooldownPeriod"]
+    assert spec["maxReplicaCount"] == 6
+    prod = yaml.safe_load(PROD_VALUES.read_text())
+    assert (
+        _one(render(PROD_VALUES), "ScaledObject")["spec"]["maxReplicaCount"]
+        == (prod["kafka"]["topics"]["incomingPartitions"])
+    )
 
 
 def test_hpa_is_the_fallback_without_keda(render: Render) -> None:

@@ -108,13 +108,32 @@ async def with_retries(
     raise AssertionError("unreachable")
 
 
+def channel_args() -> list[tuple[str, Any]]:
+    """tritonclient's default channel options plus the round_robin load-balancing policy:
+    a `dns:///<headless Service>:8001` target resolves to every ready Triton replica and
+    requests rotate over them (pick_first, gRPC's default, would pin one replica)."""
+    from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
+
+    keepalive = KeepAliveOptions()
+    return [
+        ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.lb_policy_name", "round_robin"),
+    ]
+
+
 class TritonClient:
-    """One aio gRPC channel per service; requests from many slides share it."""
+    """One aio gRPC channel per service; requests from many slides share it, balanced
+    round-robin over the addresses the URL resolves to (see channel_args)."""
 
     def __init__(self, url: str, timeout_s: float, attempts: int, base_s: float) -> None:
         import tritonclient.grpc.aio as grpcaio
 
-        self._client: Any = grpcaio.InferenceServerClient(url)
+        self._client: Any = grpcaio.InferenceServerClient(url, channel_args=channel_args())
         self._timeout = timeout_s
         self._attempts = attempts
         self._base = base_s
