@@ -805,6 +805,73 @@ def test_prometheus_rule_is_the_rule_file_and_passes_promtool(
     assert "SUCCESS" in result.stdout
 
 
+def test_lag_comes_from_the_kafka_exporter_when_enabled(render: Render, tmp_path: Path) -> None:
+    """E8: with monitoring.kafkaExporterLag the chart records the group's broker-side lag for
+    this namespace, and the rules prefer it over the self-reported gauge (stale on consumers
+    that lost their partitions, absent when every consumer is dead)."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: make install-prometheus"
+    sets = ("monitoring.prometheusRule.enabled=true", "monitoring.kafkaExporterLag.enabled=true")
+    groups = _one(render(sets=sets), "PrometheusRule")["spec"]["groups"]
+    assert groups[:-1] == yaml.safe_load(RULES.read_text())["groups"]
+    assert groups[-1]["name"] == "histoprompt-lag-exporter"
+    assert not _one(render(sets=sets[:1]), "PrometheusRule")["spec"]["groups"][-1]["name"].endswith(
+        "exporter"
+    )
+    for group in groups:
+        for rule in group["rules"]:
+            rule.pop("annotations", None)
+    rules = tmp_path / "rules.yml"
+    rules.write_text(yaml.safe_dump({"groups": groups}))
+    lag = "kafka_consumergroup_lag"
+    recorded = "histoprompt:ingest_consumer_lag:sum"
+    series = [
+        # The exporter runs in the kafka namespace; one series per partition.
+        (
+            f'{lag}{{consumergroup="histoprompt-ingest",topic="histoprompt.slides.incoming",partition="0",namespace="kafka"}}',
+            "3x30",
+        ),
+        (
+            f'{lag}{{consumergroup="histoprompt-ingest",topic="histoprompt.slides.incoming",partition="1",namespace="kafka"}}',
+            "4x30",
+        ),
+        (
+            f'{lag}{{consumergroup="other",topic="histoprompt.slides.incoming",partition="0",namespace="kafka"}}',
+            "900x30",
+        ),
+        # A consumer that lost its partitions still reports its old lag.
+        ('histoprompt_ingest_consumer_lag{namespace="default",pod="a"}', "600x30"),
+    ]
+    spec = {
+        "rule_files": [str(rules)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [{"series": n, "values": v} for n, v in series],
+                "promql_expr_test": [
+                    {
+                        "expr": recorded,
+                        "eval_time": "10m",
+                        "exp_samples": [
+                            {
+                                "labels": f'{recorded}{{namespace="default"}}',
+                                "value": 7,
+                            }
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    test_file = tmp_path / "test.yml"
+    test_file.write_text(yaml.safe_dump(spec))
+    result = subprocess.run(
+        [promtool, "test", "rules", str(test_file)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_dashboard_configmap_carries_the_dashboard(render: Render) -> None:
     docs = render(PROD_VALUES)
     config_map = _one(docs, "ConfigMap", "-dashboard")
