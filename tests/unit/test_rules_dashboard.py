@@ -29,9 +29,23 @@ def _exprs() -> list[str]:
     return [t["expr"] for p in _panels() for t in p["targets"]]
 
 
+SELECTOR = 'namespace=~"$namespace",pod=~"$pod"'
+
+
 def _normalise(expr: str) -> str:
-    # Grafana's range variable, filled as Prometheus would see it.
-    return expr.replace("$__rate_interval", "5m")
+    # Grafana's range variable, filled as Prometheus would see it; the namespace and pod
+    # variables at "All" (allValue .*, which also matches the local stack's unlabelled
+    # series).
+    return expr.replace("$__rate_interval", "5m").replace("$namespace", ".*").replace("$pod", ".*")
+
+
+def _bare(expr: str) -> str:
+    """The expression without spaces and without the variable selectors, for the shape
+    checks below."""
+    flat = expr.replace(" ", "")
+    flat = flat.replace("{" + SELECTOR + "}", "").replace("," + SELECTOR, "")
+    flat = flat.replace('{namespace=~"$namespace"}', "")
+    return _normalise(flat)
 
 
 def test_every_panel_query_is_valid_promql(tmp_path: Path) -> None:
@@ -50,7 +64,7 @@ def test_every_panel_query_is_valid_promql(tmp_path: Path) -> None:
 
 
 def _has(pattern: str) -> bool:
-    return any(re.search(pattern, _normalise(e).replace(" ", "")) for e in _exprs())
+    return any(re.search(pattern, _bare(e)) for e in _exprs())
 
 
 @pytest.mark.parametrize(
@@ -72,13 +86,38 @@ def _has(pattern: str) -> bool:
         ("batch size", r"nv_inference_count\[5m\]\)\)/sum.*nv_inference_exec_count"),
         ("errors and DLQ", r'histoprompt_ingest_slides_total\{status=~"failed\|dlq"\}'),
         ("Triton errors", r"nv_inference_request_failure"),
-        ("lag", r"^sum\(histoprompt_ingest_consumer_lag\)$"),
+        ("lag (exporter or self-reported)", r"^sum\(histoprompt:ingest_consumer_lag:sum\)$"),
         ("in flight", r"^sum\(histoprompt_ingest_inflight_slides\)$"),
         ("GPU utilisation", r"^nv_gpu_utilization$"),
+        ("GPU memory (DCGM)", r"DCGM_FI_DEV_FB_USED.*DCGM_FI_DEV_FB_FREE"),
+        ("GPU temperature (DCGM)", r"DCGM_FI_DEV_GPU_TEMP"),
+        ("GPU Xid errors (DCGM)", r"DCGM_FI_DEV_XID_ERRORS"),
     ],
 )
 def test_dashboard_shows(what: str, pattern: str) -> None:
     assert _has(pattern), f"no panel shows {what}"
+
+
+def test_dashboard_filters_by_namespace_and_pod() -> None:
+    """Monitoring-mixin standard: namespace and pod variables, and every query uses them
+    (the lag recording rule is per namespace, so it takes the namespace only)."""
+    variables = {v["name"]: v for v in _dashboard()["templating"]["list"]}
+    assert {"datasource", "namespace", "pod"} <= set(variables)
+    for name in ("namespace", "pod"):
+        var = variables[name]
+        assert var["type"] == "query" and var["includeAll"] and var["multi"]
+        assert var["allValue"] == ".*"
+        assert f", {name})" in var["query"]["query"]
+    assert "$namespace" in variables["pod"]["query"]["query"]
+    for expr in _exprs():
+        flat = expr.replace(" ", "")
+        assert 'namespace=~"$namespace"' in flat, expr
+        if "histoprompt:ingest_consumer_lag:sum" not in flat:
+            # Every metric selector carries the pod filter too.
+            selectors = re.findall(r"[a-zA-Z_:][\w:]*\{[^}]*\}", flat)
+            metrics = re.findall(r"\b(?:histoprompt_|nv_|DCGM_)\w+", flat)
+            assert len(selectors) == len(metrics), expr
+            assert all('pod=~"$pod"' in sel for sel in selectors), expr
 
 
 def test_dashboard_metadata_and_layout() -> None:
