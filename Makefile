@@ -5,6 +5,10 @@ SHELL := /bin/bash
 
 UV_VERSION      ?= 0.13.9
 HELM_VERSION    ?= v3.16.4
+# MinIO tags no module releases: a pseudo-version the Go module proxy serves (2026-02-12).
+MINIO_VERSION   ?= v0.0.0-20260212201848-7aac2a2c5b7c
+# Outside the clone: a fresh clone (CI) reuses the built server instead of minutes of go build.
+MINIO_PREFIX    ?= $(HOME)/.cache/histoprompt/minio
 CACHE           ?= $(CURDIR)/.cache
 export UV_LINK_MODE ?= hardlink
 export PATH := $(HOME)/.local/bin:$(CACHE)/go/bin:$(PATH)
@@ -12,7 +16,7 @@ UV      := uv
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: help install install-python install-kafka install-prometheus install-helm \
+.PHONY: help install install-python install-kafka install-prometheus install-helm install-minio \
         test test-unit lint lint-check demo bench bench-models stack-up stack-down stack-status clean
 
 help:
@@ -21,7 +25,7 @@ help:
 	@echo "make lint    ruff + mypy"
 	@echo "make bench   benchmarks (results in BENCHMARKS.md)"
 
-install: install-python install-kafka install-prometheus install-helm
+install: install-python install-kafka install-prometheus install-helm install-minio
 
 install-python:
 	@command -v uv >/dev/null 2>&1 || python3.11 -m pip install --user --quiet "uv==$(UV_VERSION)"
@@ -35,6 +39,9 @@ install-prometheus:
 
 install-helm:
 	@bash deploy/install/helm.sh "$(HELM_VERSION)" "$(CACHE)/go"
+
+install-minio:
+	@bash deploy/install/minio.sh "$(MINIO_VERSION)" "$(MINIO_PREFIX)"
 
 # Lint first: ruff on everything, strict mypy on core, wsi, serving and client.
 test: install lint-check

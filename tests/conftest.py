@@ -57,6 +57,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackHandle]:
         stack_env_file=state_dir / "stack.env",
         stack_model_repository=state_dir / "model_repository",
         stack_services=ALL_SERVICES,
+        # SeaweedFS: these tests publish the S3 events themselves (test_minio_notifications
+        # runs its own MinIO-backed stack for the real bucket notifications).
+        stack_s3_server="seaweed",
         ingest_metrics_port=None,
         stack_kafka_libs=REPO_ROOT / ".cache" / "kafka" / "libs",
         stack_prometheus_rules_dir=REPO_ROOT / "deploy" / "prometheus" / "rules",

@@ -18,12 +18,12 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from histoprompt.core.settings import ENV_PREFIX, ConnectionSettings
-from histoprompt.stack import kafka, prometheus, seaweed, triton
+from histoprompt.stack import kafka, minio_server, prometheus, seaweed, triton
 from histoprompt.stack.errors import StackError
 from histoprompt.stack.handle import StackHandle
 from histoprompt.stack.ports import wait_released
 from histoprompt.stack.ports_layout import StackPorts
-from histoprompt.stack.settings import ALL_SERVICES, ServiceName, StackSettings
+from histoprompt.stack.settings import ServiceName, StackSettings
 from histoprompt.stack.state import (
     StackState,
     read_state,
@@ -44,6 +44,7 @@ from histoprompt.stack.supervisor import (
 
 PROBES: dict[ServiceName, Callable[[ConnectionSettings], None]] = {
     "seaweed": seaweed.probe,
+    "minio": minio_server.probe,
     "triton": triton.probe,
     "prometheus": prometheus.probe,
     "kafka": kafka.probe,
@@ -52,6 +53,7 @@ PROBES: dict[ServiceName, Callable[[ConnectionSettings], None]] = {
 
 CHECKS: dict[ServiceName, Callable[[StackSettings], object]] = {
     "seaweed": seaweed.check_installed,
+    "minio": minio_server.check_installed,
     "triton": triton.check_installed,
     "prometheus": prometheus.check_installed,
     "kafka": kafka.check_installed,
@@ -102,6 +104,9 @@ def connection_env(
         "TRITON_HTTP_URL": f"{host}:{ports.triton_http}",
         "TRITON_METRICS_URL": f"http://{host}:{ports.triton_metrics}/metrics",
         "PROMETHEUS_URL": f"http://{host}:{ports.prometheus}",
+        # false when the S3 server sends the bucket notifications (MinIO): `submit` then
+        # publishes nothing, or each slide would be processed twice.
+        "PUBLISH_EVENTS": "false" if settings.s3_publishes_events else "true",
         "INGEST_METRICS_PORT": str(ports.ingest_metrics),
         "STACK_STATE_DIR": str(state_dir),
         "STACK_MODEL_REPOSITORY": str(model_repository),
@@ -121,6 +126,8 @@ def _prepare(
         return triton.prepare(settings, state_dir, ports, model_repository, env)
     if name == "seaweed":
         return seaweed.prepare(settings, state_dir, ports)
+    if name == "minio":
+        return minio_server.prepare(settings, state_dir, ports, notify=settings.s3_publishes_events)
     if name == "prometheus":
         return prometheus.prepare(settings, state_dir, ports)
     return kafka.prepare(settings, state_dir, ports)
@@ -153,7 +160,7 @@ def up(settings: StackSettings | None = None) -> StackHandle:
         # A crashed stack may leave children (e.g. a backend stub) whose leader is gone.
         stop_all(list(previous.processes.values()))
         remove_state(state_dir)
-    services = tuple(s for s in ALL_SERVICES if s in settings.stack_services)
+    services = settings.services()
     for name in services:
         # Before anything starts: a missing install fails fast, with the fixing command.
         CHECKS[name](settings)
@@ -270,6 +277,8 @@ def _finish(
     try:
         if name == "seaweed":
             seaweed.create_buckets(conn)
+        elif name == "minio":
+            minio_server.create_buckets(conn, notify=settings.s3_publishes_events)
         elif name == "kafka":
             kafka.create_topics(conn, settings.stack_kafka_incoming_partitions)
     except StackError:

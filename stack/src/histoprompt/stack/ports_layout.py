@@ -16,6 +16,7 @@ class StackPorts(BaseModel):
     kafka_controller: int
     s3: int
     s3_grpc: int
+    s3_console: int  # MinIO's console address (the console itself is switched off)
     weed_master: int
     weed_master_grpc: int
     weed_volume: int

@@ -16,6 +16,7 @@ def endpoint(service: str, handle: StackHandle) -> str:
     return {
         "kafka": handle.kafka_bootstrap,
         "seaweed": f"s3 http://{handle.s3_endpoint}",
+        "minio": f"s3 http://{handle.s3_endpoint} (notifications to Kafka)",
         "triton": f"grpc {handle.triton_grpc}, http {handle.triton_http}",
         "prometheus": handle.prometheus_url,
     }.get(service, "")

@@ -10,12 +10,20 @@ import sys
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from histoprompt.core.settings import ConnectionSettings
 
-ServiceName = Literal["seaweed", "triton", "prometheus", "kafka"]
-ALL_SERVICES: tuple[ServiceName, ...] = ("seaweed", "triton", "prometheus", "kafka")
+ServiceName = Literal["seaweed", "minio", "triton", "prometheus", "kafka"]
+S3ServerName = Literal["seaweed", "minio"]
+# An entry of HISTOPROMPT_STACK_SERVICES: a service, or `s3` for the chosen S3 server.
+ServiceEntry = Literal["s3", "seaweed", "minio", "triton", "prometheus", "kafka"]
+# Start order (Kafka last: formatting its storage blocks); `s3` is the chosen S3 server.
+ALL_SERVICES: tuple[ServiceEntry, ...] = ("s3", "triton", "prometheus", "kafka")
+S3_SERVERS: tuple[S3ServerName, ...] = ("seaweed", "minio")
+# Where deploy/install/minio.sh puts the pinned MinIO server: outside any clone, so a
+# fresh clone finds it built (the Makefile passes the same directory).
+DEFAULT_MINIO = Path.home() / ".cache" / "histoprompt" / "minio" / "bin" / "minio"
 
 
 def checkout_root() -> Path | None:
@@ -39,8 +47,12 @@ class StackSettings(ConnectionSettings):
     stack_model_repository: Path | None = Field(
         default=None, description="Triton model repository (default <state dir>/model_repository)"
     )
-    stack_services: tuple[ServiceName, ...] = Field(
-        default=ALL_SERVICES, description="what to start"
+    stack_services: tuple[ServiceEntry, ...] = Field(
+        default=ALL_SERVICES, description="what to start (`s3`: the stack_s3_server)"
+    )
+    stack_s3_server: S3ServerName = Field(
+        default="seaweed",
+        description="the S3 server: seaweed (light), or minio (sends bucket notifications)",
     )
     stack_kafka_libs: Path = Field(default=Path(".cache/kafka/libs"), description="Kafka jars")
     stack_java: str = Field(default="java", description="Java 17+ executable")
@@ -48,6 +60,9 @@ class StackSettings(ConnectionSettings):
     stack_kafka_incoming_partitions: int = Field(default=4, ge=1, le=64)
     stack_weed: Path | None = Field(
         default=None, description="weed binary (default: next to python)"
+    )
+    stack_minio: Path | None = Field(
+        default=None, description="minio server binary (default: where minio.sh installs it)"
     )
     stack_tritonserver: Path | None = Field(
         default=None,
@@ -70,6 +85,34 @@ class StackSettings(ConnectionSettings):
         description="port Prometheus scrapes as job histoprompt-ingest (default: free)",
     )
 
+    @model_validator(mode="after")
+    def _one_s3_server(self) -> StackSettings:
+        """A server named in stack_services wins over the default; a clash is an error."""
+        named = {s for s in self.stack_services if s in S3_SERVERS}
+        if len(named) > 1:
+            raise ValueError("HISTOPROMPT_STACK_SERVICES names both seaweed and minio")
+        if named and "stack_s3_server" not in self.model_fields_set:
+            object.__setattr__(self, "stack_s3_server", next(iter(named)))
+        elif named - {self.stack_s3_server}:
+            raise ValueError(
+                f"HISTOPROMPT_STACK_SERVICES names {sorted(named)[0]} but "
+                f"HISTOPROMPT_STACK_S3_SERVER is {self.stack_s3_server}; name the S3 "
+                "service `s3`, or set the server"
+            )
+        return self
+
+    def services(self) -> tuple[ServiceName, ...]:
+        """What to start, in start order, with `s3` resolved to the chosen server."""
+        wanted = {self.stack_s3_server if s == "s3" else s for s in self.stack_services}
+        order: tuple[ServiceName, ...] = (self.stack_s3_server, "triton", "prometheus", "kafka")
+        return tuple(s for s in order if s in wanted)
+
+    @property
+    def s3_publishes_events(self) -> bool:
+        """True when the S3 server sends the bucket notifications to Kafka itself."""
+        services = self.services()
+        return self.stack_s3_server == "minio" and "minio" in services and "kafka" in services
+
     def project_path(self, path: Path) -> Path:
         """`path` as given when absolute or present under the cwd, else under the checkout.
 
@@ -84,3 +127,7 @@ class StackSettings(ConnectionSettings):
     def weed_binary(self) -> Path:
         """The SeaweedFS binary: the setting, else `weed` next to this interpreter."""
         return self.stack_weed or Path(sys.executable).parent / "weed"
+
+    def minio_binary(self) -> Path:
+        """The MinIO server: the setting, else where deploy/install/minio.sh installs it."""
+        return self.stack_minio or DEFAULT_MINIO

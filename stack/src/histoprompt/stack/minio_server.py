@@ -1,0 +1,120 @@
+"""MinIO (`minio server`, built by deploy/install/minio.sh) as the local S3 endpoint, with
+real bucket notifications.
+
+MinIO's own Kafka notification target is configured through its environment
+(`MINIO_NOTIFY_KAFKA_*_HISTOPROMPT`), and the slides bucket sends every
+`s3:ObjectCreated:*` event to `histoprompt.slides.incoming` through it, as a production
+bucket does. So `histoprompt submit` publishes nothing itself on this stack
+(`HISTOPROMPT_PUBLISH_EVENTS=false` in stack.env). Events MinIO cannot deliver yet (Kafka
+still starting) wait in a queue directory and are sent when the broker is reachable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from histoprompt.core import names
+from histoprompt.core.s3 import make_minio
+from histoprompt.core.settings import ConnectionSettings
+from histoprompt.stack.errors import StackError
+from histoprompt.stack.ports_layout import StackPorts
+from histoprompt.stack.settings import StackSettings
+from histoprompt.stack.supervisor import ProcessSpec
+
+NAME = "minio"
+# The pinned server (deploy/install/minio.sh and the Makefile's MINIO_VERSION).
+MODULE = "github.com/minio/minio"
+# The notification target's id (the env suffix); MinIO prints the ARN at start-up
+# ("SQS ARNs: arn:minio:sqs::HISTOPROMPT:kafka") and registers it before Kafka is up.
+TARGET_ID = "HISTOPROMPT"
+TARGET_ARN = f"arn:minio:sqs::{TARGET_ID}:kafka"
+CREATED_EVENTS = ("s3:ObjectCreated:*",)
+NOTIFICATION_ID = "histoprompt-incoming"
+
+
+def check_installed(settings: StackSettings) -> Path:
+    """The minio binary, or a StackError saying how to install it."""
+    binary = settings.minio_binary()
+    if not binary.is_file():
+        raise StackError(
+            f"the minio server is missing at {binary}; build it with: make install-minio "
+            f"(go install {MODULE}@<pinned version>)",
+            service=NAME,
+        )
+    return binary
+
+
+def notify_env(kafka_bootstrap: str, queue_dir: Path) -> dict[str, str]:
+    """MinIO's Kafka notification target: brokers, topic, and a queue for undelivered events."""
+    suffix = f"_{TARGET_ID}"
+    return {
+        f"MINIO_NOTIFY_KAFKA_ENABLE{suffix}": "on",
+        f"MINIO_NOTIFY_KAFKA_BROKERS{suffix}": kafka_bootstrap,
+        f"MINIO_NOTIFY_KAFKA_TOPIC{suffix}": names.TOPIC_INCOMING,
+        f"MINIO_NOTIFY_KAFKA_QUEUE_DIR{suffix}": str(queue_dir),
+    }
+
+
+def prepare(
+    settings: StackSettings, state_dir: Path, ports: StackPorts, *, notify: bool
+) -> ProcessSpec:
+    """How to start a single-drive MinIO on loopback; `notify`: with the Kafka target."""
+    binary = check_installed(settings)
+    home = state_dir / NAME
+    data = home / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    (home / "certs").mkdir(exist_ok=True)
+    env = {
+        "MINIO_ROOT_USER": settings.s3_access_key.get_secret_value(),
+        "MINIO_ROOT_PASSWORD": settings.s3_secret_key.get_secret_value(),
+        "MINIO_SITE_REGION": settings.s3_region,
+        # Nothing reaches out: no console UI, no update check, no call-home.
+        "MINIO_BROWSER": "off",
+        "MINIO_UPDATE": "off",
+        "MINIO_CALLHOME_ENABLE": "off",
+    }
+    if notify:
+        queue = home / "events"
+        queue.mkdir(exist_ok=True)
+        env |= notify_env(f"127.0.0.1:{ports.kafka}", queue)
+    argv = [
+        str(binary),
+        "server",
+        "--quiet",
+        "--address",
+        f"127.0.0.1:{ports.s3}",
+        "--console-address",
+        f"127.0.0.1:{ports.s3_console}",
+        # MinIO otherwise creates ~/.minio/certs.
+        "--certs-dir",
+        str(home / "certs"),
+        str(data),
+    ]
+    return ProcessSpec(
+        name=NAME,
+        argv=argv,
+        log_path=state_dir / "logs" / f"{NAME}.log",
+        env=env,
+        cwd=home,
+        stop_timeout=5.0,
+    )
+
+
+def probe(conn: ConnectionSettings) -> None:
+    """Raise unless an authenticated S3 ListBuckets succeeds (one try, short timeouts)."""
+    make_minio(conn, connect_timeout=1.0, read_timeout=3.0, retries=0).list_buckets()
+
+
+def create_buckets(conn: ConnectionSettings, *, notify: bool) -> None:
+    """The three buckets; with `notify`, the slides bucket's ObjectCreated events go to Kafka."""
+    from minio.notificationconfig import NotificationConfig, QueueConfig
+
+    client = make_minio(conn)
+    for bucket in (conn.slides_bucket, conn.results_bucket, conn.models_bucket):
+        if not client.bucket_exists(bucket):
+            client.make_bucket(bucket)
+    if notify:
+        queue = QueueConfig(list(CREATED_EVENTS), config_id=NOTIFICATION_ID, queue=TARGET_ARN)
+        client.set_bucket_notification(
+            conn.slides_bucket, NotificationConfig(queue_config_list=[queue])
+        )
