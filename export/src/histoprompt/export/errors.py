@@ -29,6 +29,14 @@ class WeightsError(ExportError):
     code = "weights"
 
 
+class CheckpointLayoutError(WeightsError):
+    """A weight file whose tensor names or shapes do not match the architecture's published
+    layout; the message names the layout the file looks like, the first missing and
+    unexpected tensors and the first shape mismatch."""
+
+    code = "checkpoint_layout"
+
+
 class GeneContractError(InvalidInputError):
     """Expression input that cannot be mapped onto the RNA encoder's gene order."""
 
