@@ -351,23 +351,173 @@ def test_triton_shared_memory_is_optional(render: Render) -> None:
     assert all(v["name"] != "shm" for v in pod["volumes"])
 
 
+MIXED_POOL = (
+    "modelBuild.enabled=true",
+    "modelBuild.parity.image.repository=registry.example.org/tensorrt-parity",
+    "modelBuild.gpuTypes[0].name=l4",
+    "modelBuild.gpuTypes[0].computeCapability=8.9",
+    "modelBuild.gpuTypes[0].nodeSelector.nvidia\\.com/gpu\\.product=NVIDIA-L4",
+    "modelBuild.gpuTypes[1].name=a100",
+    "modelBuild.gpuTypes[1].computeCapability=8.0",
+    "modelBuild.gpuTypes[1].nodeSelector.nvidia\\.com/gpu\\.product=NVIDIA-A100-SXM4-80GB",
+)
+# NGC release -> the TensorRT it ships (NVIDIA's frameworks support matrix). Plans load only
+# in the TensorRT version that built them.
+NGC_TENSORRT = {"24.03": "8.6.3", "24.04": "8.6.3", "24.05": "10.0.1", "24.06": "10.1.0"}
+
+
+def _containers(pod: Manifest) -> dict[str, Manifest]:
+    return {c["name"]: c for c in pod.get("initContainers", []) + pod["containers"]}
+
+
+def _readme_values() -> dict[str, str]:
+    """The values files the README's Kubernetes section shows (yaml blocks whose first line
+    is `# <name>.yaml`)."""
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```yaml\n# ([\w.-]+\.yaml)\n(.*?)```", text, re.S)
+    return dict(blocks)
+
+
+@pytest.mark.parametrize(
+    "name", ["gpu-values.yaml", "external-triton.yaml", "mixed-gpu-values.yaml"]
+)
+def test_readme_values_render_and_validate(render: Render, tmp_path: Path, name: str) -> None:
+    values = tmp_path / name
+    values.write_text(_readme_values()[name])
+    docs = render(values)
+    for doc in docs:
+        if doc["kind"] not in CRD_KINDS:
+            kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+    if name == "external-triton.yaml":
+        assert not [
+            d for d in _by_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-triton")
+        ]
+        triton_rule = _egress_rules(docs, "ingest")[3]
+        assert triton_rule["to"][0]["namespaceSelector"]
+        assert _ports(triton_rule) == [8000, 8001]
+    if name == "mixed-gpu-values.yaml":
+        plans = [j["metadata"]["annotations"]["histoprompt.io/plan"] for j in _by_kind(docs, "Job")]
+        assert [p.split(".")[1] for p in plans] == ["sm89", "sm80"]
+
+
 def test_model_build_job_runs_on_the_triton_gpu_pool(render: Render) -> None:
     docs = render(PROD_VALUES)
-    job = _one(docs, "Job", "-model-build")
+    job = _one(docs, "Job", "")
     triton_pod = _one(docs, "Deployment", "-triton")["spec"]["template"]["spec"]
     pod = job["spec"]["template"]["spec"]
-    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
     for key in ("nodeSelector", "tolerations", "affinity"):
         assert pod[key] == triton_pod[key]
-    build = next(c for c in pod["initContainers"] if c["name"] == "build-plan")
-    assert build["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert "--maxShapes=PIXELS:256x3x224x224" in build["args"]
-    assert "--saveEngine=/work/model.plan" in build["args"]
+    steps = _containers(pod)
+    assert list(steps) == ["fetch", "build-plan", "parity", "config", "publish"]
+    build = steps["build-plan"]["args"][0]
+    assert steps["build-plan"]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert "--maxShapes=PIXELS:256x3x224x224" in build
+    assert "--saveEngine=/work/model.plan" in build
     # The plan must be built by the TensorRT of Triton's own NGC release.
     triton_tag = triton_pod["containers"][0]["image"].rsplit(":", 1)[1]
-    assert build["image"].rsplit(":", 1)[1].split("-")[0] == triton_tag.split("-")[0]
-    upload = pod["containers"][0]
-    assert "s3/histoprompt-models/model_repository/tile_encoder/1/model.plan" in upload["args"][0]
+    assert steps["build-plan"]["image"].rsplit(":", 1)[1] == triton_tag
+
+
+def test_tensorrt_version_is_the_triton_release_s() -> None:
+    """E5: the TensorRT version named in every plan is the one Triton's NGC release ships."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    release = values["triton"]["image"]["tag"].split("-")[0]
+    assert values["modelBuild"]["image"]["tag"].split("-")[0] == release
+    assert values["modelBuild"]["tensorrtVersion"] == NGC_TENSORRT[release]
+
+
+def test_plans_are_one_off_jobs_per_gpu_type_not_upgrade_hooks(render: Render) -> None:
+    """E6: no hook (an upgrade never waits for a free GPU); one Job per GPU type on that
+    node type; plans keyed by compute capability and TensorRT version."""
+    docs = render(sets=MIXED_POOL)
+    jobs = _by_kind(docs, "Job")
+    assert len(jobs) == 2
+    for job in jobs:
+        kubernetes_validate.validate(job, KUBE_VERSION, strict=True)
+        assert not any(k.startswith("helm.sh/hook") for k in job["metadata"].get("annotations", {}))
+    l4, a100 = jobs
+    assert l4["spec"]["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-L4"}
+    assert a100["spec"]["template"]["spec"]["nodeSelector"] == {
+        "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"
+    }
+    plans = [j["metadata"]["annotations"]["histoprompt.io/plan"] for j in jobs]
+    assert re.fullmatch(r"model\.sm89\.trt8\.6\.3\.[0-9a-f]{12}\.plan", plans[0]), plans
+    assert re.fullmatch(r"model\.sm80\.trt8\.6\.3\.[0-9a-f]{12}\.plan", plans[1]), plans
+    for job, plan in zip(jobs, plans, strict=True):
+        env = _env(_containers(job["spec"]["template"]["spec"])["publish"])
+        assert env["PLAN"]["value"] == plan
+        assert env["CACHE"]["value"].endswith(plan.split(".")[-2])  # cached by input hash
+        assert job["metadata"]["name"].endswith(plan.split(".")[-2])
+    # Unchanged inputs: the same Jobs (an upgrade leaves them alone); a changed input: new ones.
+    assert [j["metadata"]["name"] for j in _by_kind(render(sets=MIXED_POOL), "Job")] == [
+        j["metadata"]["name"] for j in jobs
+    ]
+    bumped = _by_kind(render(sets=(*MIXED_POOL, "modelBuild.revision=2")), "Job")
+    assert not {j["metadata"]["name"] for j in bumped} & {j["metadata"]["name"] for j in jobs}
+
+
+def test_model_build_needs_gpu_types_and_a_parity_image(helm: str) -> None:
+    base = ["template", RELEASE, str(CHART), "--kube-version", KUBE_VERSION]
+    result = _run_helm(helm, *base, "--set", "modelBuild.enabled=true")
+    assert result.returncode != 0 and "modelBuild.gpuTypes" in result.stderr
+    no_parity = [a for a in MIXED_POOL if "parity" not in a]
+    sets = [x for a in no_parity for x in ("--set", a)]
+    result = _run_helm(helm, *base, *sets)
+    assert result.returncode != 0 and "modelBuild.parity.image" in result.stderr
+
+
+def test_config_step_lists_every_plan_in_cc_model_filenames(render: Render, tmp_path: Path) -> None:
+    """The rendered config step, run on the checked-in tile_encoder config.pbtxt (twice, as
+    two Jobs would), leaves a valid ModelConfig whose cc_model_filenames name each plan."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    jobs = _by_kind(render(sets=MIXED_POOL), "Job")
+    plans = {"8.9": "", "8.0": ""}
+    for job, cc in zip(jobs, plans, strict=True):
+        plans[cc] = job["metadata"]["annotations"]["histoprompt.io/plan"]
+    work = tmp_path / "work"
+    work.mkdir()
+    config = work / "config.pbtxt"
+    config.write_text((ROOT / "model_repository" / "tile_encoder" / "config.pbtxt").read_text())
+    for job in jobs:
+        step = _containers(job["spec"]["template"]["spec"])["config"]
+        assert step["command"] == ["python3", "-c"]
+        script = step["args"][0].replace("/work/config.pbtxt", str(config))
+        env = {**os.environ, "PLANS": _env(step)["PLANS"]["value"]}
+        subprocess.run(["python3", "-c", script], env=env, check=True, timeout=30)
+    parsed = text_format.Parse(config.read_text(), model_config_pb2.ModelConfig())
+    assert dict(parsed.cc_model_filenames) == plans
+    assert parsed.name == "tile_encoder" and parsed.max_batch_size == 256
+
+
+def test_triton_rolls_when_the_plan_set_changes_and_waits_for_its_plans(
+    render: Render,
+) -> None:
+    """E6: a new plan set restarts every Triton replica (checksum annotation); a replica
+    starts only once all plans of its set are published."""
+
+    def triton(sets: tuple[str, ...]) -> Manifest:
+        pod: Manifest = _one(render(sets=sets), "Deployment", "-triton")["spec"]["template"]
+        return pod
+
+    base = triton(MIXED_POOL)
+    checksum = base["metadata"]["annotations"]["checksum/tensorrt-plans"]
+    assert triton(MIXED_POOL)["metadata"]["annotations"]["checksum/tensorrt-plans"] == checksum
+    for change in (
+        "modelBuild.revision=2",
+        "modelBuild.tensorrtVersion=8.6.1",
+        "modelBuild.gpuTypes[1].computeCapability=9.0",
+    ):
+        changed = triton((*MIXED_POOL, change))["metadata"]["annotations"]
+        assert changed["checksum/tensorrt-plans"] != checksum, change
+    (wait,) = base["spec"]["initContainers"]
+    assert wait["name"] == "wait-for-plans"
+    jobs = _by_kind(render(sets=MIXED_POOL), "Job")
+    assert _env(wait)["PLANS"]["value"].split() == [
+        j["metadata"]["annotations"]["histoprompt.io/plan"] for j in jobs
+    ]
+    assert "initContainers" not in triton(())["spec"]
 
 
 # --- ingest -------------------------------------------------------------------------------

@@ -185,3 +185,45 @@ imagePullSecrets:
 {{- define "histoprompt.tritonInRelease" -}}
 {{- if and .Values.triton.enabled (not .Values.ingest.tritonGrpcUrl) -}}true{{- end -}}
 {{- end -}}
+
+{{/* One GPU type's TensorRT plan: (dict "ctx" $ "gpu" $gpu) -> JSON {cc, file, hash}. The
+     file is keyed by compute capability, TensorRT version and a hash of every build input,
+     so a changed input is a new file (and a new Job) and the S3 cache never serves a stale
+     plan. */}}
+{{- define "histoprompt.plan" -}}
+{{- $b := .ctx.Values.modelBuild -}}
+{{- $image := include "histoprompt.image" (dict "image" $b.image "default" "") -}}
+{{- $inputs := dict "onnx" $b.onnxObject "revision" $b.revision "input" $b.inputName "px" $b.inputPx "max" $b.maxBatch "opt" $b.optBatch "fp16" $b.fp16 "image" $image "tensorrt" $b.tensorrtVersion "cc" .gpu.computeCapability -}}
+{{- $hash := $inputs | toJson | sha256sum | trunc 12 -}}
+{{- $file := printf "model.sm%s.trt%s.%s.plan" (.gpu.computeCapability | replace "." "") $b.tensorrtVersion $hash -}}
+{{- dict "cc" .gpu.computeCapability "file" $file "hash" $hash | toJson -}}
+{{- end -}}
+
+{{/* Every plan of modelBuild.gpuTypes: JSON list of histoprompt.plan. */}}
+{{- define "histoprompt.plans" -}}
+{{- $plans := list -}}
+{{- if .Values.modelBuild.enabled -}}
+{{- range .Values.modelBuild.gpuTypes -}}
+{{- $plans = append $plans (include "histoprompt.plan" (dict "ctx" $ "gpu" .) | fromJson) -}}
+{{- end -}}
+{{- end -}}
+{{- $plans | toJson -}}
+{{- end -}}
+
+{{/* Env of the plan Job's S3 steps: (dict "ctx" $ "plan" $plan) */}}
+{{- define "histoprompt.modelBuildEnv" -}}
+{{- $b := .ctx.Values.modelBuild -}}
+{{ include "histoprompt.awsEnv" .ctx }}
+- name: S3_URL
+  value: {{ include "histoprompt.s3Url" .ctx | quote }}
+- name: MC_CONFIG_DIR
+  value: /tmp/mc
+- name: MODEL_DIR
+  value: {{ $b.modelDir | quote }}
+- name: ONNX
+  value: {{ $b.onnxObject | quote }}
+- name: CACHE
+  value: {{ printf "%s/%s" $b.cachePrefix .plan.hash | quote }}
+- name: PLAN
+  value: {{ .plan.file | quote }}
+{{- end -}}
