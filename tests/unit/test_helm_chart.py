@@ -1,6 +1,7 @@
-"""helm/histoprompt: lint, render, validate against Kubernetes 1.31 schemas (offline), and check
-what the schemas cannot: the values schema's refusals, security settings, secrets, wiring
-between objects, and the custom resources (ServiceMonitor, PrometheusRule, KEDA).
+"""helm/histoprompt: lint, render, validate against Kubernetes 1.31 schemas and, for the custom
+resources (ServiceMonitor, PrometheusRule, KEDA), against their CRDs (tests/unit/assets/crds,
+strict), all offline; and check what schemas cannot: the values schema's refusals, security
+settings, secrets, wiring between objects.
 
 helm is the pinned `go install` build from `make install-helm` (.cache/go/bin/helm); when it
 is missing the fixture builds it with deploy/install/helm.sh and fails (never skips) if
@@ -162,20 +163,108 @@ def test_helm_renders_without_kube_version_as_a_new_user_would(helm: str) -> Non
     assert "lint/rules.k8sVersionMinor=" in ldflags.group(1)
 
 
+def _strict(schema: Any) -> Any:
+    """A CRD's openAPIV3Schema as a strict JSON schema: objects with `properties` refuse
+    unknown fields (kubeconform -strict does the same), unless the CRD preserves them."""
+    if isinstance(schema, dict):
+        out = {k: _strict(v) for k, v in schema.items()}
+        if (
+            "properties" in out
+            and "additionalProperties" not in out
+            and not out.get("x-kubernetes-preserve-unknown-fields")
+        ):
+            out["additionalProperties"] = False
+        return out
+    if isinstance(schema, list):
+        return [_strict(v) for v in schema]
+    return schema
+
+
+def _crd_validators() -> dict[tuple[str, str], Any]:
+    """(apiVersion, kind) -> a validator of the vendored CRD schemas (tests/unit/assets/crds)."""
+    import jsonschema
+
+    validators = {}
+    for path in sorted((ROOT / "tests" / "unit" / "assets" / "crds").glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        spec = crd["spec"]
+        for version in spec["versions"]:
+            if not version.get("served"):
+                continue
+            schema = _strict(version["schema"]["openAPIV3Schema"])
+            schema["properties"]["metadata"] = {"type": "object"}
+            key = (f"{spec['group']}/{version['name']}", spec["names"]["kind"])
+            validators[key] = jsonschema.Draft7Validator(schema)
+    return validators
+
+
+CRDS = _crd_validators()
+
+
+def _validate(doc: Manifest) -> None:
+    """Core kinds against the Kubernetes schemas; custom resources against their CRD."""
+    if doc["kind"] in CRD_KINDS:
+        validator = CRDS[(doc["apiVersion"], doc["kind"])]
+        errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(doc)]
+        assert not errors, f"{doc['kind']}/{doc['metadata']['name']}: {errors}"
+    else:
+        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+
+
 @pytest.mark.parametrize("values", list(VALUE_SETS))
 def test_rendered_objects_validate_against_kubernetes_schemas(render: Render, values: str) -> None:
     docs = render(*VALUE_SETS[values])
     validated: list[str] = []
     for doc in docs:
-        if doc["kind"] in CRD_KINDS:
-            # kubernetes-validate ships core schemas only; these get structural tests below.
-            with pytest.raises(kubernetes_validate.SchemaNotFoundError):
-                kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
-            continue
-        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+        _validate(doc)
         validated.append(doc["kind"])
     assert {"Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy"} <= set(validated)
     assert validated.count("Deployment") == 2
+    if values == "production":
+        assert set(validated) >= CRD_KINDS, "every custom resource kind validated"
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        ("autoscaling.keda.enabled=true",),
+        ("autoscaling.keda.enabled=true", "autoscaling.keda.minReplicas=0"),
+        ("monitoring.prometheusRule.enabled=true", "monitoring.kafkaExporterLag.enabled=true"),
+        ("monitoring.serviceMonitor.enabled=true",),
+    ],
+    ids=["keda", "keda-to-zero", "exporter-lag", "service-monitors"],
+)
+def test_custom_resources_validate_against_their_crds(
+    render: Render, sets: tuple[str, ...]
+) -> None:
+    docs = [d for d in render(sets=sets) if d["kind"] in CRD_KINDS]
+    assert docs
+    for doc in docs:
+        _validate(doc)
+
+
+@pytest.mark.parametrize(
+    ("kind", "path", "value"),
+    [
+        ("ScaledObject", ("spec", "maxReplicaCount"), "twenty"),
+        ("ScaledObject", ("spec", "advanced", "horizontalPodAutoscalerConfig", "behaviour"), {}),
+        ("ServiceMonitor-triton", ("spec", "endpoints", 0, "scrapeInterval"), "15s"),
+        ("PrometheusRule", ("spec", "groups", 0, "rules", 0, "expr"), ["x"]),
+    ],
+)
+def test_crd_validation_catches_a_broken_resource(
+    render: Render, kind: str, path: tuple[Any, ...], value: Any
+) -> None:
+    """The CRD schemas are no rubber stamp: a wrong type or a misspelt field fails."""
+    kind, _, suffix = kind.partition("-")
+    doc = json.loads(json.dumps(_one(render(PROD_VALUES), kind, suffix)))
+    _validate(doc)
+    node = doc
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(AssertionError):
+        _validate(doc)
 
 
 def test_kubernetes_validate_catches_a_broken_manifest(render: Render) -> None:
@@ -386,8 +475,7 @@ def test_readme_values_render_and_validate(render: Render, tmp_path: Path, name:
     values.write_text(_readme_values()[name])
     docs = render(values)
     for doc in docs:
-        if doc["kind"] not in CRD_KINDS:
-            kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+        _validate(doc)
     if name == "external-triton.yaml":
         assert not [
             d for d in _by_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-triton")
@@ -1105,8 +1193,7 @@ def test_components_can_be_deployed_alone(
     names = [d["metadata"]["name"].rsplit("-", 1)[1] for d in _by_kind(docs, "Deployment")]
     assert names == deployments
     for doc in docs:
-        if doc["kind"] not in CRD_KINDS:
-            kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+        _validate(doc)
     monitors = _by_kind(docs, "ServiceMonitor")
     assert [m["metadata"]["name"].rsplit("-", 1)[1] for m in monitors] == deployments
 
