@@ -285,6 +285,7 @@ def test_production_values_render_every_component(render: Render) -> None:
             "Job",
             "NetworkPolicy",
             "NetworkPolicy",
+            "Pod",
             "PodDisruptionBudget",
             "PodDisruptionBudget",
             "PrometheusRule",
@@ -606,6 +607,101 @@ def test_triton_rolls_when_the_plan_set_changes_and_waits_for_its_plans(
         j["metadata"]["annotations"]["histoprompt.io/plan"] for j in jobs
     ]
     assert "initContainers" not in triton(())["spec"]
+
+
+def _helm_test_pod(docs: list[Manifest]) -> Manifest:
+    (pod,) = [
+        d for d in _by_kind(docs, "Pod") if d["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    ]
+    return pod
+
+
+def test_helm_test_pod_checks_triton_like_ingest(render: Render) -> None:
+    docs = render(PROD_VALUES)
+    pod = _helm_test_pod(docs)
+    _validate(pod)
+    spec = pod["spec"]
+    assert spec["automountServiceAccountToken"] is False and spec["restartPolicy"] == "Never"
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    (container,) = spec["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["image"] == _ingest_container(docs)["image"]
+    ingest_env = _env(_ingest_container(docs))
+    for name in ("HISTOPROMPT_TRITON_URL", "GRPC_DNS_RESOLVER"):
+        assert _env(container)[name] == ingest_env[name]
+    assert container["args"][0] == (CHART / "files" / "helm-test-triton.py").read_text()
+    # Triton's NetworkPolicy lets it in.
+    inference = _one(docs, "NetworkPolicy", "-triton")["spec"]["ingress"][0]
+    labels = pod["metadata"]["labels"]
+    assert any(p["podSelector"]["matchLabels"].items() <= labels.items() for p in inference["from"])
+    assert not _by_kind(render(sets=("tests.enabled=false",)), "Pod")
+
+
+class _StubTriton:
+    """TritonClient as the helm test uses it, answering from class attributes."""
+
+    ready_answer = True
+    dim_offset = 0
+
+    def __init__(self, url: str, **_: Any) -> None:
+        self.url = url
+
+    async def ready(self) -> bool:
+        return self.ready_answer
+
+    async def served_model(self) -> Any:
+        from histoprompt.core.modelspec import EncoderSpec
+        from histoprompt.wsi.triton import ServedModel
+
+        spec = EncoderSpec(
+            name="tiny",
+            tile_px=16,
+            input_px=16,
+            target_mpp=0.5,
+            mean=(0.5, 0.5, 0.5),
+            std=(0.2, 0.2, 0.2),
+            embed_dim=8,
+        )
+        return ServedModel(
+            spec=spec,
+            version="v1",
+            encoder="tiny",
+            synthetic=True,
+            pathway_method="ssgsea",
+            max_batch_size=256,
+        )
+
+    async def patch_embed(self, tiles: Any) -> Any:
+        import numpy as np
+
+        assert tiles.dtype == np.uint8 and tiles.shape[1:] == (16, 16, 3)
+        return np.zeros((len(tiles), 8 + self.dim_offset), dtype=np.float32)
+
+    async def close(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("ready", "dim_offset", "code"), [(True, 0, 0), (False, 0, 1), (True, 1, 1)]
+)
+def test_helm_test_script_passes_only_on_a_working_triton(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    ready: bool,
+    dim_offset: int,
+    code: int,
+) -> None:
+    import histoprompt.wsi.triton as triton
+
+    stub = type("Stub", (_StubTriton,), {"ready_answer": ready, "dim_offset": dim_offset})
+    monkeypatch.setattr(triton, "TritonClient", stub)
+    monkeypatch.setenv("HISTOPROMPT_TRITON_URL", "dns:///t-headless:8001")
+    script = (CHART / "files" / "helm-test-triton.py").read_text()
+    with pytest.raises(SystemExit) as exited:
+        exec(compile(script, "helm-test-triton.py", "exec"), {"__name__": "__main__"})
+    assert exited.value.code == code
+    out = capsys.readouterr().out
+    assert out.startswith("OK: dns:///t-headless:8001" if code == 0 else "FAIL"), out
 
 
 # --- ingest -------------------------------------------------------------------------------
