@@ -113,4 +113,5 @@ def test_install_artifacts_places_files_in_version_folders(tmp_path: Path) -> No
     assert (tmp_path / "repo/tile_encoder/1/model.onnx").read_text() == "tile_encoder.onnx"
     assert (tmp_path / "repo/slide_embed/1/model.onnx").read_text() == "slide_embed.onnx"
     assert (tmp_path / "repo/pathway_query/1/reference/demo/latest.json").is_file()
-    assert len(placed) == 5  # 4 files (no rna_embed.onnx in this bundle) + reference/
+    # 4 files (no rna_embed.onnx in this bundle; model_card.json twice) + reference/
+    assert len(placed) == 6

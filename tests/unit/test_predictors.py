@@ -80,7 +80,7 @@ def test_trained_predictor_refuses_unknown_sets() -> None:
     known = index.resolve(load_hallmark()["HALLMARK_HYPOXIA"], min_found=1)
     new = index.resolve(parse_gene_list(",".join(inputs.expression.columns[:10])))
     assert model.supports(known) is None
-    assert "soft_knn" in (model.supports(new) or "")
+    assert "soft-knn" in (model.supports(new) or "")
     np.testing.assert_allclose(model.predict(x[:3], [known])[:, 0], model.predict_all(x[:3])[:, 0])
 
 

@@ -7,7 +7,7 @@ Triton, so the tile grid always matches the encoder that is actually served.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -33,8 +33,55 @@ class EncoderSpec(BaseModel):
     untrained: bool = Field(False, description="true for fixed-seed test encoders")
 
 
+MODEL_CARD_FILE: Final = "model_card.json"
+
+
+class WeightFile(BaseModel):
+    """One weight or artifact file of the served version, by content."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    role: str = Field(description="tile_encoder, rna_encoder, alignment, predictor, onnx:<model>")
+    name: str = Field(description="architecture or model name, e.g. uni, bulkformer, tiny")
+    file: str = Field(description="file name as given (path or s3:// URI), or the bundle file")
+    sha256: str | None = Field(None, description="None: no file (fixed-seed UNTRAINED network)")
+    untrained: bool = False
+
+
+class TrainingData(BaseModel):
+    """What the alignment module was trained on."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    fingerprint: str = Field(description="sha256 over embeddings shapes, genes, configs")
+    n_patients: int = Field(ge=0)
+    n_slides: int = Field(ge=0)
+    n_train_patients: int = Field(ge=0)
+    n_val_patients: int = Field(ge=0)
+    split: str = Field(description="how train and val were split")
+    rna_source: str = Field(description="rna encoder name, or precomputed:<table>")
+    synthetic: bool = False
+
+
+class ParityResult(BaseModel):
+    """ONNX Runtime (or TensorRT) against torch for one exported network."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    runtime: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    max_abs_err: float
+    min_cosine: float
+    passed: bool
+
+
 class ModelCard(BaseModel):
-    """The deployed model bundle: encoder + alignment module + reference, one version string."""
+    """The deployed model bundle: encoder + alignment module + reference, one version string.
+
+    `model_card.json` next to the artifacts (bundle folder, and `tile_preprocess/1/` and
+    `pathway_query/1/` of the model repository); `histoprompt-export model-card` prints it.
+    The first six fields fix the served configs; the rest document the version.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -44,3 +91,13 @@ class ModelCard(BaseModel):
     aligned_dim: int = Field(gt=0, description="E, the aligned embedding width")
     rna_genes: int = Field(ge=0, description="G, genes in the RNA encoder's order")
     synthetic: bool = Field(False, description="trained on the synthetic cohort")
+    rna_encoder: str = Field("", description="RNA encoder name (tiny, bulkformer, precomputed)")
+    rna_preprocessing: str = Field("", description="normalisation and gene contract of RNA")
+    weights: tuple[WeightFile, ...] = ()
+    training: TrainingData | None = None
+    evaluation: dict[str, float] = Field(default_factory=dict)
+    parity: tuple[ParityResult, ...] = ()
+    licences: dict[str, str] = Field(
+        default_factory=dict, description="component -> licence, as declared at export"
+    )
+    methods: tuple[str, ...] = Field((), description="pathway_query methods this version serves")

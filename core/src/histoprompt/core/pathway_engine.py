@@ -179,12 +179,14 @@ class PathwayEngine:
         *,
         settings: ConnectionSettings | None = None,
         embed_fn: EmbedFn | None = None,
+        trained: Sequence[Predictor] = (),
         strict: bool = True,
     ) -> PathwayEngine:
         """The serving entry point: reference from a local path or `s3://` URI, warmed up.
 
         S3 credentials come from `settings` (default: `ConnectionSettings.load()`, i.e. the
-        HISTOPROMPT_* environment of the Triton server).
+        HISTOPROMPT_* environment of the Triton server). `trained` adds served predictors
+        (method `predictor`: the bundle's ONNX heads, see histoprompt.serving.predictor).
         """
         from histoprompt.core.reference_store import load_reference_uri
 
@@ -195,7 +197,7 @@ class PathwayEngine:
 
             client = make_minio(settings or ConnectionSettings.load())
         reference = load_reference_uri(uri, client)
-        return cls.for_reference(reference, embed_fn=embed_fn, strict=strict)
+        return cls.for_reference(reference, embed_fn=embed_fn, trained=trained, strict=strict)
 
     @property
     def methods(self) -> list[str]:

@@ -23,7 +23,12 @@ from histoprompt.core.errors import InvalidInputError
 from histoprompt.core.genesets import ResolvedGeneSet
 from histoprompt.core.softknn import unit_rows
 
-__all__ = ["PredictorConfig", "TrainedPredictor", "cross_validated_predictions"]
+__all__ = [
+    "PredictorConfig",
+    "TrainedPredictor",
+    "cross_validated_predictions",
+    "unsupported_message",
+]
 
 
 class PredictorConfig(BaseModel):
@@ -122,10 +127,7 @@ class TrainedPredictor:
     def supports(self, resolved: ResolvedGeneSet) -> str | None:
         if resolved.name in self.set_names:
             return None
-        return (
-            f"the {self.kind} predictor was trained on {len(self.set_names)} fixed sets and "
-            f"does not know {resolved.name!r}; use method 'soft_knn' or 'prototype' for new sets"
-        )
+        return unsupported_message(self.kind, len(self.set_names), resolved.name)
 
     def predict(
         self, slide_embeddings: NDArray[Any], gene_sets: Sequence[ResolvedGeneSet]
@@ -159,6 +161,15 @@ class TrainedPredictor:
                 z["y_mean"],
                 z["y_scale"],
             )
+
+
+def unsupported_message(kind: str, n_sets: int, name: str) -> str:
+    """One line for a gene set a trained predictor cannot score, with the way out."""
+    return (
+        f"the {kind} predictor was trained on {n_sets} fixed gene sets and does not know "
+        f"{name!r}; score new gene sets with method soft-knn (histoprompt query -m soft-knn) "
+        "or prototype"
+    )
 
 
 def cross_validated_predictions(

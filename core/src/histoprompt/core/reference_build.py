@@ -131,7 +131,13 @@ def _embed(embed_fn: EmbedFn, x: NDArray[Any], batch_size: int) -> NDArray[Any]:
                 f"embedding function returned shape {out.shape} for a batch of {batch.shape[0]}"
             )
         parts.append(out)
-    emb = np.concatenate(parts, axis=0)
+    return _unit(np.concatenate(parts, axis=0), x.shape[0])
+
+
+def _unit(emb: NDArray[Any], n_rows: int) -> NDArray[Any]:
+    """Checked, L2-normalised embeddings [n_rows, E]."""
+    if emb.ndim != 2 or emb.shape[0] != n_rows:
+        raise ReferenceDbError(f"embeddings have shape {emb.shape}, expected [{n_rows}, E]")
     if not np.isfinite(emb).all():
         raise ReferenceDbError("the RNA encoder returned NaN/inf embeddings")
     norms = np.linalg.norm(emb, axis=1, keepdims=True)
@@ -144,7 +150,7 @@ def _embed(embed_fn: EmbedFn, x: NDArray[Any], batch_size: int) -> NDArray[Any]:
 def build_reference(
     expression: pd.DataFrame,
     metadata: pd.DataFrame | None,
-    embed_fn: EmbedFn,
+    embed_fn: EmbedFn | None,
     encoder_genes: Sequence[str],
     *,
     name: str,
@@ -154,11 +160,14 @@ def build_reference(
     reorder: bool = False,
     synthetic: bool = False,
     batch_size: int = 256,
+    embeddings: NDArray[Any] | None = None,
 ) -> ReferenceDB:
     """Build a reference from samples x genes log1p(TPM) and per-sample metadata.
 
     The Hallmark scores are computed from the stored (possibly float16-rounded) expression,
-    so that on-demand scores of new sets are on exactly the same footing.
+    so that on-demand scores of new sets are on exactly the same footing. `embeddings`
+    [n, E] (aligned space, row order of `expression`) replaces `embed_fn` when the RNA
+    embeddings were computed elsewhere (a precomputed table through the alignment's RNA head).
     """
     if expression.shape[0] == 0:
         raise ReferenceDbError("expression matrix has no samples")
@@ -182,7 +191,12 @@ def build_reference(
     sample_ids = [str(s) for s in expression.index]
     meta = _align_metadata(metadata, sample_ids)
 
-    embeddings = _embed(embed_fn, stored.astype(np.float32), batch_size)
+    if embeddings is None:
+        if embed_fn is None:
+            raise ReferenceDbError("an RNA embed function or precomputed embeddings are needed")
+        embeddings = _embed(embed_fn, stored.astype(np.float32), batch_size)
+    else:
+        embeddings = _unit(np.asarray(embeddings, dtype=np.float32), len(sample_ids))
     hallmark, skipped = _hallmark_scores(stored, genes, sample_ids, collection or load_hallmark())
     digest = _hash_arrays(genes, [stored, embeddings, hallmark.to_numpy()], [_table_bytes(meta)])
     manifest = ReferenceManifest(

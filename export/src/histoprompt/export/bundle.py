@@ -18,14 +18,14 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from histoprompt.core.modelspec import EncoderSpec, ModelCard
+from histoprompt.core.modelspec import EncoderSpec, ModelCard, WeightFile
 from histoprompt.export.alignment_training import TrainConfig, config_hash
 from histoprompt.export.cohort import SYNTHETIC_NOTE, CohortConfig, hallmark_gmt_path, read_gmt
 from histoprompt.export.encoder_specs import encoder_spec
@@ -43,7 +43,9 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
 
     from histoprompt.export.alignment import AlignmentModel
+    from histoprompt.export.alignment_training import PairedEmbeddings
     from histoprompt.export.encoders import LoadedEncoder
+    from histoprompt.export.onnx_export import ParityRecord
     from histoprompt.export.rna import RnaEncoder
 
 DONE = "bundle.done"
@@ -60,6 +62,8 @@ class DemoConfig(BaseModel):
     rna_embed_dim: int = Field(default=128, gt=0)
     cohort: CohortConfig = CohortConfig()
     train: TrainConfig = TrainConfig()
+    # Part of the version: bundles built before the served predictor existed are rebuilt.
+    predictor: tuple[str, ...] = ("ridge", "mlp")
 
 
 def demo_config(seed: int = 0, encoder: str = "tiny") -> DemoConfig:
@@ -119,20 +123,31 @@ def _cache_root(cache_dir: Path | None) -> Path:
     return Path(env) if env else DEFAULT_CACHE
 
 
-def export_bundle(
-    bundle_dir: Path,
-    card: ModelCard,
-    encoder: LoadedEncoder,
-    rna_encoder: RnaEncoder,
-    model: AlignmentModel,
-    expression: pd.DataFrame,
-    metrics: dict[str, Any],
-) -> None:
-    """Write ONNX files (parity-checked), card, contract, metrics and the RNA reference DB.
+@dataclass(frozen=True)
+class CardInputs:
+    """What the model card records beyond the served configs (see export.model_card).
 
-    `expression` is samples x genes log1p(TPM) in the RNA encoder's gene order; it becomes
-    the Soft-kNN reference of pathway_query.
+    `rna_table`: precomputed RNA-encoder outputs (sample id -> vector, rna.read_rna_embeddings)
+    when the RNA model runs elsewhere; then the bundle has `rna_head.onnx` instead of
+    `rna_embed.onnx` and the reference is embedded from the table.
     """
+
+    data: PairedEmbeddings | None = None
+    sources: tuple[WeightFile, ...] = ()
+    rna_source: str = ""
+    licences: tuple[tuple[str, str], ...] = ()
+    rna_table: pd.DataFrame | None = None
+
+
+def _export_networks(
+    bundle_dir: Path,
+    encoder: LoadedEncoder,
+    rna_encoder: RnaEncoder | None,
+    model: AlignmentModel,
+    extra: CardInputs,
+) -> tuple[list[ParityRecord], Callable[[NDArray[Any]], NDArray[Any]]]:
+    """tile_encoder, slide_embed and rna_embed (or rna_head) ONNX files, parity-checked;
+    and the function that embeds the reference rows in the aligned space."""
     import torch
 
     from histoprompt.export.alignment import RnaEmbedExport, SlideEmbedExport
@@ -140,13 +155,9 @@ def export_bundle(
         export_rna_embed,
         export_slide_embed,
         export_tile_encoder,
-        write_parity,
     )
+    from histoprompt.export.rna_table import RnaHeadExport, export_rna_head
 
-    bundle_dir.mkdir(parents=True, exist_ok=True)
-    model = model.eval()
-    rna_export = RnaEmbedExport(rna_encoder, model).eval()
-    contract = rna_encoder.contract
     records = [
         export_tile_encoder(
             encoder.module, encoder.spec.input_px, bundle_dir / "tile_encoder.onnx"
@@ -154,31 +165,112 @@ def export_bundle(
         export_slide_embed(
             SlideEmbedExport(model).eval(), encoder.spec.embed_dim, bundle_dir / "slide_embed.onnx"
         ),
-        export_rna_embed(rna_export, contract.n_genes, bundle_dir / "rna_embed.onnx"),
     ]
-    write_parity(records, bundle_dir / "parity.json")
-    (bundle_dir / "gene_contract.json").write_text(contract.model_dump_json())
-    (bundle_dir / "encoder.json").write_text(card.encoder.model_dump_json(indent=1))
-    (bundle_dir / "model_card.json").write_text(card.model_dump_json(indent=1))
-    doc = {**metrics, "synthetic": card.synthetic, "model_version": card.version}
-    (bundle_dir / "metrics.json").write_text(json.dumps(doc, indent=1, sort_keys=True))
-
-    from histoprompt.core.reference_build import build_reference
-    from histoprompt.core.reference_store import save_reference
+    if rna_encoder is not None:
+        rna_export: torch.nn.Module = RnaEmbedExport(rna_encoder, model).eval()
+        n_in = rna_encoder.contract.n_genes
+        records.append(export_rna_embed(rna_export, n_in, bundle_dir / "rna_embed.onnx"))
+    else:
+        assert extra.rna_table is not None
+        rna_export = RnaHeadExport(model).eval()
+        n_in = extra.rna_table.shape[1]
+        records.append(export_rna_head(rna_export, n_in, bundle_dir / "rna_head.onnx"))
 
     def embed_fn(x: NDArray[Any]) -> NDArray[Any]:
         with torch.no_grad():
             out: NDArray[Any] = rna_export(torch.from_numpy(x)).numpy()
         return out
 
+    return records, embed_fn
+
+
+def export_bundle(
+    bundle_dir: Path,
+    card: ModelCard,
+    encoder: LoadedEncoder,
+    rna_encoder: RnaEncoder | None,
+    model: AlignmentModel,
+    expression: pd.DataFrame,
+    metrics: dict[str, Any],
+    inputs: CardInputs | None = None,
+) -> ModelCard:
+    """Write ONNX files (parity-checked), card, contract, metrics and the RNA reference DB.
+
+    `expression` is samples x genes log1p(TPM) in the RNA encoder's gene order; it becomes
+    the Soft-kNN reference of pathway_query. With the training pairs (`inputs.data`) the
+    served predictor is trained and exported too (method `predictor`). Without an RNA
+    encoder, `inputs.rna_table` holds the precomputed RNA embeddings of the expression rows.
+    """
+    from histoprompt.export.model_card import finish_card, training_data
+    from histoprompt.export.onnx_export import write_parity
+    from histoprompt.export.predictor_export import export_served_predictor
+
+    extra = inputs or CardInputs()
+    bundle_dir.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    records, embed_fn = _export_networks(bundle_dir, encoder, rna_encoder, model, extra)
+    methods = ["soft_knn"] + (["prototype"] if rna_encoder is not None else [])
+    if extra.data is not None:
+        served = export_served_predictor(
+            bundle_dir, model, extra.data, expression, synthetic=card.synthetic
+        )
+        if served is not None:
+            records.append(served[0])
+            metrics = {**metrics, **served[1]}
+            methods.append("predictor")
+    write_parity(records, bundle_dir / "parity.json")
+    if rna_encoder is not None:
+        (bundle_dir / "gene_contract.json").write_text(rna_encoder.contract.model_dump_json())
+    (bundle_dir / "encoder.json").write_text(card.encoder.model_dump_json(indent=1))
+    rna_name = getattr(rna_encoder, "card_name", "tiny" if rna_encoder else "precomputed")
+    card = finish_card(
+        card,
+        bundle_dir,
+        sources=extra.sources,
+        records=records,
+        metrics=metrics,
+        training=(
+            training_data(extra.data, metrics, extra.rna_source or rna_name, card.synthetic)
+            if extra.data is not None
+            else None
+        ),
+        rna_encoder=rna_name,
+        rna_preprocessing=getattr(rna_encoder, "preprocessing", "log1p_tpm"),
+        licences=dict(extra.licences),
+        methods=sorted(methods),
+    )
+    doc = {**metrics, "synthetic": card.synthetic, "model_version": card.version}
+    (bundle_dir / "metrics.json").write_text(json.dumps(doc, indent=1, sort_keys=True))
+    _bundle_reference(bundle_dir, card, expression, embed_fn, extra.rna_table)
+    return card
+
+
+def _bundle_reference(
+    bundle_dir: Path,
+    card: ModelCard,
+    expression: pd.DataFrame,
+    embed_fn: Callable[[NDArray[Any]], NDArray[Any]],
+    rna_table: pd.DataFrame | None,
+) -> None:
+    """The Soft-kNN reference: the expression rows, embedded from expression or the table."""
+    import numpy as np
+
+    from histoprompt.core.reference_build import build_reference
+    from histoprompt.core.reference_store import save_reference
+
+    precomputed = None
+    if rna_table is not None:
+        raw = rna_table.loc[[str(i) for i in expression.index]].to_numpy(np.float32)
+        precomputed = embed_fn(raw)
     ref = build_reference(
         expression,
         None,
         embed_fn,
-        list(contract.genes),
+        [str(g) for g in expression.columns],
         name="synthetic-demo" if card.synthetic else card.name,
         encoder=card.version,
         synthetic=card.synthetic,
+        embeddings=precomputed,
     )
     save_reference(ref, bundle_dir / "reference")
 
@@ -214,7 +306,12 @@ def train_and_export(
         cohort.expression, index=list(cohort.patient_ids), columns=list(cohort.genes)
     )
     metrics = {**result.metrics, "embed_seconds": round(embed_seconds, 3)}
-    export_bundle(bundle_dir, card, encoder, rna_encoder, result.model, expression, metrics)
+    untrained = (
+        WeightFile(role="tile_encoder", name=config.encoder, file="-", untrained=True),
+        WeightFile(role="rna_encoder", name="tiny", file="-", untrained=True),
+    )
+    inputs = CardInputs(data=data, sources=untrained, rna_source="tiny (UNTRAINED, fixed seed)")
+    export_bundle(bundle_dir, card, encoder, rna_encoder, result.model, expression, metrics, inputs)
     (bundle_dir / "SYNTHETIC.txt").write_text(
         SYNTHETIC_NOTE + "\nThe tile encoder is UNTRAINED (fixed seed); the alignment module is "
         "trained on the synthetic cohort only.\n"
@@ -269,6 +366,7 @@ def build_demo_bundle(
     repo_dir: Path | None = None,
     progress: bool = False,
     encoder: str = "tiny",
+    licences: dict[str, str] | None = None,
 ) -> DemoBundle:
     """Train (or reuse) the demo alignment and write a served-ready repository.
 
@@ -281,10 +379,14 @@ def build_demo_bundle(
     if bundle.exists():
         shutil.rmtree(bundle)
     shutil.copytree(cached, bundle)
+    if licences:
+        from histoprompt.export.model_card import with_licences
+
+        with_licences(bundle / "model_card.json", licences)
     repo = repo_dir if repo_dir is not None else out_dir / "model_repository"
     write_model_repository(bundle, repo, flavor)
     return DemoBundle(
-        card=demo_card(config),
+        card=ModelCard.model_validate_json((bundle / "model_card.json").read_text()),
         bundle_dir=bundle,
         model_repository=repo,
         metrics=json.loads((bundle / "metrics.json").read_text()),

@@ -39,6 +39,46 @@ def _register_optional_groups() -> None:
             app.add_typer(sub_app, name=name)
 
 
+LICENCE_HELP = (
+    "COMPONENT=LICENCE as you accepted it, e.g. uni=CC-BY-NC-ND-4.0 (repeatable; recorded in "
+    "the model card, not checked)"
+)
+
+
+def _licences(items: list[str] | None) -> dict[str, str]:
+    from histoprompt.export.errors import ExportError
+    from histoprompt.export.model_card import parse_licences
+
+    try:
+        return parse_licences(items or [])
+    except ExportError as err:
+        raise typer.BadParameter(str(err), param_hint="--licence") from err
+
+
+@app.command("model-card")
+def model_card(
+    where: Annotated[
+        Path, typer.Argument(help="bundle folder, model repository, or model_card.json")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="print the JSON document")] = False,
+) -> None:
+    """Show the model card of a bundle or served model repository.
+
+    Example: histoprompt-export model-card .demo/model_repository
+    """
+    from histoprompt.core.modelspec import ModelCard
+    from histoprompt.export.errors import ExportError
+    from histoprompt.export.model_card import find_card, render_card
+
+    try:
+        path = find_card(where)
+        card = ModelCard.model_validate_json(path.read_text())
+    except (ExportError, ValueError) as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from err
+    typer.echo(card.model_dump_json(indent=1) if as_json else render_card(card))
+
+
 @app.command("model-repo")
 def model_repo(
     out: Annotated[Path, typer.Option(help="repository folder to write")] = Path(
@@ -82,6 +122,7 @@ def demo_bundle(
     flavor: Flavor = Flavor.cpu,
     cache_dir: Annotated[Path | None, typer.Option(envvar="HISTOPROMPT_CACHE_DIR")] = None,
     encoder: Annotated[str, typer.Option(help="tiny (demo) or null (data-path bench)")] = "tiny",
+    licence: Annotated[list[str] | None, typer.Option(help=LICENCE_HELP)] = None,
 ) -> None:
     """Train (or reuse) the SYNTHETIC demo alignment and write a served-ready repository.
 
@@ -97,6 +138,7 @@ def demo_bundle(
         repo_dir=repo,
         progress=True,
         encoder=encoder,
+        licences=_licences(licence),
     )
     val, base = result.metrics["val"], result.metrics["val_unaligned"]
     typer.echo(
@@ -201,10 +243,17 @@ def train(
     out: Annotated[Path, typer.Option(help="bundle folder to write")],
     encoder: Annotated[str, typer.Option(help="encoder that made the embeddings")] = "tiny",
     weights: Annotated[str | None, typer.Option(help="its weights (path or s3://)")] = None,
-    rna_encoder: Annotated[Path | None, typer.Option(help="RNA encoder checkpoint")] = None,
+    rna_encoder: Annotated[
+        Path | None, typer.Option(help="RNA encoder checkpoint folder (tiny or BulkFormer)")
+    ] = None,
+    rna_embeddings: Annotated[
+        Path | None,
+        typer.Option(help="precomputed RNA embeddings table (patient id -> vector) instead"),
+    ] = None,
     epochs: int = 80,
     seed: int = 0,
     synthetic: Annotated[bool, typer.Option(help="label the model as SYNTHETIC")] = False,
+    licence: Annotated[list[str] | None, typer.Option(help=LICENCE_HELP)] = None,
 ) -> None:
     """Train the alignment on cached embeddings + expression and export a bundle.
 
@@ -223,9 +272,11 @@ def train(
         encoder_name=encoder,
         encoder_weights=weights,
         rna_encoder_dir=rna_encoder,
+        rna_embeddings=rna_embeddings,
         config=TrainConfig(epochs=epochs, seed=seed),
         synthetic=synthetic,
         settings=ConnectionSettings.load(),
+        licences=_licences(licence),
     )
     typer.echo(
         f"wrote bundle {card.version} to {out}; serve it with "

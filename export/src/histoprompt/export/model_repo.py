@@ -118,6 +118,10 @@ ARTIFACTS: tuple[tuple[str, str, str], ...] = (
     ("rna_embed.onnx", names.MODEL_PATHWAY_QUERY, "rna_embed.onnx"),
     ("encoder.json", names.MODEL_TILE_PREPROCESS, "encoder.json"),
     ("model_card.json", names.MODEL_TILE_PREPROCESS, "model_card.json"),
+    ("model_card.json", names.MODEL_PATHWAY_QUERY, "model_card.json"),
+    # method "predictor": the trained heads (export.predictor_export)
+    ("predictor.onnx", names.MODEL_PATHWAY_QUERY, "predictor.onnx"),
+    ("predictor.json", names.MODEL_PATHWAY_QUERY, "predictor.json"),
     ("gene_contract.json", names.MODEL_RNA_EMBED, "gene_contract.json"),
 )
 

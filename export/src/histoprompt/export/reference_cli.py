@@ -20,6 +20,7 @@ import typer
 
 if TYPE_CHECKING:
     import numpy as np
+    import pandas as pd
 
     from histoprompt.core.reference import EmbedFn, ReferenceDB
 
@@ -104,6 +105,57 @@ def _store(ref: ReferenceDB, out: str) -> str:
     return save_reference_s3(ref, client, bucket, root or "references")
 
 
+def _embedder(
+    rna_onnx: Path | None,
+    triton: str | None,
+    triton_model: str,
+    rna_head: Path | None,
+    rna_embeddings: Path | None,
+    expr: pd.DataFrame,
+) -> tuple[EmbedFn | None, np.ndarray | None]:
+    """(embed function, None), or (None, aligned embeddings of the expression rows)."""
+    from histoprompt.core.reference import ReferenceDbError
+    from histoprompt.export.errors import TrainingError
+
+    if rna_head is not None and rna_embeddings is not None:
+        from histoprompt.export.rna_table import onnx_head_fn, read_rna_embeddings, rows_for
+
+        try:
+            table = read_rna_embeddings(rna_embeddings)
+            raw = rows_for(table, [str(i) for i in expr.index], str(rna_embeddings))
+        except TrainingError as err:
+            raise ReferenceDbError(str(err)) from err
+        return None, onnx_head_fn(rna_head)(raw)
+    if rna_onnx is not None:
+        return onnx_embed_fn(rna_onnx), None
+    assert triton is not None
+    return triton_embed_fn(triton, triton_model), None
+
+
+def _check_options(
+    rna_onnx: Path | None,
+    triton: str | None,
+    rna_embeddings: Path | None,
+    rna_head: Path | None,
+    genes: Path | None,
+    expression_dtype: str,
+) -> Path | None:
+    """The gene-order file to use (None: the expression's own columns, precomputed path)."""
+    if (rna_embeddings is None) != (rna_head is None):
+        raise _fail("--rna-embeddings and --rna-head go together")
+    # --rna-onnx wins over a Triton URL that may come from the environment
+    if rna_onnx is None and triton is None and rna_head is None:
+        raise _fail("give --rna-onnx FILE, --triton HOST:PORT or --rna-embeddings/--rna-head")
+    if expression_dtype not in ("float16", "float32"):
+        raise _fail("--expression-dtype must be float16 or float32")
+    gene_file = genes or (rna_onnx.parent / CONTRACT_FILE if rna_onnx is not None else None)
+    if rna_head is None and (gene_file is None or not gene_file.is_file()):
+        raise _fail(
+            f"the encoder's gene order is needed: --genes FILE ({gene_file} does not exist)"
+        )
+    return gene_file
+
+
 @app.command("build")
 def build(
     expression: Annotated[
@@ -123,6 +175,15 @@ def build(
         ),
     ] = None,
     triton_model: Annotated[str, typer.Option(help="Triton model to call")] = "rna_embed",
+    rna_embeddings: Annotated[
+        Path | None,
+        typer.Option(
+            help="precomputed RNA embeddings table (sample_id -> vector), with --rna-head"
+        ),
+    ] = None,
+    rna_head: Annotated[
+        Path | None, typer.Option(help="the bundle's rna_head.onnx (for --rna-embeddings)")
+    ] = None,
     genes: Annotated[
         Path | None,
         typer.Option(help="encoder gene order (gene_contract.json or .txt); default: next to ONNX"),
@@ -142,26 +203,15 @@ def build(
     from histoprompt.core.errors import HistopromptError
     from histoprompt.core.reference_build import build_reference, read_table
 
-    # --rna-onnx wins over a Triton URL that may come from the environment
-    if rna_onnx is None and triton is None:
-        raise _fail("give --rna-onnx FILE or --triton HOST:PORT")
-    if expression_dtype not in ("float16", "float32"):
-        raise _fail("--expression-dtype must be float16 or float32")
-    gene_file = genes or (rna_onnx.parent / CONTRACT_FILE if rna_onnx is not None else None)
-    if gene_file is None or not gene_file.is_file():
-        raise _fail(
-            f"the encoder's gene order is needed: --genes FILE ({gene_file} does not exist)"
-        )
+    gene_file = _check_options(rna_onnx, triton, rna_embeddings, rna_head, genes, expression_dtype)
     dtype: Literal["float16", "float32"] = "float16" if expression_dtype == "float16" else "float32"
     try:
-        encoder_genes = read_genes(gene_file)
         expr = read_table(expression)
         meta = read_table(metadata).reset_index() if metadata is not None else None
-        if rna_onnx is not None:
-            embed_fn = onnx_embed_fn(rna_onnx)
-        else:
-            assert triton is not None
-            embed_fn = triton_embed_fn(triton, triton_model)
+        embed_fn, precomputed = _embedder(
+            rna_onnx, triton, triton_model, rna_head, rna_embeddings, expr
+        )
+        encoder_genes = read_genes(gene_file) if gene_file else [str(c) for c in expr.columns]
         ref = build_reference(
             expr,
             meta,
@@ -172,6 +222,7 @@ def build(
             expression_dtype=dtype,
             reorder=reorder,
             synthetic=synthetic,
+            embeddings=precomputed,
         )
         where = _store(ref, out)
     except HistopromptError as err:

@@ -202,8 +202,11 @@ def _load_engine(ctx: ModelContext) -> Any:
         def embed_fn(x: NDArray[Any]) -> NDArray[Any]:
             return runner.run(np.ascontiguousarray(x, dtype=np.float32))[names.TENSOR_RNA_EMBEDDING]
 
+    from histoprompt.serving.predictor import load_predictors
+
+    trained = load_predictors(ctx.artifact_dir())
     try:
-        return pathway_engine.PathwayEngine.load(reference, embed_fn=embed_fn)
+        return pathway_engine.PathwayEngine.load(reference, embed_fn=embed_fn, trained=trained)
     except Exception as err:
         raise ModelConfigError(f"{ctx.name}: cannot build the pathway engine: {err}") from err
 
