@@ -58,7 +58,9 @@ class KafkaEventSource:
         try:
             parts = self._consumer.assignment()
             if not parts:
-                return None
+                # No partitions (lost in a rebalance): 0, so the gauge drops rather than
+                # keeping a stale value that sums across replicas would double-count.
+                return 0
             ends = self._consumer.end_offsets(list(parts))
             return int(sum(max(0, ends[tp] - self._consumer.position(tp)) for tp in parts))
         except Exception as err:  # lag is best-effort; never stop consuming for it
