@@ -435,6 +435,32 @@ def test_ingest_balances_over_triton_replicas_through_a_headless_service(
     assert "GRPC_DNS_RESOLVER" not in env
 
 
+def test_triton_can_scale_on_queue_time(render: Render, tmp_path: Path) -> None:
+    """Optional KEDA scaling of Triton on one model's queue time per request (Prometheus)."""
+    docs = render(sets=("triton.autoscaling.enabled=true", "autoscaling.keda.enabled=true"))
+    scaled = _one(docs, "ScaledObject", "-triton")
+    _validate(scaled)
+    deployment = _one(docs, "Deployment", "-triton")
+    assert "replicas" not in deployment["spec"], "KEDA owns Triton's replica count"
+    assert scaled["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "prometheus" and trigger["metricType"] == "Value"
+    query = trigger["metadata"]["query"]
+    assert 'model="tile_encoder"' in query and 'namespace="default"' in query
+    assert "nv_inference_queue_duration_us" in query and "nv_inference_request_success" in query
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: make install-prometheus"
+    rules = tmp_path / "query.yml"
+    rules.write_text(
+        yaml.safe_dump({"groups": [{"name": "q", "rules": [{"record": "q", "expr": query}]}]})
+    )
+    result = subprocess.run(
+        [promtool, "check", "rules", str(rules)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _one(render(), "Deployment", "-triton")["spec"]["replicas"] == 1
+
+
 def test_triton_shared_memory_is_optional(render: Render) -> None:
     pod = _one(render(sets=("triton.shm.enabled=false",)), "Deployment", "-triton")["spec"][
         "template"
