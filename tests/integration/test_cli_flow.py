@@ -140,6 +140,39 @@ def test_results_then_query_agree(stack: StackHandle, submitted: dict[str, str])
     assert custom["unknown"] is None  # the served reference lives inside Triton's repository
 
 
+def test_query_with_the_trained_predictor(
+    stack: StackHandle, pipeline: Path, submitted: dict[str, str]
+) -> None:
+    """`query -m predictor`: the bundle's ONNX heads score Hallmark sets on the stored slide
+    embedding; a set they were not trained on is one line that points to soft-knn."""
+    from types import SimpleNamespace
+
+    from histoprompt.core.results import ResultStore
+    from histoprompt.core.s3 import make_minio
+    from histoprompt.serving.predictor import OnnxPredictor
+
+    sid = submitted["svs"]
+    res = cli(
+        stack, "--json", "query", sid, "-g", "HYPOXIA", "-g", "E2F_TARGETS", "-m", "predictor"
+    )
+    assert res.exit_code == 0, res.output
+    got = {r["gene_set"]: r for r in json.loads(res.stdout)["results"]}
+    assert {r["method"] for r in got.values()} == {"predictor"}
+    # the same heads, run here on the stored embedding, give the served scores
+    store = ResultStore(make_minio(stack.settings), stack.settings.results_bucket)
+    emb = store.read_slide_embedding(sid, None).reshape(1, -1)
+    local = OnnxPredictor.load(pipeline)
+    for name in ("HALLMARK_HYPOXIA", "HALLMARK_E2F_TARGETS"):
+        resolved = SimpleNamespace(name=name)  # the predictor looks at the set's name only
+        want = local.predict(emb / np.linalg.norm(emb), [resolved])[0, 0]  # type: ignore[list-item]
+        np.testing.assert_allclose(got[name]["score"], want, rtol=1e-4, atol=1e-4)
+
+    res = cli(stack, "query", sid, "--genes", "CD3E,CD8A,GZMB,PRF1,IFNG", "-m", "predictor")
+    assert res.exit_code != 0
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and "soft-knn" in lines[0] and "'custom'" in lines[0], res.output
+
+
 def test_query_names_unknown_genes_from_the_reference_in_s3(
     stack: StackHandle, pipeline: Path, submitted: dict[str, str]
 ) -> None:

@@ -166,9 +166,8 @@ class TrainedPredictor:
 def unsupported_message(kind: str, n_sets: int, name: str) -> str:
     """One line for a gene set a trained predictor cannot score, with the way out."""
     return (
-        f"the {kind} predictor was trained on {n_sets} fixed gene sets and does not know "
-        f"{name!r}; score new gene sets with method soft-knn (histoprompt query -m soft-knn) "
-        "or prototype"
+        f"method {kind!r} knows only the {n_sets} gene sets it was trained on, not {name!r}; "
+        "score new gene sets with soft-knn (histoprompt query -m soft-knn) or prototype"
     )
 
 
