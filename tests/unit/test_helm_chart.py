@@ -828,6 +828,19 @@ def test_probes_hit_the_ingest_health_endpoints(render: Render) -> None:
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
 
 
+def test_liveness_does_not_kill_a_busy_pod(render: Render) -> None:
+    """E1: /healthz fails only after the service's own livenessTimeoutSeconds without an
+    event-loop beat or a poll (neither waits for a slide); the probe must not add its own,
+    shorter clock: a /healthz answer slowed by busy CPUs is not a failure."""
+    container = _ingest_container(render())
+    probe = container["livenessProbe"]
+    assert probe["timeoutSeconds"] >= 5, "the kubelet's 1 s default fails on a busy pod"
+    assert container["readinessProbe"]["timeoutSeconds"] >= 5
+    assert probe["periodSeconds"] * probe["failureThreshold"] >= 60
+    settings = _settings_from_env(_env(container))
+    assert settings.ingest_liveness_timeout_s >= 60
+
+
 @pytest.mark.parametrize("deadline", [60, 90, 300])
 def test_termination_grace_covers_the_sigterm_deadline(render: Render, deadline: int) -> None:
     docs = render(sets=(f"ingest.settings.shutdownDeadlineSeconds={deadline}",))
