@@ -57,8 +57,39 @@ def test_export_encoder_rejects_a_hub_name(tmp_path: Path) -> None:
             "hf-hub:MahmoodLab/UNI",
         ],
     )
-    assert result.exit_code != 0
-    assert "huggingface-cli download" in str(result.exception)
+    assert result.exit_code == 2
+    assert "huggingface-cli download" in result.output  # one line on stderr, no traceback
+
+
+def test_export_encoder_generic_timm_form_and_a_wrong_file(tmp_path: Path) -> None:
+    """`--arch timm:<model> --arch-kwargs JSON --weights FILE`; RANDOM weights in timm's
+    layout. A file of another architecture fails with one line naming what it looks like."""
+    import timm
+    from safetensors.torch import save_file
+
+    net = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, depth=1)
+    save_file(net.state_dict(), str(tmp_path / "model.safetensors"))
+    args = ["export-encoder", "--arch", "timm:vit_tiny_patch16_224", "--weights"]
+    kwargs = ["--arch-kwargs", '{"num_classes": 0, "depth": 1}']
+    out = tmp_path / "vit.onnx"
+    result = runner.invoke(
+        app, [*args, str(tmp_path / "model.safetensors"), *kwargs, "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.with_suffix(".parity.json").read_text())["tile_encoder"]["passed"]
+    result = runner.invoke(
+        app,
+        [
+            "export-encoder",
+            "uni",
+            "--weights",
+            str(tmp_path / "model.safetensors"),
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 2
+    assert "does not match the published layout of uni" in result.output
 
 
 def test_train_example_on_cached_embeddings(tmp_path: Path) -> None:

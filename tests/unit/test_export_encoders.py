@@ -15,12 +15,14 @@ from histoprompt.export.errors import HubNameError, UnknownEncoderError, Weights
 
 
 def test_registry_has_the_required_encoders_with_their_contract() -> None:
-    assert {"uni", "conch_v15", "virchow2", "vit_small", "vit_base", "tiny", "null"} <= set(
-        encoder_names()
-    )
+    published = {"uni", "uni2_h", "conch_v15", "virchow2", "h_optimus_0"}
+    assert published | {"vit_small", "vit_base", "tiny", "null"} <= set(encoder_names())
     assert encoder_spec("uni").embed_dim == 1024 and encoder_spec("uni").input_px == 224
     assert encoder_spec("conch_v15").tile_px == 512
     assert encoder_spec("virchow2").embed_dim == 2560
+    assert encoder_spec("uni2_h").embed_dim == encoder_spec("h_optimus_0").embed_dim == 1536
+    assert encoder_spec("h_optimus_0").mean == (0.707223, 0.578729, 0.703617)
+    assert encoder_spec("conch_v15").input_px == 448 and encoder_spec("conch_v15").embed_dim == 768
     assert encoder_spec("tiny").untrained and encoder_spec("null").untrained
 
 
@@ -31,7 +33,7 @@ def test_unknown_encoder_names_the_known_ones() -> None:
         load_encoder("resnet9000")
 
 
-@pytest.mark.parametrize("name", ["uni", "conch_v15", "virchow2"])
+@pytest.mark.parametrize("name", ["uni", "uni2_h", "conch_v15", "virchow2", "h_optimus_0"])
 def test_large_architectures_have_the_declared_width_on_meta_device(name: str) -> None:
     spec = encoder_spec(name)
     with torch.device("meta"):

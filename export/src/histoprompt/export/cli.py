@@ -148,10 +148,31 @@ def demo_bundle(
     )
 
 
+def _arch_kwargs(text: str | None) -> dict[str, object] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise typer.BadParameter(f"not JSON: {err}", param_hint="--arch-kwargs") from err
+    if not isinstance(value, dict):
+        raise typer.BadParameter("a JSON object of timm arguments", param_hint="--arch-kwargs")
+    return value
+
+
 @app.command("export-encoder")
 def export_encoder(
-    encoder: Annotated[str, typer.Argument(help="registered encoder name")],
     out: Annotated[Path, typer.Option(help="ONNX file to write")],
+    encoder: Annotated[
+        str | None, typer.Argument(help="registered encoder name (or use --arch)")
+    ] = None,
+    arch: Annotated[
+        str | None, typer.Option(help="timm:<model name>, for any other timm ViT")
+    ] = None,
+    arch_kwargs: Annotated[
+        str | None,
+        typer.Option(help="JSON timm arguments for --arch, e.g. '{\"num_classes\": 0}'"),
+    ] = None,
     weights: Annotated[str | None, typer.Option(help="local file or s3:// URI")] = None,
     allow_random: Annotated[
         bool, typer.Option(help="export an untrained network (benchmarks)")
@@ -159,15 +180,33 @@ def export_encoder(
 ) -> None:
     """Export a tile encoder to ONNX and check parity (parity JSON next to the file).
 
-    Example: histoprompt-export export-encoder tiny --out tiny.onnx
+    The weights load strictly in the published layout; a wrong file fails with one line that
+    says which published checkpoint it looks like.
+
+    Example: histoprompt-export export-encoder uni --weights weights/pytorch_model.bin
+    --out uni.onnx; any timm ViT: histoprompt-export export-encoder --arch
+    timm:vit_base_patch16_224 --arch-kwargs '{"num_classes": 0}' --weights model.safetensors
+    --out vit.onnx
     """
+    from histoprompt.core.errors import HistopromptError
     from histoprompt.core.settings import ConnectionSettings
     from histoprompt.export.encoders import load_encoder
     from histoprompt.export.onnx_export import export_tile_encoder, write_parity
 
-    loaded = load_encoder(
-        encoder, weights, allow_random=allow_random, settings=ConnectionSettings.load()
-    )
+    if (encoder is None) == (arch is None):
+        raise typer.BadParameter("give an encoder name or --arch timm:<model>, not both")
+    name = encoder if encoder is not None else str(arch)
+    try:
+        loaded = load_encoder(
+            name,
+            weights,
+            allow_random=allow_random,
+            settings=ConnectionSettings.load(),
+            arch_kwargs=_arch_kwargs(arch_kwargs),
+        )
+    except HistopromptError as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from err
     record = export_tile_encoder(loaded.module, loaded.spec.input_px, out)
     write_parity([record], out.with_suffix(".parity.json"))
     typer.echo(json.dumps(record.model_dump()))
@@ -179,15 +218,29 @@ def encoders() -> None:
 
     Example: histoprompt-export encoders
     """
-    from histoprompt.export.encoder_specs import HUB_SOURCES, encoder_names, encoder_spec
+    from histoprompt.export.encoder_specs import (
+        HUB_SOURCES,
+        PUBLISHED,
+        encoder_names,
+        encoder_spec,
+    )
 
     for name in encoder_names():
         spec = encoder_spec(name)
         source = HUB_SOURCES.get(name, "seeded, no weights (UNTRAINED)")
+        published = PUBLISHED.get(name)
+        if published is not None:
+            source = f"{source} {' / '.join(published.files)}"
         typer.echo(
-            f"{name:10s} D={spec.embed_dim:<5d} tile={spec.tile_px}px@{spec.target_mpp}um/px "
-            f"input={spec.input_px}px  weights: {source}"
+            f"{name:12s} D={spec.embed_dim:<5d} tile={spec.tile_px}px@{spec.target_mpp}um/px "
+            f"input={spec.input_px}px mean={spec.mean} std={spec.std}  weights: {source}"
         )
+        if published is not None:
+            typer.echo(f"{'':12s} {published.architecture}; embedding: {published.output}")
+    typer.echo(
+        f"{'timm:<model>':12s} any other timm ViT (--arch, --arch-kwargs JSON): input size, "
+        "mean and std from timm's config for the model, 0.5 um/px"
+    )
 
 
 @app.command("tensorrt")

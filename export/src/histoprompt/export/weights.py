@@ -212,8 +212,9 @@ def describe_layout_mismatch(
         )
         if not same:
             parts.append(f"pass the encoder name {layout.name!r} for this file")
-    else:
-        parts.append("it matches none of the known published layouts")
+    elif known:
+        names = ", ".join(layout.name for layout in known)
+        parts.append(f"it matches none of the known published layouts ({names})")
     if missing:
         parts.append(f"{len(missing)} missing: {_first(missing)}")
     if unexpected:
