@@ -11,6 +11,7 @@ Triton for the served demo model (Triton reads nothing from S3 for it).
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
 import os
 import uuid
@@ -93,6 +94,19 @@ def test_stack_env_turns_cli_publishing_off(minio_stack: StackHandle) -> None:
     env = minio_stack.env_file.read_text()
     assert "HISTOPROMPT_PUBLISH_EVENTS=false" in env.splitlines()
     assert set(minio_stack.startup_seconds) >= {"minio", "kafka"}
+
+
+def test_minio_listens_on_loopback_only(minio_stack: StackHandle) -> None:
+    from histoprompt.stack.ports import listening_addresses
+    from histoprompt.stack.supervisor import group_pids
+
+    record = minio_stack.state.processes["minio"]
+    sockets = listening_addresses(group_pids(record.pid))
+    assert minio_stack.state.ports.s3 in {port for _, port in sockets}
+    # MinIO adds every loopback address of the host for its port (::1 too, for its
+    # console); nothing listens on another interface.
+    assert all(ipaddress.ip_address(host).is_loopback for host, _ in sockets), sockets
+    assert "127.0.0.1" in {host for host, _ in sockets}
 
 
 def test_multipart_upload_sends_complete_multipart_upload(

@@ -553,6 +553,8 @@ def main() -> None:
                 stack_env_file=state / "stack.env",
                 stack_die_with_parent=True,
                 stack_kafka_libs=REPO_ROOT / ".cache" / "kafka" / "libs",
+                # The benchmark publishes the S3 events itself (no bucket notifications).
+                stack_s3_server="seaweed",
             )
         )
         work = Path(tmp) / "work"

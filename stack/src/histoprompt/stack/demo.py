@@ -68,7 +68,9 @@ def run_demo(
     if state_dir is not None:
         overrides["stack_state_dir"] = state_dir
     settings = StackSettings(**overrides)  # type: ignore[arg-type]
-    console.print("starting the local stack (Kafka, SeaweedFS S3, Triton, Prometheus) ...")
+    console.print(
+        f"starting the local stack (Kafka, {settings.stack_s3_server} S3, Triton, Prometheus) ..."
+    )
     handle = up(settings)
 
     def _terminate(signum: int, frame: FrameType | None) -> None:

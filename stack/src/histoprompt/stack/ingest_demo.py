@@ -141,10 +141,17 @@ class DemoResult:
 
 
 def run_demo(
-    settings: IngestSettings, console: Console, work_dir: Path, *, top: int = 10
+    settings: IngestSettings,
+    console: Console,
+    work_dir: Path,
+    *,
+    top: int = 10,
+    publish: bool = True,
 ) -> DemoResult:
     """Run the service in a thread, upload one SYNTHETIC DICOM-WSI series, print its top
-    pathway scores and return them all (read back from the result in S3)."""
+    pathway scores and return them all (read back from the result in S3).
+
+    `publish`: send the S3 events here; False when the bucket sends them itself (MinIO)."""
     from rich.table import Table
 
     from histoprompt.core.results import ResultStore
@@ -175,9 +182,11 @@ def run_demo(
                 f"uploaded a SYNTHETIC 3-level DICOM-WSI series to "
                 f"s3://{settings.slides_bucket}/{prefix}/"
             )
-            console.print(f"slide_id {up.slide_id}; publishing its S3 events ...")
+            how = "publishing its S3 events" if publish else "the bucket sends its events"
+            console.print(f"slide_id {up.slide_id}; {how} ...")
             t0 = time.monotonic()
-            publish_upload(producer, up)
+            if publish:
+                publish_upload(producer, up)
             seen = watcher.wait_for(
                 lambda s: any(e.slide_id == up.slide_id for e in results_of(s)), timeout_s=300
             )
@@ -227,7 +236,14 @@ def demo_step(handle: Any, console: Console, work_dir: Path | None = None) -> De
         ingest_group_id="histoprompt-ingest-demo",
         ingest_metrics_port=handle.ingest_metrics_port,
     )
-    return run_demo(settings, console, work)
+    return run_demo(settings, console, work, publish=bucket_is_silent(handle.env_file))
+
+
+def bucket_is_silent(env_file: Path) -> bool:
+    """True unless stack.env (KEY=value lines, as `up` writes it) says the S3 server sends
+    the notifications itself."""
+    lines = env_file.read_text().splitlines() if env_file.is_file() else []
+    return "HISTOPROMPT_PUBLISH_EVENTS=false" not in (line.strip() for line in lines)
 
 
 def main(
@@ -248,7 +264,7 @@ def main(
     work = Path(tempfile.mkdtemp(prefix="histoprompt-ingest-demo-"))
     if model_repository is not None:
         load_demo_model(settings.triton_url, model_repository, work)
-    run_demo(settings, console, work)
+    run_demo(settings, console, work, publish=bucket_is_silent(env_file))
 
 
 if __name__ == "__main__":

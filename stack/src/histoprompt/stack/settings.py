@@ -51,8 +51,8 @@ class StackSettings(ConnectionSettings):
         default=ALL_SERVICES, description="what to start (`s3`: the stack_s3_server)"
     )
     stack_s3_server: S3ServerName = Field(
-        default="seaweed",
-        description="the S3 server: seaweed (light), or minio (sends bucket notifications)",
+        default="minio",
+        description="the S3 server: minio (sends bucket notifications), or seaweed",
     )
     stack_kafka_libs: Path = Field(default=Path(".cache/kafka/libs"), description="Kafka jars")
     stack_java: str = Field(default="java", description="Java 17+ executable")
