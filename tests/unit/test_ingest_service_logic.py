@@ -1,6 +1,7 @@
-"""Service logic through its seams (in-memory EventSource and ResultSink, a fake Processor):
-retries then DLQ, poison, failed slides, duplicates, commits stop at released work, which is
-redelivered, and liveness while a slide is in flight."""
+"""Service logic through its seams (in-memory EventSource, ResultSink and DeliveryLog, a fake
+Processor): retries then DLQ, poison, failed slides, duplicates, commits stop at released work,
+which is redelivered, liveness while a slide is in flight, polling on while a batch runs, no
+commit on a revoked partition, the slide deadline, and crash loops counted across workers."""
 
 from __future__ import annotations
 
@@ -17,7 +18,12 @@ from histoprompt.core import names
 from histoprompt.core.errors import TransientError
 from histoprompt.core.schemas import ErrorInfo, ModelRef, S3Event, Timings
 from histoprompt.ingest.events import SlideJob
-from histoprompt.ingest.memory_io import InMemoryEventSource, InMemoryResultSink
+from histoprompt.ingest.health import Health
+from histoprompt.ingest.memory_io import (
+    InMemoryDeliveryLog,
+    InMemoryEventSource,
+    InMemoryResultSink,
+)
 from histoprompt.ingest.pipeline import SlideOutcome
 from histoprompt.ingest.ports import Message, commit_plan
 from histoprompt.ingest.service import IngestService
@@ -34,12 +40,14 @@ class FakeProcessor:
     fail_times: int = 0
     status: str = "done"
     hang: frozenset[str] = frozenset()
+    slow_s: float = 0.0
     calls: list[str] = field(default_factory=list)
 
     async def process(self, job: SlideJob) -> SlideOutcome:
         self.calls.append(job.key)
         if job.key in self.hang:
             await asyncio.Event().wait()
+        await asyncio.sleep(self.slow_s)
         if len(self.calls) <= self.fail_times:
             raise TransientError("Triton UNAVAILABLE", code="triton_unavailable")
         if self.status == "skipped_duplicate":
@@ -81,11 +89,12 @@ def _consume_until(
     proc: FakeProcessor,
     until: Callable[[], bool],
     during: Callable[[], None] | None = None,
+    deliveries: InMemoryDeliveryLog | None = None,
 ) -> None:
     """Consume until `until()` holds, then stop and wait for the loop to return."""
 
     async def drive() -> None:
-        task = asyncio.create_task(svc.consume(source, sink, proc))
+        task = asyncio.create_task(svc.consume(source, sink, proc, deliveries))
         deadline = time.monotonic() + 10
         while not until():
             if task.done():
@@ -248,3 +257,107 @@ def test_commit_plan_is_per_partition_up_to_the_first_unhandled() -> None:
     plan = commit_plan(batch, handled)
     assert plan.commit == {(TOPIC, 0): 6, (TOPIC, 1): 4}
     assert plan.rewind == {(TOPIC, 0): 6, (TOPIC, 2): 9}
+
+
+def test_a_message_whose_workers_died_goes_to_dlq_as_crash_loop_without_processing() -> None:
+    msg = _msg(_value("x/kills-the-worker.svs"), offset=4)
+    deliveries = InMemoryDeliveryLog()
+    for _ in range(2):  # two workers took it and died mid-slide: counted, never released
+        deliveries.arrive(msg)
+    svc = IngestService(_settings(ingest_max_deliveries=2))
+    source, sink, proc = InMemoryEventSource([msg]), InMemoryResultSink(), FakeProcessor()
+    _consume_until(svc, source, sink, proc, lambda: bool(source.committed), deliveries=deliveries)
+    assert proc.calls == []
+    [(key, dlq)] = sink.dlq
+    assert key == b"k" and dlq.error.code == "crash_loop" and dlq.attempts == 2
+    assert deliveries.counts == {}  # committed: forgotten
+    assert _slides(svc, "dlq") == 1
+
+
+def test_deliveries_a_worker_ends_are_not_counted_as_crashes() -> None:
+    done = _msg(_value("x/a.svs"), offset=0)
+    hangs = _msg(_value("x/hangs.svs"), offset=0, partition=1)
+    deliveries = InMemoryDeliveryLog()
+    settings = _settings(
+        ingest_concurrency=2, ingest_shutdown_deadline_s=0.3, ingest_max_deliveries=1
+    )
+    for _ in range(3):  # three graceful stops releasing the same slide: never a crash loop
+        svc = IngestService(settings)
+        source, sink = InMemoryEventSource([done, hangs]), InMemoryResultSink()
+        proc = FakeProcessor(hang=frozenset({"x/hangs.svs"}))
+        _consume_until(
+            svc,
+            source,
+            sink,
+            proc,
+            lambda: len(proc.calls) == 2 and bool(sink.results),  # noqa: B023
+            deliveries=deliveries,
+        )
+        assert sorted(proc.calls) == ["x/a.svs", "x/hangs.svs"]
+        assert source.committed == {(TOPIC, 0): 1} and sink.dlq == []
+        assert deliveries.counts == {}  # committed: forgotten; released: un-counted
+
+
+def test_slide_past_its_deadline_is_dead_lettered_once_without_retry() -> None:
+    svc = IngestService(_settings(ingest_slide_deadline_s=0.1, ingest_max_attempts=3))
+    source, sink = InMemoryEventSource([_msg(_value())]), InMemoryResultSink()
+    proc = FakeProcessor(hang=frozenset({"x/slide.svs"}))
+    _consume_until(svc, source, sink, proc, lambda: bool(source.committed))
+    assert proc.calls == ["x/slide.svs"]
+    [(_, dlq)] = sink.dlq
+    assert dlq.error.code == "deadline_exceeded" and dlq.attempts == 1
+    assert "HISTOPROMPT_INGEST_SLIDE_DEADLINE_S" in dlq.error.message
+    assert sink.results == []
+
+
+def test_polling_goes_on_with_partitions_held_while_a_slide_runs() -> None:
+    settings = _settings(ingest_max_poll_interval_s=2, ingest_liveness_timeout_s=0.4)
+    svc = IngestService(settings)
+    source, sink = InMemoryEventSource([_msg(_value())]), InMemoryResultSink()
+    proc = FakeProcessor(slow_s=1.0)
+    seen: list[tuple[bool, int, bool]] = []
+
+    def sample() -> bool:
+        if proc.calls and not sink.results:
+            seen.append((source.held, source.keep_alives, svc.health.alive()))
+        return bool(source.committed)
+
+    _consume_until(svc, source, sink, proc, sample)
+    assert seen and all(held and alive for held, _, alive in seen)
+    # polled at least every 0.1 s (liveness / 4) through a 1 s slide
+    assert seen[-1][1] >= 5
+    assert not source.held and source.committed == {(TOPIC, 0): 1}
+    assert len(source.delivered) == 1 and [e.status for e in sink.results] == ["done"]
+
+
+def test_no_commit_on_a_partition_revoked_while_its_slide_ran() -> None:
+    msgs = [_msg(_value("x/a.svs"), offset=3), _msg(_value("x/b.svs"), offset=8, partition=1)]
+    svc = IngestService(_settings(ingest_concurrency=2))
+    source, sink = InMemoryEventSource(msgs), InMemoryResultSink()
+    proc = FakeProcessor(slow_s=0.3)
+    revoked: list[bool] = []
+
+    def until() -> bool:
+        if len(proc.calls) == 2 and not revoked:
+            source.revoke(TOPIC, 0)  # a rebalance gives partition 0 to another member
+            revoked.append(True)
+        return len(sink.results) == 2 and not source.held
+
+    _consume_until(svc, source, sink, proc, until)
+    assert source.committed == {(TOPIC, 1): 9}
+    source.assign(TOPIC, 0)
+    again = IngestService(_settings())
+    _consume_until(again, source, sink, FakeProcessor(), lambda: (TOPIC, 0) in source.committed)
+    assert [(m.partition, m.offset) for m in source.delivered] == [(0, 3), (1, 8), (0, 3)]
+
+
+def test_liveness_fails_when_the_consumer_stops_polling() -> None:
+    health = Health(liveness_timeout_s=0.05)
+    health.beat()
+    health.polled()
+    assert health.alive()
+    time.sleep(0.06)
+    health.beat()  # the loop turns, but nothing polls
+    assert not health.alive()
+    health.polled()
+    assert health.alive()

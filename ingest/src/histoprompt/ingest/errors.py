@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from histoprompt.core.errors import HistopromptError
 
-__all__ = ["IngestError", "SourceRejectedError"]
+__all__ = ["DeadlineExceededError", "IngestError", "SourceRejectedError"]
 
 
 class IngestError(HistopromptError):
@@ -22,3 +22,10 @@ class SourceRejectedError(IngestError):
     """An event that names no processable object (malformed, outside the allow-list)."""
 
     code = "rejected"
+
+
+class DeadlineExceededError(IngestError):
+    """A slide ran past HISTOPROMPT_INGEST_SLIDE_DEADLINE_S: dead-lettered, not retried (the
+    same slide would take as long again); a replay after raising the deadline processes it."""
+
+    code = "deadline_exceeded"

@@ -13,17 +13,25 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 @dataclass
 class Health:
-    """Liveness: the main loop beat recently. Readiness: Triton model known, Kafka joined."""
+    """Liveness: the event loop beat recently and the consumer polled recently (it polls on
+    while slides run, so neither depends on slide length). Readiness: Triton model known,
+    Kafka joined."""
 
     liveness_timeout_s: float = 120.0
     last_beat: float = field(default_factory=time.monotonic)
+    last_poll: float = field(default_factory=time.monotonic)
     ready: bool = False
 
     def beat(self) -> None:
         self.last_beat = time.monotonic()
 
+    def polled(self) -> None:
+        self.last_poll = time.monotonic()
+
     def alive(self) -> bool:
-        return time.monotonic() - self.last_beat < self.liveness_timeout_s
+        now = time.monotonic()
+        oldest = min(self.last_beat, self.last_poll)
+        return now - oldest < self.liveness_timeout_s
 
 
 class MetricsServer:
@@ -49,7 +57,7 @@ def _handler(registry: CollectorRegistry, health: Health | None) -> type[BaseHTT
         "/healthz": lambda: (
             (200, b"ok\n", "text/plain")
             if health is None or health.alive()
-            else (503, b"main loop stalled\n", "text/plain")
+            else (503, b"event loop or consumer stalled\n", "text/plain")
         ),
         "/readyz": lambda: (
             (200, b"ready\n", "text/plain")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
+from typing import Any
 
 from histoprompt.core import names
 from histoprompt.core.errors import TransientError
@@ -15,21 +17,66 @@ SEND_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 5.0
 
 
+def _rebalance_listener() -> Any:
+    """The rebalance listener: logs what moved. It runs on kafka-python's network thread, so
+    it only records; `settle` asks the consumer what it owns when it commits."""
+    from kafka import ConsumerRebalanceListener
+
+    class Rebalances(_Rebalances, ConsumerRebalanceListener):  # type: ignore[misc]
+        pass
+
+    return Rebalances()
+
+
+class _Rebalances:
+    revocations = 0
+
+    def on_partitions_revoked(self, revoked: set[Any]) -> None:
+        self.revocations += 1
+        get_logger().info(
+            "partitions revoked", extra={"status": "rebalance", "partition": _parts(revoked)}
+        )
+
+    def on_partitions_assigned(self, assigned: set[Any]) -> None:
+        get_logger().info(
+            "partitions assigned", extra={"status": "rebalance", "partition": _parts(assigned)}
+        )
+
+    def on_partitions_lost(self, lost: set[Any]) -> None:
+        self.on_partitions_revoked(lost)
+
+
+def _parts(tps: set[Any]) -> list[int]:
+    return sorted(tp.partition for tp in tps)
+
+
 class KafkaEventSource:
-    """The incoming topic in the service's consumer group; offsets committed by `settle`."""
+    """The incoming topic in the service's consumer group; offsets committed by `settle`.
+
+    While a batch runs the assigned partitions are paused and `keep_alive` goes on polling,
+    so a slide longer than max.poll.interval keeps its member in the group (no rebalance,
+    no second delivery while the first still runs)."""
 
     def __init__(self, settings: IngestSettings, topic: str = names.TOPIC_INCOMING) -> None:
         from kafka import KafkaConsumer
 
+        extra: dict[str, Any] = {}
+        if settings.ingest_group_instance_id:
+            extra["group_instance_id"] = settings.ingest_group_instance_id
         self._consumer = KafkaConsumer(
-            topic,
             group_id=settings.ingest_group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=settings.ingest_concurrency,
             max_poll_interval_ms=int(settings.ingest_max_poll_interval_s * 1000),
+            session_timeout_ms=int(settings.ingest_session_timeout_s * 1000),
+            heartbeat_interval_ms=int(settings.ingest_session_timeout_s * 1000 / 4),
+            client_id=f"histoprompt-ingest-{socket.gethostname()}",
+            **extra,
             **settings.kafka_config(),
         )
+        self.rebalances = _rebalance_listener()
+        self._consumer.subscribe([topic], listener=self.rebalances)
 
     def poll(self, max_records: int, timeout_s: float) -> list[Message]:
         polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
@@ -39,20 +86,48 @@ class KafkaEventSource:
             for m in batch
         ]
 
-    def settle(self, batch: Sequence[Message], handled: Sequence[Message]) -> None:
+    def hold(self) -> None:
+        self._consumer.pause(*self._consumer.assignment())
+
+    def keep_alive(self, timeout_s: float) -> None:
+        polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
+        # Only partitions assigned since `hold` fetch: put their messages back and hold them.
+        for tp, records in polled.items():
+            self._consumer.seek(tp, min(r.offset for r in records))
+        self.hold()
+
+    def settle(self, batch: Sequence[Message], handled: Sequence[Message]) -> list[Message]:
+        from kafka.errors import KafkaError
         from kafka.structs import OffsetAndMetadata, TopicPartition
 
-        plan = commit_plan(batch, handled)
-        for (topic, partition), offset in plan.rewind.items():
-            # Without the seek a running consumer would go on past the released message.
-            self._consumer.seek(TopicPartition(topic, partition), offset)
-        if plan.commit:
-            self._consumer.commit(
-                {
-                    TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
-                    for (t, p), o in plan.commit.items()
-                }
-            )
+        owned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+        plan = commit_plan(batch, handled, owned)
+        committed: list[Message] = []
+        try:
+            if plan.commit:
+                self._consumer.commit(
+                    {
+                        TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
+                        for (t, p), o in plan.commit.items()
+                    }
+                )
+                committed = [
+                    m for m in batch if m.offset < plan.commit.get((m.topic, m.partition), -1)
+                ]
+        except KafkaError as err:  # CommitFailedError among them
+            # A rebalance between the ownership check and the commit: the new owner
+            # redelivers; at-least-once holds.
+            get_logger().warning("commit failed", extra={"code": type(err).__name__})
+        # Position every owned partition of the batch at its next message: a rebalance
+        # that kept a partition may have reset it to the committed offset meanwhile.
+        nxt = dict(plan.commit) | plan.rewind
+        for (topic, partition), offset in nxt.items():
+            try:
+                self._consumer.seek(TopicPartition(topic, partition), offset)
+            except KafkaError:  # IllegalStateError: revoked since the commit
+                continue
+        self._consumer.resume(*self._consumer.paused())
+        return committed
 
     def lag(self) -> int | None:
         try:

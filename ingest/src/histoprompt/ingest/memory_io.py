@@ -1,7 +1,10 @@
-"""In-memory EventSource and ResultSink: the service without a broker (unit tests, tools).
+"""In-memory EventSource, ResultSink and DeliveryLog: the service without a broker or a
+bucket (unit tests, tools).
 
 The source keeps Kafka's delivery rules that the service relies on: per-partition order, a
-position that `settle` rewinds to the first released message, commits recorded per partition.
+position that `settle` rewinds to the first released message, commits recorded per partition,
+held (paused) partitions, and a rebalance: `revoke` takes a partition away (its offsets are no
+longer this member's to commit), `assign` gives it back from its committed offset.
 """
 
 from __future__ import annotations
@@ -12,8 +15,8 @@ from dataclasses import dataclass, field
 
 from histoprompt.core import names
 from histoprompt.core.errors import TransientError
-from histoprompt.core.schemas import DlqEvent, ResultEvent
-from histoprompt.ingest.ports import Message, commit_plan
+from histoprompt.core.schemas import DlqEvent, ResultEvent, utcnow
+from histoprompt.ingest.ports import Delivery, Message, commit_plan
 
 
 class InMemoryEventSource:
@@ -25,6 +28,9 @@ class InMemoryEventSource:
         self._cond = threading.Condition()
         self.committed: dict[tuple[str, int], int] = {}
         self.delivered: list[Message] = []
+        self.revoked: set[tuple[str, int]] = set()
+        self.held = False
+        self.keep_alives = 0
         self.closed = False
         for m in messages:
             self.add(m)
@@ -41,6 +47,8 @@ class InMemoryEventSource:
     def _available(self, max_records: int) -> list[Message]:
         out: list[Message] = []
         for tp, log in sorted(self._log.items()):
+            if tp in self.revoked:
+                continue
             for m in log:
                 if len(out) >= max_records:
                     break
@@ -51,6 +59,9 @@ class InMemoryEventSource:
 
     def poll(self, max_records: int, timeout_s: float) -> list[Message]:
         with self._cond:
+            if self.held:
+                self._cond.wait(timeout=timeout_s)
+                return []
             self._cond.wait_for(lambda: bool(self._pending()), timeout=timeout_s)
             out = self._available(max_records)
             self.delivered.extend(out)
@@ -58,16 +69,46 @@ class InMemoryEventSource:
 
     def _pending(self) -> int:
         return sum(
-            1 for tp, log in self._log.items() for m in log if m.offset >= self._position[tp]
+            1
+            for tp, log in self._log.items()
+            if tp not in self.revoked
+            for m in log
+            if m.offset >= self._position[tp]
         )
 
-    def settle(self, batch: Sequence[Message], handled: Sequence[Message]) -> None:
-        plan = commit_plan(batch, handled)
+    def hold(self) -> None:
         with self._cond:
+            self.held = True
+
+    def keep_alive(self, timeout_s: float) -> None:
+        with self._cond:
+            self.keep_alives += 1
+            self._cond.wait(timeout=timeout_s)
+
+    def revoke(self, topic: str, partition: int) -> None:
+        """A rebalance gave the partition to another member."""
+        with self._cond:
+            self.revoked.add((topic, partition))
+
+    def assign(self, topic: str, partition: int) -> None:
+        """A rebalance gave the partition back: delivery resumes at its committed offset."""
+        with self._cond:
+            tp = (topic, partition)
+            self.revoked.discard(tp)
+            first = min((m.offset for m in self._log.get(tp, [])), default=0)
+            self._position[tp] = self.committed.get(tp, first)
+            self._cond.notify_all()
+
+    def settle(self, batch: Sequence[Message], handled: Sequence[Message]) -> list[Message]:
+        with self._cond:
+            owned = {(m.topic, m.partition) for m in batch} - self.revoked
+            plan = commit_plan(batch, handled, owned)
             for tp, offset in plan.rewind.items():
                 self._position[tp] = offset
             self.committed.update(plan.commit)
+            self.held = False
             self._cond.notify_all()
+        return [m for m in batch if m.offset < plan.commit.get((m.topic, m.partition), -1)]
 
     def lag(self) -> int | None:
         with self._cond:
@@ -102,3 +143,32 @@ class InMemoryResultSink:
 
     def close(self) -> None:
         self.closed = True
+
+
+class InMemoryDeliveryLog:
+    """Delivery counts in a dict (a worker killed in a test is simulated by not forgetting)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counts: dict[tuple[str, int, int], tuple[int, str]] = {}
+
+    def arrive(self, msg: Message) -> Delivery:
+        key = (msg.topic, msg.partition, msg.offset)
+        with self._lock:
+            count, first = self.counts.get(key, (0, utcnow()))
+            self.counts[key] = (count + 1, first)
+            return Delivery(count + 1, first)
+
+    def release(self, msg: Message) -> None:
+        key = (msg.topic, msg.partition, msg.offset)
+        with self._lock:
+            count, first = self.counts.get(key, (0, ""))
+            if count <= 1:
+                self.counts.pop(key, None)
+            else:
+                self.counts[key] = (count - 1, first)
+
+    def forget(self, msgs: Sequence[Message]) -> None:
+        with self._lock:
+            for m in msgs:
+                self.counts.pop((m.topic, m.partition, m.offset), None)

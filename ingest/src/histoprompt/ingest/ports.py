@@ -1,13 +1,16 @@
-"""The service's seams: where messages come from, where events go, what handles a slide.
+"""The service's seams: where messages come from, where events go, what handles a slide,
+and where deliveries are counted.
 
 `EventSource` and `ResultSink` have a Kafka implementation (histoprompt.ingest.kafka_io) and
-an in-memory one (histoprompt.ingest.memory_io); `Processor` is SlideProcessor's shape. Their
-methods block (Kafka's client does): the service calls them through `asyncio.to_thread`.
+an in-memory one (histoprompt.ingest.memory_io); `DeliveryLog` an S3 one
+(histoprompt.ingest.deliveries) and an in-memory one; `Processor` is SlideProcessor's shape.
+Their methods block (Kafka's client does): the service calls them through
+`asyncio.to_thread`, one at a time for a given source.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -38,11 +41,17 @@ class CommitPlan:
     rewind: dict[tuple[str, int], int]
 
 
-def commit_plan(batch: Iterable[Message], handled: Iterable[Message]) -> CommitPlan:
+def commit_plan(
+    batch: Iterable[Message],
+    handled: Iterable[Message],
+    owned: Collection[tuple[str, int]] | None = None,
+) -> CommitPlan:
     """Commit each partition up to its first unhandled message; rewind to that message.
 
     A message after an unhandled one is not committed even if handled: at-least-once means
-    a released message is redelivered, and the ones behind it with it.
+    a released message is redelivered, and the ones behind it with it. With `owned`, a
+    partition outside it (revoked by a rebalance while the batch ran) is neither committed
+    nor rewound: its new owner delivers it again from the group's committed offset.
     """
     done = {(m.topic, m.partition, m.offset) for m in handled}
     by_tp: dict[tuple[str, int], list[Message]] = {}
@@ -51,6 +60,8 @@ def commit_plan(batch: Iterable[Message], handled: Iterable[Message]) -> CommitP
     commit: dict[tuple[str, int], int] = {}
     rewind: dict[tuple[str, int], int] = {}
     for tp, msgs in by_tp.items():
+        if owned is not None and tp not in owned:
+            continue
         for m in sorted(msgs, key=lambda m: m.offset):
             if (m.topic, m.partition, m.offset) not in done:
                 rewind[tp] = m.offset
@@ -64,9 +75,21 @@ class EventSource(Protocol):
         """Up to `max_records` messages, waiting at most `timeout_s` for the first."""
         ...
 
-    def settle(self, batch: Sequence[Message], handled: Sequence[Message]) -> None:
-        """Commit `batch` per partition up to its first message not in `handled` (released);
-        released messages are delivered again by a later poll."""
+    def hold(self) -> None:
+        """Pause fetching from every assigned partition: a batch is in flight."""
+        ...
+
+    def keep_alive(self, timeout_s: float) -> None:
+        """Poll without taking messages while held, so the group keeps this member (Kafka's
+        max.poll.interval) however long the batch runs. Messages of partitions assigned
+        meanwhile are put back (position rewound) and held too."""
+        ...
+
+    def settle(self, batch: Sequence[Message], handled: Sequence[Message]) -> list[Message]:
+        """Commit `batch` per partition up to its first message not in `handled` (released),
+        on the partitions this member still owns; position every owned partition of the
+        batch at its next message; resume fetching. Released messages are delivered again by
+        a later poll. Returns the messages whose offsets were committed."""
         ...
 
     def lag(self) -> int | None:
@@ -97,4 +120,27 @@ class ResultSink(Protocol):
 class Processor(Protocol):
     async def process(self, job: SlideJob) -> SlideOutcome:
         """Handle one slide: its result in S3 (or its recorded failure), or a duplicate."""
+        ...
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """How often a message has been delivered to a worker (this delivery included), counted
+    durably: a worker killed mid-slide (SIGKILL, out of memory) counts too."""
+
+    count: int
+    first_seen: str
+
+
+class DeliveryLog(Protocol):
+    def arrive(self, msg: Message) -> Delivery:
+        """Count this delivery of `msg` before it is processed."""
+        ...
+
+    def release(self, msg: Message) -> None:
+        """Un-count this delivery: `msg` was released uncommitted on a graceful stop."""
+        ...
+
+    def forget(self, msgs: Sequence[Message]) -> None:
+        """Drop the counts of messages whose offsets are committed."""
         ...

@@ -2,11 +2,19 @@
 
 One asyncio program: `run()` is `asyncio.run(serve())`; the blocking Kafka client runs in
 worker threads. `serve()` wires Kafka, S3 and Triton; `consume()` is the loop over any
-EventSource / ResultSink / Processor (histoprompt.ingest.ports).
+EventSource / ResultSink / Processor / DeliveryLog (histoprompt.ingest.ports); one message
+is handled by histoprompt.ingest.handler (delivery count, retries, slide deadline, events).
+
+While a batch runs its partitions are held (paused) and the loop keeps polling, so the group
+keeps this member however long a slide takes (no rebalance, no second delivery meanwhile).
 
 At-least-once: an offset is committed only after its result is in S3 and its result event
-(or its DLQ event) is acknowledged. Offsets are committed per partition up to the first
-message not handled, so a released message is redelivered.
+(or its DLQ event) is acknowledged, and only on partitions this member still owns. Offsets are
+committed per partition up to the first message not handled, so a released message is
+redelivered.
+
+Liveness (/healthz): the event loop beats every second and every poll beats too, so a slide
+of any length keeps the worker alive and a wedged loop or consumer does not.
 
 SIGTERM/SIGINT: stop polling, give in-flight slides until the deadline to finish, release
 (cancel, do not commit) the rest, commit what finished, leave the group, exit 0.
@@ -28,25 +36,22 @@ from histoprompt.core.errors import TransientError
 from histoprompt.core.genesets import load_hallmark
 from histoprompt.core.results import ResultStore
 from histoprompt.core.s3 import make_minio
-from histoprompt.core.schemas import ErrorInfo, utcnow
-from histoprompt.ingest.errors import SourceRejectedError
-from histoprompt.ingest.events import SlideJob, parse_jobs
+from histoprompt.ingest.deliveries import S3DeliveryLog
+from histoprompt.ingest.handler import MessageHandler
 from histoprompt.ingest.health import Health, MetricsServer, start_metrics_server
 from histoprompt.ingest.logs import get_logger
 from histoprompt.ingest.metrics import IngestMetrics, make_metrics
-from histoprompt.ingest.pipeline import SlideOutcome, SlideProcessor
-from histoprompt.ingest.ports import EventSource, Message, Processor, ResultSink
-from histoprompt.ingest.publish import dead_letter, publish_outcome
+from histoprompt.ingest.pipeline import SlideProcessor
+from histoprompt.ingest.ports import DeliveryLog, EventSource, Message, Processor, ResultSink
 from histoprompt.ingest.settings import IngestSettings
 from histoprompt.wsi.triton import ServedModel, TritonClient
 
 _LAG_EVERY_S = 5.0
 _BEAT_EVERY_S = 1.0
-
-# Per message, across its attempts: slide id -> its outcome until the result event is out,
-# then None. A retry after a failed publish re-sends the event instead of reprocessing the
-# slide, whose stored result would make it a duplicate with no event at all.
-_Progress = dict[str, SlideOutcome | None]
+_KEEP_ALIVE_POLL_S = 0.1
+# One try per request: the handler's per-delivery retries are the only ones (handler.py).
+_ONE_TRY = 1
+_S3_CONNECT_TIMEOUT_S = 10.0
 
 
 class IngestService:
@@ -120,16 +125,13 @@ class IngestService:
             if self._stopping.is_set():
                 return 0
             triton = TritonClient(
-                s.triton_url,
-                s.ingest_triton_timeout_s,
-                s.ingest_max_attempts,
-                s.ingest_retry_base_s,
+                s.triton_url, s.ingest_triton_timeout_s, _ONE_TRY, s.ingest_retry_base_s
             )
             served = await self._wait_for_model(triton)
             if served is None:
                 return 0
             self.served = served
-            minio = make_minio(s)
+            minio = make_minio(s, connect_timeout=_S3_CONNECT_TIMEOUT_S, retries=0)
             sink = await asyncio.to_thread(KafkaResultSink, s)
             closers.append(sink.close)
             source = await asyncio.to_thread(KafkaEventSource, s)
@@ -137,8 +139,9 @@ class IngestService:
             gene_sets = self.gene_sets if self.gene_sets is not None else list(load_hallmark())
             store = ResultStore(minio, s.results_bucket)
             processor = SlideProcessor(s, minio, store, triton, served, gene_sets, self.metrics)
+            deliveries = S3DeliveryLog(minio, s.results_bucket, s.ingest_group_id)
             self.log.info("consuming", extra={"model_version": served.version, "status": "ready"})
-            await self.consume(source, sink, processor)
+            await self.consume(source, sink, processor, deliveries)
         finally:
             self.health.ready = False
             # The consumer leaves its group first, so its partitions move to another replica
@@ -157,6 +160,7 @@ class IngestService:
         delay = self.settings.ingest_retry_base_s
         while not self._stopping.is_set():
             self.health.beat()
+            self.health.polled()
             try:
                 if await triton.ready():
                     return await triton.served_model()
@@ -168,10 +172,21 @@ class IngestService:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    async def consume(self, source: EventSource, sink: ResultSink, processor: Processor) -> None:
-        """Poll, handle, settle until stopped; ready meanwhile. Closes neither end."""
+    async def consume(
+        self,
+        source: EventSource,
+        sink: ResultSink,
+        processor: Processor,
+        deliveries: DeliveryLog | None = None,
+    ) -> None:
+        """Poll, handle, settle until stopped; ready meanwhile. Closes neither end.
+        Without `deliveries` the counts live in memory (they then do not survive a crash)."""
+        from histoprompt.ingest.memory_io import InMemoryDeliveryLog
+
         self._bind_loop()
         s = self.settings
+        deliveries = deliveries if deliveries is not None else InMemoryDeliveryLog()
+        handler = MessageHandler(s, sink, processor, deliveries, self.metrics)
         beat = asyncio.create_task(self._beat_forever())
         self.health.ready = True
         last_lag = 0.0
@@ -180,9 +195,9 @@ class IngestService:
                 msgs = await asyncio.to_thread(
                     source.poll, s.ingest_concurrency, s.ingest_poll_timeout_s
                 )
+                self.health.polled()
                 if msgs:
-                    handled = await self._handle_batch(msgs, sink, processor)
-                    await asyncio.to_thread(source.settle, msgs, handled)
+                    await self._run_batch(msgs, source, handler, deliveries)
                 if time.monotonic() - last_lag > _LAG_EVERY_S:
                     lag = await asyncio.to_thread(source.lag)
                     if lag is not None:
@@ -201,29 +216,67 @@ class IngestService:
             self.health.beat()
             await asyncio.sleep(every)
 
+    async def _run_batch(
+        self,
+        msgs: Sequence[Message],
+        source: EventSource,
+        handler: MessageHandler,
+        log: DeliveryLog,
+    ) -> None:
+        """Hold the partitions, handle the batch while polling on, settle, un-hold."""
+        await asyncio.to_thread(source.hold)
+        handled = await self._handle_batch(msgs, source, handler)
+        committed = await asyncio.to_thread(source.settle, msgs, handled)
+        # A delivery this process ends, committed or not, was no crash: only deliveries cut
+        # short by the worker's death stay counted.
+        done = {(m.partition, m.offset) for m in committed}
+        released = [m for m in msgs if (m.partition, m.offset) not in done]
+        try:
+            await asyncio.to_thread(log.forget, committed)
+            for m in released:
+                await asyncio.to_thread(log.release, m)
+        except TransientError as err:  # a stale count costs at most an early crash_loop
+            self.log.warning("delivery count not updated", extra={"code": err.code})
+
+    def _keep_alive_every(self) -> float:
+        s = self.settings
+        return max(
+            0.05, min(1.0, s.ingest_max_poll_interval_s / 4, s.ingest_liveness_timeout_s / 4)
+        )
+
     async def _handle_batch(
-        self, msgs: Sequence[Message], sink: ResultSink, proc: Processor
+        self, msgs: Sequence[Message], source: EventSource, handler: MessageHandler
     ) -> list[Message]:
-        """Run the messages concurrently; those handled (committable), in batch order."""
+        """Run the messages concurrently, polling on; those handled (committable), in order."""
         stop_event = self._bind_loop()
-        tasks = {asyncio.create_task(self._handle(m, sink, proc)): m for m in msgs}
+        tasks = {asyncio.create_task(handler.handle(m)): m for m in msgs}
         stop = asyncio.create_task(stop_event.wait())
         pending: set[asyncio.Task[None]] = set(tasks)
+        every = self._keep_alive_every()
         try:
-            while pending and not stop.done():
-                done, _ = await asyncio.wait(pending | {stop}, return_when=asyncio.FIRST_COMPLETED)
+            while pending:
+                if stop.done():
+                    left = self._deadline - time.monotonic() - 1.0
+                    if left <= 0:
+                        break
+                    wait_s = min(every, left)
+                else:
+                    wait_s = every
+                done, _ = await asyncio.wait(
+                    pending | {stop}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED
+                )
                 pending -= done
+                if pending:
+                    await asyncio.to_thread(source.keep_alive, _KEEP_ALIVE_POLL_S)
+                    self.health.polled()
             if pending:
-                remaining = max(0.0, self._deadline - time.monotonic() - 1.0)
-                _, pending = await asyncio.wait(pending, timeout=remaining)
                 for t in pending:
                     t.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
-                if pending:
-                    self.log.warning(
-                        "released in-flight slides at the shutdown deadline",
-                        extra={"status": "released", "n_tiles": len(pending)},
-                    )
+                self.log.warning(
+                    "released in-flight slides at the shutdown deadline",
+                    extra={"status": "released", "n_tiles": len(pending)},
+                )
         finally:
             stop.cancel()
         handled: list[Message] = []
@@ -237,64 +290,3 @@ class IngestService:
                     "message handler crashed", exc_info=task.exception(), extra={"code": "internal"}
                 )
         return handled
-
-    async def _handle(self, msg: Message, sink: ResultSink, proc: Processor) -> None:
-        first_seen = utcnow()
-        progress: _Progress = {}
-        attempt = 1
-        while True:
-            try:
-                for job in parse_jobs(msg.value, self.settings):
-                    if isinstance(job, SlideJob):
-                        await self._process_job(job, msg, sink, proc, progress)
-                return
-            except SourceRejectedError as err:
-                error = ErrorInfo(code=err.code, message=str(err))
-                await self._dead_letter(sink, msg, error, attempt, first_seen)
-                return
-            except (TransientError, OSError) as err:
-                code = getattr(err, "code", "io_error")
-                message = str(err) if isinstance(err, TransientError) else type(err).__name__
-            except Exception as err:  # a bug must not crash-loop the consumer: DLQ it
-                self.log.error("unexpected error", exc_info=err, extra={"code": "internal"})
-                code, message = "internal", f"unexpected {type(err).__name__}"
-            if attempt >= self.settings.ingest_max_attempts:
-                error = ErrorInfo(code=code, message=message)
-                await self._dead_letter(sink, msg, error, attempt, first_seen)
-                return
-            self.log.warning(
-                "retrying", extra={"code": code, "attempt": attempt, "offset": msg.offset}
-            )
-            await asyncio.sleep(self.settings.ingest_retry_base_s * 2 ** (attempt - 1))
-            attempt += 1
-
-    async def _process_job(
-        self, job: SlideJob, msg: Message, sink: ResultSink, proc: Processor, progress: _Progress
-    ) -> None:
-        sid = job.slide_id
-        if sid in progress:
-            outcome = progress[sid]
-            if outcome is None:
-                return  # its event went out in an earlier attempt of this message
-        else:
-            self.metrics.inflight.inc()
-            try:
-                outcome = await proc.process(job)
-            finally:
-                self.metrics.inflight.dec()
-            progress[sid] = outcome
-        await asyncio.to_thread(publish_outcome, sink, job, outcome)
-        progress[sid] = None
-        self.metrics.slides.labels(status=outcome.status).inc()
-        if outcome.status != "skipped_duplicate" and msg.timestamp_ms > 0:
-            self.metrics.slide_seconds.observe(max(0.0, time.time() - msg.timestamp_ms / 1000.0))
-
-    async def _dead_letter(
-        self, sink: ResultSink, msg: Message, error: ErrorInfo, attempts: int, first_seen: str
-    ) -> None:
-        await asyncio.to_thread(dead_letter, sink, msg, error, attempts, first_seen)
-        self.metrics.slides.labels(status="dlq").inc()
-        self.log.warning(
-            "dead-lettered",
-            extra={"status": "dlq", "code": error.code, "attempt": attempts, "offset": msg.offset},
-        )

@@ -29,7 +29,7 @@ class IngestSettings(ConnectionSettings):
         4, ge=1, le=64, description="patch_embed requests in flight per slide"
     )
     ingest_max_attempts: int = Field(
-        3, ge=1, le=20, description="tries per event before it goes to the DLQ"
+        3, ge=1, le=20, description="tries per delivery on transient errors before the DLQ"
     )
     ingest_retry_base_s: float = Field(0.5, gt=0, description="first backoff step")
     ingest_allowed_buckets: CommaList = Field(
@@ -61,9 +61,23 @@ class IngestSettings(ConnectionSettings):
     ingest_metrics_port: int = Field(9108, ge=0, le=65535, description="0 disables /metrics")
     ingest_metrics_host: str = Field("127.0.0.1", description="bind address of /metrics")
     ingest_shutdown_deadline_s: float = Field(25.0, gt=0)
-    ingest_max_poll_interval_s: float = Field(600.0, ge=10)
+    ingest_max_poll_interval_s: float = Field(
+        600.0, ge=2, description="Kafka max.poll.interval; polling goes on while slides run"
+    )
+    ingest_session_timeout_s: float = Field(
+        45.0, ge=1, description="Kafka session timeout (within the broker's group bounds)"
+    )
+    ingest_group_instance_id: str | None = Field(
+        None, description="static group membership: a restarted worker takes its partitions back"
+    )
     ingest_poll_timeout_s: float = Field(0.5, gt=0)
     ingest_liveness_timeout_s: float = Field(120.0, gt=0)
+    ingest_slide_deadline_s: float = Field(
+        3600.0, gt=0, description="one slide's processing; past it: DLQ deadline_exceeded"
+    )
+    ingest_max_deliveries: int = Field(
+        3, ge=1, le=100, description="deliveries of one message (crashes included) before DLQ"
+    )
 
     @field_validator("ingest_allowed_buckets", "ingest_allowed_prefixes", mode="before")
     @classmethod
