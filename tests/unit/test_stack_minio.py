@@ -77,6 +77,7 @@ def test_minio_listens_on_loopback_with_the_kafka_target(ports: StackPorts, tmp_
     assert argv[argv.index("--address") + 1] == f"127.0.0.1:{ports.s3}"
     assert argv[argv.index("--console-address") + 1] == f"127.0.0.1:{ports.s3_console}"
     assert str(tmp_path) in argv[argv.index("--certs-dir") + 1]  # not ~/.minio
+    assert str(tmp_path) in argv[argv.index("--config-dir") + 1]
     assert spec.env["MINIO_ROOT_USER"] == "ak1"
     assert spec.env["MINIO_ROOT_PASSWORD"] == "sk123456"
     assert spec.env["MINIO_BROWSER"] == "off"

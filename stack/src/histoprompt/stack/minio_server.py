@@ -85,7 +85,9 @@ def prepare(
         f"127.0.0.1:{ports.s3}",
         "--console-address",
         f"127.0.0.1:{ports.s3_console}",
-        # MinIO otherwise creates ~/.minio/certs.
+        # MinIO otherwise creates ~/.minio (and ~/.minio/certs): keep it in the state dir.
+        "--config-dir",
+        str(home / "config"),
         "--certs-dir",
         str(home / "certs"),
         str(data),
