@@ -265,3 +265,27 @@ def test_generic_timm_form_loads_any_timm_vit(tmp_path: Path) -> None:
     assert enc.spec.mean == tuple(ref.pretrained_cfg["mean"])
     with pytest.raises(CheckpointLayoutError, match="missing"):
         load_encoder("timm:vit_small_patch16_224", tmp_path / "model.safetensors")
+
+
+def test_conch_position_embedding_on_another_grid_is_resampled_as_published(
+    tmp_path: Path,
+) -> None:
+    """CONCH v1.5's published loader resamples a `trunk.pos_embed` stored on another grid
+    (e.g. 448 px: 28x28) to the trunk's 14x14 with timm's resample_abs_pos_embed, bilinear,
+    no antialiasing; the loader does the same, then loads strictly."""
+    from timm.layers import resample_abs_pos_embed
+
+    with torch.device("meta"):
+        ref = _reference("conch_v15", DEPTH)
+    state = _random_state(ref, seed=5)
+    stored = dict(state, **{"trunk.pos_embed": 0.05 * torch.randn(1, 1 + 28 * 28, 1024)})
+    state["trunk.pos_embed"] = resample_abs_pos_embed(
+        stored["trunk.pos_embed"], new_size=[14, 14], num_prefix_tokens=1,
+        interpolation="bilinear", antialias=False,
+    )  # fmt: skip
+    ref.load_state_dict(state, strict=True, assign=True)
+    torch.save(stored, tmp_path / "pytorch_model_vision.bin")
+    enc = load_encoder("conch_v15", tmp_path / "pytorch_model_vision.bin", depth=DEPTH)
+    x = torch.randn(1, 3, 448, 448, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert float((enc.module(x) - ref(x)).abs().max()) <= 1e-5

@@ -179,6 +179,28 @@ class ConchV15Tower(nn.Module):
     def checkpoint_root(self) -> nn.Module:
         return self
 
+    def adapt_published_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """As CONCH v1.5's published loader does: a `trunk.pos_embed` stored on another square
+        grid is resampled (bilinear, no antialiasing) to the trunk's 14x14 grid."""
+        from timm.layers import resample_abs_pos_embed
+
+        key = "trunk.pos_embed"
+        pos, target = state.get(key), self.trunk.pos_embed
+        if pos is None or pos.ndim != 3 or tuple(pos.shape) == tuple(target.shape):
+            return state
+        side = math.isqrt(pos.shape[1] - 1)
+        if side * side != pos.shape[1] - 1 or pos.shape[-1] != target.shape[-1]:
+            return state  # not a grid: the layout check names it
+        grid = self.trunk.patch_embed.grid_size  # type: ignore[union-attr]
+        resampled = resample_abs_pos_embed(
+            pos.float(),
+            new_size=list(grid),
+            num_prefix_tokens=1,
+            interpolation="bilinear",
+            antialias=False,
+        )
+        return {**state, key: resampled.to(pos.dtype)}
+
     def _positions(self, rows: int, cols: int) -> torch.Tensor:
         pos: torch.Tensor = self.trunk.pos_embed  # type: ignore[assignment]
         n = pos.shape[1] - 1

@@ -193,6 +193,7 @@ def load_encoder(
             local,
             expected_name=name,
             known_layouts=published_layouts,
+            adapt=getattr(module, "adapt_published_state", None),
         )
         digest = _digest_file(local)
     else:

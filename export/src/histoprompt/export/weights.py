@@ -240,14 +240,19 @@ def check_state_dict(
     source: str,
     expected_name: str = "the architecture",
     known_layouts: Callable[[], Sequence[KnownLayout]] | None = None,
+    adapt: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Validate names, shapes, dtypes and finiteness; return tensors cast to the module dtypes.
 
     Names and shapes are checked together: any difference raises one CheckpointLayoutError.
     `known_layouts` is called only then, to say which published layout the file looks like.
+    `adapt` is a published loader's own step, applied after unwrapping (e.g. resampling a
+    position embedding stored on another grid).
     """
     reference = tensor_layout(module.state_dict())
     state, removed = unwrap_state(state, set(reference))
+    if adapt is not None:
+        state = adapt(state)
     got = tensor_layout(state)
     if set(got) != set(reference) or any(got[k] != reference[k] for k in reference):
         raise CheckpointLayoutError(
@@ -281,6 +286,7 @@ def load_weights_into(
     *,
     expected_name: str = "the architecture",
     known_layouts: Callable[[], Sequence[KnownLayout]] | None = None,
+    adapt: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
 ) -> torch.nn.Module:
     """Fetch, validate and load weights into `module` (in place, strict); returns the module.
 
@@ -294,6 +300,7 @@ def load_weights_into(
         source=str(ref),
         expected_name=expected_name,
         known_layouts=known_layouts,
+        adapt=adapt,
     )
     on_meta = any(t.is_meta for t in module.state_dict().values())
     module.load_state_dict(state, strict=True, assign=on_meta)
