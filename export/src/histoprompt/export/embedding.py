@@ -57,10 +57,16 @@ def cached_slide_embeddings(
 
 
 @torch.no_grad()
-def embed_expression(rna_encoder: RnaEncoder, log1p_tpm: NDArray[Any]) -> NDArray[Any]:
-    out: NDArray[Any] = rna_encoder(
-        torch.from_numpy(np.asarray(log1p_tpm, dtype=np.float32))
-    ).numpy()
+def embed_expression(
+    rna_encoder: RnaEncoder, log1p_tpm: NDArray[Any], batch_size: int = 16
+) -> NDArray[Any]:
+    """[P, G] -> [P, R], in batches (BulkFormer holds [B, G, dim] activations)."""
+    x = np.asarray(log1p_tpm, dtype=np.float32)
+    parts = [
+        rna_encoder(torch.from_numpy(x[lo : lo + batch_size])).numpy()
+        for lo in range(0, x.shape[0], batch_size)
+    ]
+    out: NDArray[Any] = np.concatenate(parts)
     return out
 
 

@@ -1,6 +1,10 @@
-"""Frozen RNA encoder with a BulkFormer-compatible interface.
+"""Frozen RNA encoders: the interface, the gene contract, and the demo's `tiny` encoder.
 
 Interface (as BulkFormer): a gene-ordered vector of log1p(TPM) in, a sample embedding out.
+Two encoders implement it: the published BulkFormer (export.bulkformer, loaded from its
+released checkpoint by export.bulkformer_load) and `tiny`, a fixed-seed UNTRAINED
+two-layer MLP kept only for the demo and tests. Teams that run their RNA model elsewhere
+pass a table of precomputed embeddings instead (export.rna_table).
 The gene order and normalisation are a contract stored next to the weights
 (`gene_contract.json`); expression in any other order is mapped onto it by
 `GeneContract.align`, which imputes missing genes with the stored per-gene means and
@@ -115,11 +119,13 @@ class RnaEncoderConfig(BaseModel):
 
 
 class RnaEncoder(nn.Module):
-    """Gene-ordered log1p(TPM) [B,G] -> embedding [B,H] (BulkFormer-compatible interface).
+    """`tiny`: gene-ordered log1p(TPM) [B,G] -> embedding [B,H], UNTRAINED (demo, tests).
 
-    The small fixed-seed variant standardises each gene with the contract means, then applies
-    a two-layer MLP. A real BulkFormer checkpoint is used through the same interface.
+    Standardises each gene with the contract means, then a fixed-seed two-layer MLP. The
+    real RNA foundation model is BulkFormer (export.bulkformer), same interface.
     """
+
+    card_name = "tiny"
 
     def __init__(self, config: RnaEncoderConfig, contract: GeneContract) -> None:
         super().__init__()
@@ -169,8 +175,13 @@ def save_rna_encoder(encoder: RnaEncoder, directory: Path) -> Path:
     return directory
 
 
-def load_rna_encoder(directory: Path) -> RnaEncoder:
-    """Load a local RNA-encoder checkpoint directory (weights + config + gene contract)."""
+def load_rna_encoder(directory: Path) -> Any:
+    """Load a local RNA-encoder checkpoint directory: a released BulkFormer (`bulkformer.json`,
+    export.bulkformer_load) or the `tiny` layout (weights + config + gene contract)."""
+    from histoprompt.export.bulkformer_load import BULKFORMER_JSON, load_bulkformer
+
+    if (directory / BULKFORMER_JSON).is_file():
+        return load_bulkformer(directory)
     try:
         config = RnaEncoderConfig.model_validate_json((directory / CONFIG_FILE).read_text())
         contract = GeneContract.model_validate_json((directory / CONTRACT_FILE).read_text())
