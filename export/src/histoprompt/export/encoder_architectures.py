@@ -182,16 +182,17 @@ class ConchV15Tower(nn.Module):
     def adapt_published_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """As CONCH v1.5's published loader does: a `trunk.pos_embed` stored on another square
         grid is resampled (bilinear, no antialiasing) to the trunk's 14x14 grid."""
-        from timm.layers import resample_abs_pos_embed
+        from timm.layers.pos_embed import resample_abs_pos_embed
 
         key = "trunk.pos_embed"
-        pos, target = state.get(key), self.trunk.pos_embed
+        trunk: Any = self.trunk
+        pos, target = state.get(key), trunk.pos_embed
         if pos is None or pos.ndim != 3 or tuple(pos.shape) == tuple(target.shape):
             return state
         side = math.isqrt(pos.shape[1] - 1)
         if side * side != pos.shape[1] - 1 or pos.shape[-1] != target.shape[-1]:
             return state  # not a grid: the layout check names it
-        grid = self.trunk.patch_embed.grid_size  # type: ignore[union-attr]
+        grid = trunk.patch_embed.grid_size
         resampled = resample_abs_pos_embed(
             pos.float(),
             new_size=list(grid),
