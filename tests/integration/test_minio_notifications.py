@@ -23,7 +23,7 @@ import pytest
 
 from histoprompt.core import names
 from histoprompt.core.s3 import make_minio
-from histoprompt.core.schemas import S3Event, slide_id_for
+from histoprompt.core.schemas import ResultEvent, S3Event, slide_id_for
 from histoprompt.stack.feed import TopicWatcher, results_of
 
 if TYPE_CHECKING:
@@ -175,21 +175,15 @@ def served_model(stack: StackHandle, tmp_path_factory: pytest.TempPathFactory) -
     )
 
 
-def test_submit_publishes_nothing_and_the_notification_is_processed(
+@pytest.fixture(scope="module")
+def ingest_on_minio(
     minio_stack: StackHandle,
     stack: StackHandle,
     served_model: object,
-    incoming: TopicWatcher,
     ingest_settings_minio: IngestSettings,
-    tmp_path: Path,
-    clean_histoprompt_env: None,
-) -> None:
-    """`histoprompt submit` uploads; MinIO's event alone reaches the ingest service, which
-    writes a done result for the CLI's slide_id."""
-    from typer.testing import CliRunner
-
-    from histoprompt.client.cli import app
-    from histoprompt.export.synthetic_tiff import write_tiff
+) -> Iterator[None]:
+    """The ingest service consuming the MinIO stack's incoming topic, reading slides from
+    MinIO, inferring on the session stack's Triton."""
     from histoprompt.stack.feed import skip_group_to_end
     from histoprompt.stack.ingest_demo import running_service
 
@@ -197,19 +191,44 @@ def test_submit_publishes_nothing_and_the_notification_is_processed(
         update={"triton_url": stack.triton_grpc, "ingest_shutdown_deadline_s": 10.0}
     )
     skip_group_to_end(settings, settings.ingest_group_id)
+    with running_service(settings, timeout_s=120, settle_s=2.0):
+        yield
+
+
+def _submit(minio_stack: StackHandle, path: Path) -> dict[str, str]:
+    """`histoprompt submit PATH --json` against the MinIO stack's stack.env."""
+    from typer.testing import CliRunner
+
+    from histoprompt.client.cli import app
+
+    out = CliRunner().invoke(
+        app, ["--env-file", str(minio_stack.env_file), "submit", str(path), "--json"]
+    )
+    assert out.exit_code == 0, out.output
+    (uploaded,) = json.loads(out.stdout)
+    return dict(uploaded)
+
+
+def _result_for(watcher: TopicWatcher, slide_id: str) -> ResultEvent:
+    seen = watcher.wait_for(lambda s: any(e.slide_id == slide_id for e in results_of(s)), 90.0)
+    watcher.poll(1.0)  # a second result for the slide would show up here
+    results = [e for e in results_of(seen) if e.slide_id == slide_id]
+    assert len(results) == 1, f"{len(results)} result events for {slide_id}: {results}"
+    return results[0]
+
+
+@pytest.mark.usefixtures("ingest_on_minio", "clean_histoprompt_env")
+def test_submit_publishes_nothing_and_the_notification_is_processed(
+    minio_stack: StackHandle, incoming: TopicWatcher, tmp_path: Path
+) -> None:
+    """`histoprompt submit` uploads; MinIO's event alone reaches the ingest service, which
+    writes a done result for the CLI's slide_id."""
+    from histoprompt.export.synthetic_tiff import write_tiff
+
     results = TopicWatcher(minio_stack.settings, names.TOPIC_RESULTS)
-    svs = write_tiff(tmp_path / "slide.svs", 800, 640, levels=2)
     try:
-        with running_service(settings, timeout_s=120, settle_s=2.0):
-            out = CliRunner().invoke(
-                app, ["--env-file", str(minio_stack.env_file), "submit", str(svs), "--json"]
-            )
-            assert out.exit_code == 0, out.output
-            (uploaded,) = json.loads(out.stdout)
-            slide_id = uploaded["slide_id"]
-            seen = results.wait_for(
-                lambda s: any(e.slide_id == slide_id for e in results_of(s)), 90.0
-            )
+        uploaded = _submit(minio_stack, write_tiff(tmp_path / "slide.svs", 800, 640, levels=2))
+        result = _result_for(results, uploaded["slide_id"])
     finally:
         results.close()
     # Exactly one message on the incoming topic, and it is MinIO's (the CLI's own event
@@ -219,7 +238,30 @@ def test_submit_publishes_nothing_and_the_notification_is_processed(
     assert event["EventName"] == "s3:ObjectCreated:Put"
     assert event["Records"][0]["eventSource"] == "minio:s3"
     assert msg_key == f"{uploaded['bucket']}/{uploaded['key']}".encode()
-    (result,) = [e for e in results_of(seen) if e.slide_id == slide_id]
     assert result.status == "done", result
     assert result.n_tiles > 0
     assert result.source.key == uploaded["key"]
+
+
+@pytest.mark.usefixtures("ingest_on_minio", "clean_histoprompt_env")
+def test_submitted_series_gives_one_result_from_real_notifications(
+    minio_stack: StackHandle, incoming: TopicWatcher, tmp_path: Path
+) -> None:
+    """With real notifications every instance of a series notifies too (the CLI would only
+    publish the manifest's event): the series is still exactly one slide and one result."""
+    from histoprompt.export.synthetic_wsi import DicomSeriesSpec, write_dicom_series
+
+    paths = write_dicom_series(tmp_path / "series", DicomSeriesSpec(512, 384, levels=2, tile=128))
+    results = TopicWatcher(minio_stack.settings, names.TOPIC_RESULTS)
+    try:
+        uploaded = _submit(minio_stack, tmp_path / "series")
+        result = _result_for(results, uploaded["slide_id"])
+        others = [e for e in results_of(results.seen) if e.slide_id != uploaded["slide_id"]]
+    finally:
+        results.close()
+    seen = _events(incoming, len(paths) + 1)
+    assert len(seen) == len(paths) + 1, "one notification per instance and the manifest"
+    assert {json.loads(v)["Records"][0]["eventSource"] for _, v in seen} == {"minio:s3"}
+    assert result.status == "done", result
+    assert result.source.key == uploaded["key"]
+    assert others == [], f"instances were processed as slides of their own: {others}"
