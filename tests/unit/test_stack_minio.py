@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from histoprompt.core import names
 from histoprompt.stack import StackError, StackSettings, up
+from histoprompt.stack.ingest_demo import bucket_is_silent
 from histoprompt.stack.launcher import connection_env
 from histoprompt.stack.minio_server import TARGET_ARN, notify_env, prepare
 from histoprompt.stack.ports_layout import StackPorts
@@ -65,6 +66,15 @@ def test_stack_env_says_who_publishes_events(
 ) -> None:
     env = connection_env(StackSettings(stack_s3_server=server), ports, tmp_path, tmp_path)
     assert env["HISTOPROMPT_PUBLISH_EVENTS"] == publish
+
+
+def test_demo_publishes_only_when_the_bucket_is_silent(ports: StackPorts, tmp_path: Path) -> None:
+    for server, silent in (("seaweed", True), ("minio", False)):
+        env = connection_env(StackSettings(stack_s3_server=server), ports, tmp_path, tmp_path)
+        env_file = tmp_path / f"{server}.env"
+        env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+        assert bucket_is_silent(env_file) is silent
+    assert bucket_is_silent(tmp_path / "missing.env")
 
 
 def test_minio_listens_on_loopback_with_the_kafka_target(ports: StackPorts, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""histoprompt.stack: the local service stack (Kafka, SeaweedFS S3, Triton, Prometheus).
+"""histoprompt.stack: the local service stack (Kafka, MinIO or SeaweedFS S3, Triton, Prometheus).
 
 `up()` starts every service on free 127.0.0.1 ports and returns a `StackHandle`;
 `down()` and `status()` work from any process through `<state dir>/state.json`.

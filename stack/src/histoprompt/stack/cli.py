@@ -15,7 +15,7 @@ import typer
 
 app = typer.Typer(
     name="stack",
-    help="Local service stack: Kafka, SeaweedFS S3, Triton, Prometheus on 127.0.0.1.",
+    help="Local service stack: Kafka, MinIO (or SeaweedFS) S3, Triton, Prometheus on 127.0.0.1.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
