@@ -1,0 +1,255 @@
+"""Crashes and long slides on the real local stack.
+
+- A message whose processing kills the worker (SIGKILL mid-slide, as the kernel's OOM killer
+  would) is counted across worker restarts and reaches the DLQ as `crash_loop` after
+  HISTOPROMPT_INGEST_MAX_DELIVERIES deliveries, without being processed again.
+- A slide that runs longer than the liveness threshold and longer than max.poll.interval is
+  neither killed (/healthz stays 200) nor delivered twice (one start, one result, no rebalance).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from histoprompt.core import names
+from histoprompt.core.s3 import make_minio
+from histoprompt.export.synthetic_tiff import write_tiff
+from histoprompt.ingest.deliveries import PREFIX as DELIVERIES_PREFIX
+from histoprompt.ingest.logs import JsonFormatter
+from histoprompt.ingest.settings import IngestSettings
+from histoprompt.stack.feed import (
+    TopicWatcher,
+    dlq_of,
+    make_producer,
+    publish_upload,
+    put_file,
+    results_of,
+    skip_group_to_end,
+)
+from histoprompt.stack.ingest_demo import load_demo_model, running_service
+from histoprompt.stack.ports import free_port
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def served_model(stack, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001, ANN201
+    return load_demo_model(
+        stack.triton_grpc, stack.model_repository, tmp_path_factory.mktemp("demo")
+    )
+
+
+@pytest.fixture
+def dlq(stack) -> Iterator[TopicWatcher]:  # noqa: ANN001
+    w = TopicWatcher(stack.settings, names.TOPIC_DLQ)
+    yield w
+    w.close()
+
+
+@pytest.fixture
+def results(stack) -> Iterator[TopicWatcher]:  # noqa: ANN001
+    w = TopicWatcher(stack.settings, names.TOPIC_RESULTS)
+    yield w
+    w.close()
+
+
+class Worker:
+    """`python -m histoprompt.ingest run` with the stack's env; stderr lines collected."""
+
+    def __init__(self, stack, group: str, **env: str) -> None:  # noqa: ANN001
+        # Inherited HISTOPROMPT_* (a sourced developer stack.env) would override stack.env.
+        base = {k: v for k, v in os.environ.items() if not k.startswith("HISTOPROMPT_")}
+        base.update(
+            HISTOPROMPT_ENV_FILE=str(stack.env_file),
+            HISTOPROMPT_INGEST_GROUP_ID=group,
+            HISTOPROMPT_INGEST_METRICS_PORT="0",
+            **env,
+        )
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "histoprompt.ingest", "run"],
+            env=base,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._cond:
+                self.lines.append(line)
+                self._cond.notify_all()
+
+    def wait_for(self, *needles: str, timeout: float) -> bool:
+        """True when a line holding every needle was logged within `timeout`."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: any(all(n in ln for n in needles) for ln in self.lines), timeout=timeout
+            )
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                return self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        return self.proc.returncode
+
+
+def test_crash_looping_message_reaches_dlq_as_crash_loop_across_restarts(
+    stack,  # noqa: ANN001
+    served_model,  # noqa: ANN001
+    dlq: TopicWatcher,
+    tmp_path: Path,
+) -> None:
+    settings = IngestSettings.load(stack.env_file)
+    minio = make_minio(settings)
+    group = f"ingest-crash-{uuid.uuid4().hex[:8]}"
+    skip_group_to_end(settings, group)
+    # ~1000 tiles with one tile per request: in flight for seconds, so the kill lands mid-slide
+    path = write_tiff(tmp_path / "kills.svs", 4096, 4096, levels=2, tile=512)
+    up = put_file(
+        minio, settings.slides_bucket, f"ingest-crash/{uuid.uuid4().hex[:12]}/k.svs", path
+    )
+    env = {
+        # Static membership: a restarted worker takes its partitions back at once, instead of
+        # waiting out the dead member's session.
+        "HISTOPROMPT_INGEST_GROUP_INSTANCE_ID": "crash-test-0",
+        "HISTOPROMPT_INGEST_MAX_DELIVERIES": "2",
+        "HISTOPROMPT_INGEST_BATCH_SIZE": "1",
+        "HISTOPROMPT_INGEST_MAX_INFLIGHT": "1",
+    }
+    producer = make_producer(settings)
+    workers: list[Worker] = []
+    try:
+        publish_upload(producer, up)
+        for _ in range(2):  # each delivery kills its worker mid-slide
+            w = Worker(stack, group, **env)
+            workers.append(w)
+            assert w.wait_for("slide started", up.slide_id, timeout=60), w.lines[-20:]
+            w.kill()
+            killed_at = time.monotonic()
+        last = Worker(stack, group, **env)
+        workers.append(last)
+        seen = dlq.wait_for(
+            lambda s: any(e.error.code == "crash_loop" for e in dlq_of(s)), timeout_s=60
+        )
+        to_dlq_s = time.monotonic() - killed_at
+        [event] = [e for e in dlq_of(seen) if e.error.code == "crash_loop"]
+        assert event.attempts == 2
+        assert event.original["Records"][0]["s3"]["object"]["key"] == up.key
+        assert event.first_seen <= event.last_seen
+        # the third delivery was not processed: no start logged for it
+        assert last.wait_for("dead-lettered", "crash_loop", timeout=10)
+        assert not any("slide started" in ln for ln in last.lines)
+        # committed and forgotten: no count left for this group
+        prefix = f"{DELIVERIES_PREFIX}/{group}/"
+        deadline = time.monotonic() + 10
+        while left := list(minio.list_objects(settings.results_bucket, prefix, recursive=True)):
+            assert time.monotonic() < deadline, [o.object_name for o in left]
+            time.sleep(0.2)
+        print(f"\nkill -> crash_loop DLQ event: {to_dlq_s:.2f} s")  # noqa: T201
+    finally:
+        producer.close()
+        for w in workers:
+            w.stop()
+
+
+@pytest.fixture
+def log_capture() -> Iterator[io.StringIO]:
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("histoprompt.ingest")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield buf
+    logger.removeHandler(handler)
+
+
+LIVENESS_S = 1.5
+MAX_POLL_S = 2.0
+
+
+def test_slide_longer_than_liveness_and_max_poll_is_neither_killed_nor_redelivered(
+    stack,  # noqa: ANN001
+    served_model,  # noqa: ANN001
+    results: TopicWatcher,
+    log_capture: io.StringIO,
+    tmp_path: Path,
+) -> None:
+    group = f"ingest-long-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    settings = IngestSettings.load(
+        stack.env_file,
+        ingest_group_id=group,
+        ingest_metrics_port=port,
+        ingest_liveness_timeout_s=LIVENESS_S,
+        ingest_max_poll_interval_s=MAX_POLL_S,
+        # One tile per request, one request in flight: the real path, slowly.
+        ingest_batch_size=1,
+        ingest_max_inflight=1,
+        ingest_shutdown_deadline_s=5.0,
+    )
+    skip_group_to_end(settings, group)
+    minio = make_minio(settings)
+    # ~600 tissue tiles: 4-8 s at the 80-150 tiles/s one-tile requests reach on 2 cores
+    path = write_tiff(tmp_path / "long.svs", 5120, 5120, levels=2, tile=512)
+    up = put_file(minio, settings.slides_bucket, f"ingest-long/{uuid.uuid4().hex[:12]}/l.svs", path)
+    producer = make_producer(settings)
+    health: list[int] = []
+    with running_service(settings, timeout_s=60, settle_s=1.0) as svc:
+        publish_upload(producer, up)
+        producer.close()
+        t0 = time.monotonic()
+        started = None
+        deadline = t0 + 120
+        with httpx.Client(timeout=2.0) as http:
+            while not any(e.slide_id == up.slide_id for e in results_of(results.seen)):
+                assert time.monotonic() < deadline, "no result within 120 s"
+                results.poll(0.25)
+                if started is None and up.slide_id in log_capture.getvalue():
+                    started = time.monotonic()
+                if started is not None:
+                    health.append(http.get(f"http://127.0.0.1:{port}/healthz").status_code)
+        slide_s = time.monotonic() - (started or t0)
+        results.poll(1.0)
+        rebalance_logs = [ln for ln in log_capture.getvalue().splitlines() if '"rebalance"' in ln]
+        assert svc.health.alive()
+    logged = [json.loads(ln) for ln in log_capture.getvalue().splitlines() if ln.startswith("{")]
+    mine = [d for d in logged if d.get("slide_id") == up.slide_id]
+    assert [d["status"] for d in mine if d.get("status") in ("started", "done")] == [
+        "started",
+        "done",
+    ], mine
+    assert not any(d.get("status") == "skipped_duplicate" for d in mine), "delivered twice"
+    events = [e for e in results_of(results.seen) if e.slide_id == up.slide_id]
+    assert len(events) == 1 and events[0].status == "done"
+    # longer than both thresholds, alive all along, and the group never rebalanced
+    assert slide_s > MAX_POLL_S + 1.0 > LIVENESS_S, slide_s
+    assert health and set(health) == {200}, health
+    revoked = [ln for ln in rebalance_logs if "revoked" in ln and '"partition": []' not in ln]
+    assert revoked == [], revoked
+    print(f"\nslide {slide_s:.1f} s ({events[0].n_tiles} tiles), {len(health)} /healthz 200")  # noqa: T201
