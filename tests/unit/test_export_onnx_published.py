@@ -16,6 +16,7 @@ import onnxruntime as ort
 import pytest
 
 from histoprompt.export.encoders import load_encoder
+from histoprompt.export.errors import ExportError
 from histoprompt.export.onnx_export import MAX_ABS_ERR, MIN_COSINE, export_and_check
 
 DEPTH = 2
@@ -66,3 +67,31 @@ def test_weights_past_the_protobuf_limit_go_to_external_data(
     assert record.passed
     assert [p.name for p in tmp_path.iterdir() if p.name != "model.onnx"]  # the data file
     assert (tmp_path / "model.onnx").stat().st_size < 1_000_000
+
+
+def test_a_graph_with_external_data_is_served_with_its_data_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model repository copies the external-data file next to the renamed `model.onnx`,
+    so a full-size ViT-H/ViT-g tile encoder loads in Triton; ORT output equals the export's."""
+    from histoprompt.core import names
+    from histoprompt.export import onnx_export
+    from histoprompt.export.model_repo import write_encoder_repository
+
+    monkeypatch.setattr(onnx_export, "_EXTERNAL_DATA_BYTES", 0)
+    enc = load_encoder("tiny")
+    exported = tmp_path / "export" / "tile_encoder.onnx"
+    onnx_export.export_tile_encoder(enc.module, 64, exported)
+    data_files = [p.name for p in exported.parent.iterdir() if p != exported]
+    assert data_files
+    repo = tmp_path / "repo"
+    write_encoder_repository(enc.spec, exported, repo)
+    version = repo / names.MODEL_TILE_ENCODER / "1"
+    assert {p.name for p in version.iterdir()} >= {"model.onnx", *data_files}
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    want = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    got = ort.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(got.run(None, {"PIXELS": x})[0], want.run(None, {"PIXELS": x})[0])
+    (exported.parent / data_files[0]).unlink()
+    with pytest.raises(ExportError, match="missing"):
+        write_encoder_repository(enc.spec, exported, tmp_path / "repo2")

@@ -144,8 +144,34 @@ def write_encoder_repository(spec: EncoderSpec, onnx_path: Path, repo: Path) -> 
         synthetic=True,
     )
     write_repository(render(card, Flavor.cpu), repo)
-    shutil.copyfile(onnx_path, repo / names.MODEL_TILE_ENCODER / "1" / "model.onnx")
+    copy_onnx(onnx_path, repo / names.MODEL_TILE_ENCODER / VERSION / "model.onnx")
     return card
+
+
+def copy_onnx(src: Path, dest: Path) -> list[Path]:
+    """Copy an ONNX graph and every external-data file it references (weights past
+    protobuf's 2 GB, as full-size ViT-H/ViT-g exports have) into `dest`'s folder.
+
+    The graph names its data files relative to itself, so they keep their names next to the
+    renamed graph (e.g. `model.onnx` + `tile_encoder.onnx.data`)."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    model = onnx.load(str(src), load_external_data=False)
+    # The exporter stores weights as graph initializers; those are what can live outside.
+    locations = {
+        ExternalDataInfo(t).location for t in model.graph.initializer if uses_external_data(t)
+    }
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dest)
+    copied = [dest]
+    for location in sorted(locations):
+        data = (src.parent / location).resolve()
+        if src.parent.resolve() not in data.parents or not data.is_file():
+            raise ExportError(f"{src.name} references external data {location!r} that is missing")
+        shutil.copyfile(data, dest.parent / location)
+        copied.append(dest.parent / location)
+    return copied
 
 
 def install_artifacts(bundle: Path, repo: Path) -> list[Path]:
@@ -157,6 +183,9 @@ def install_artifacts(bundle: Path, repo: Path) -> list[Path]:
         src = bundle / source
         if src.is_file():
             dest = repo / model / VERSION / target
+            if src.suffix == ".onnx":
+                placed.extend(copy_onnx(src, dest))
+                continue
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dest)
             placed.append(dest)
