@@ -103,15 +103,28 @@ def test_model_py_files_are_thin() -> None:
 
 
 def test_install_artifacts_places_files_in_version_folders(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    def graph(name: str) -> bytes:
+        io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("X", "Y")]
+        node = helper.make_node("Identity", ["X"], ["Y"])
+        model = helper.make_model(helper.make_graph([node], name, io[:1], io[1:]))
+        return model.SerializeToString()
+
     bundle = tmp_path / "bundle"
     bundle.mkdir()
-    for f in ("model_card.json", "tile_encoder.onnx", "slide_embed.onnx", "encoder.json"):
+    for f in ("model_card.json", "encoder.json"):
         (bundle / f).write_text(f)
+    for f in ("tile_encoder.onnx", "slide_embed.onnx"):
+        (bundle / f).write_bytes(graph(f))
     (bundle / "reference" / "demo").mkdir(parents=True)
     (bundle / "reference" / "demo" / "latest.json").write_text("{}")
     placed = install_artifacts(bundle, tmp_path / "repo")
-    assert (tmp_path / "repo/tile_encoder/1/model.onnx").read_text() == "tile_encoder.onnx"
-    assert (tmp_path / "repo/slide_embed/1/model.onnx").read_text() == "slide_embed.onnx"
+    for model, f in (("tile_encoder", "tile_encoder.onnx"), ("slide_embed", "slide_embed.onnx")):
+        copied = (tmp_path / f"repo/{model}/1/model.onnx").read_bytes()
+        assert copied == (bundle / f).read_bytes()
+        assert onnx.load_from_string(copied).graph.name == f
     assert (tmp_path / "repo/pathway_query/1/reference/demo/latest.json").is_file()
     # 4 files (no rna_embed.onnx in this bundle; model_card.json twice) + reference/
     assert len(placed) == 6

@@ -157,7 +157,10 @@ def copy_onnx(src: Path, dest: Path) -> list[Path]:
     import onnx
     from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
-    model = onnx.load(str(src), load_external_data=False)
+    try:
+        model = onnx.load(str(src), load_external_data=False)
+    except Exception as err:  # protobuf raises its own DecodeError types
+        raise ExportError(f"{src.name} is not an ONNX graph ({type(err).__name__})") from err
     # The exporter stores weights as graph initializers; those are what can live outside.
     locations = {
         ExternalDataInfo(t).location for t in model.graph.initializer if uses_external_data(t)
