@@ -74,3 +74,17 @@ def test_broken_checkpoints_are_reported(tmp_path: Path) -> None:
     )
     with pytest.raises(WeightsError, match="expects 2 genes"):
         load_rna_encoder(tmp_path / "x")
+
+
+def test_contract_with_ids_maps_expression_keyed_by_symbols() -> None:
+    ids = GeneContract(
+        genes=("ENSG01", "ENSG02", "ENSG03"),
+        impute_means=(-10.0, -10.0, -10.0),
+        symbols=("TP53", "MYC", "MYC"),
+    )
+    assert ids.names == ("TP53", "ENSG02", "ENSG03")  # a duplicated symbol keeps the id
+    out = ids.align(np.array([[1.0, 2.0, 9.0]]), ["tp53", "ENSG03", "OTHER"])
+    np.testing.assert_array_equal(out.values, [[1.0, -10.0, 2.0]])
+    assert out.missing_genes == ("ENSG02",) and out.n_extra_genes == 1
+    with pytest.raises(ValueError, match="one entry per gene"):
+        GeneContract(genes=("A", "B"), impute_means=(0.0, 0.0), symbols=("X",))

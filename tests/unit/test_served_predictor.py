@@ -139,3 +139,36 @@ def test_model_card_records_weights_parity_licences_and_is_shown(
     assert res.exit_code == 2 and "no model_card.json" in res.output
     with pytest.raises(ExportError, match="COMPONENT=LICENCE"):
         parse_licences(["uni"])
+
+
+def test_model_card_is_read_from_a_repository_in_s3() -> None:
+    from minio.error import S3Error
+
+    from histoprompt.export.model_card import read_card
+
+    card = ModelCard(
+        name="t", version="tiny-2", encoder=encoder_spec("tiny"), aligned_dim=DIM, rna_genes=5
+    )
+
+    class Body:
+        def read(self) -> bytes:
+            return card.model_dump_json().encode()
+
+        def close(self) -> None: ...
+
+        def release_conn(self) -> None: ...
+
+    class FakeMinio:
+        asked: list[str] = []
+
+        def get_object(self, bucket: str, key: str) -> Body:
+            self.asked.append(f"{bucket}/{key}")
+            if key != "model_repository/tile_preprocess/1/model_card.json":
+                raise S3Error(None, "NoSuchKey", "missing", key, "", "")  # type: ignore[arg-type]
+            return Body()
+
+    fake = FakeMinio()
+    assert read_card("s3://models/model_repository", fake) == card
+    assert fake.asked[0] == "models/model_repository/model_card.json"
+    with pytest.raises(ExportError, match="no model_card.json under s3://models/nothing"):
+        read_card("s3://models/nothing", fake)

@@ -104,12 +104,18 @@ def bulkformer_contract(gene_info: Path) -> GeneContract:
     import pandas as pd
 
     try:
-        genes = [str(g) for g in pd.read_csv(gene_info)["ensg_id"]]
+        table = pd.read_csv(gene_info)
+        genes = [str(g) for g in table["ensg_id"]]
     except (OSError, KeyError, ValueError) as err:
         raise WeightsError(
             f"{gene_info}: not a BulkFormer gene list (ensg_id column): {err}"
         ) from err
-    return GeneContract(genes=tuple(genes), impute_means=(MASK_TOKEN,) * len(genes))
+    symbols = None
+    if "gene_symbol" in table.columns:  # expression keyed by symbols maps onto the ids
+        symbols = tuple("" if pd.isna(s) else str(s) for s in table["gene_symbol"])
+    return GeneContract(
+        genes=tuple(genes), impute_means=(MASK_TOKEN,) * len(genes), symbols=symbols
+    )
 
 
 def detect_config(state: dict[str, torch.Tensor]) -> BulkFormerConfig:

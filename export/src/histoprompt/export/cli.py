@@ -58,21 +58,20 @@ def _licences(items: list[str] | None) -> dict[str, str]:
 @app.command("model-card")
 def model_card(
     where: Annotated[
-        Path, typer.Argument(help="bundle folder, model repository, or model_card.json")
+        str,
+        typer.Argument(help="bundle folder, model repository or model_card.json; local or s3://"),
     ],
     as_json: Annotated[bool, typer.Option("--json", help="print the JSON document")] = False,
 ) -> None:
     """Show the model card of a bundle or served model repository.
 
-    Example: histoprompt-export model-card .demo/model_repository
+    Example: histoprompt-export model-card s3://histoprompt-models/model_repository
     """
-    from histoprompt.core.modelspec import ModelCard
     from histoprompt.export.errors import ExportError
-    from histoprompt.export.model_card import find_card, render_card
+    from histoprompt.export.model_card import read_card, render_card
 
     try:
-        path = find_card(where)
-        card = ModelCard.model_validate_json(path.read_text())
+        card = read_card(where)
     except (ExportError, ValueError) as err:
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from err

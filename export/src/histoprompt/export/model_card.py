@@ -180,6 +180,45 @@ def find_card(where: Path) -> Path:
     )
 
 
+CARD_PLACES = (
+    "",
+    MODEL_CARD_FILE,
+    f"{names.MODEL_TILE_PREPROCESS}/1/{MODEL_CARD_FILE}",
+    f"{names.MODEL_PATHWAY_QUERY}/1/{MODEL_CARD_FILE}",
+)
+
+
+def read_card(where: str, client: Any = None) -> ModelCard:
+    """The card of a bundle folder, a model repository or the file, local or `s3://`.
+
+    `client`: a minio client for s3:// (default: from ConnectionSettings.load()).
+    """
+    if not where.startswith("s3://"):
+        return ModelCard.model_validate_json(find_card(Path(where)).read_text())
+    from minio.error import S3Error
+
+    from histoprompt.core.s3 import make_minio, parse_s3_uri
+    from histoprompt.core.settings import ConnectionSettings
+
+    bucket, prefix = parse_s3_uri(where)
+    minio = client or make_minio(ConnectionSettings.load())
+    base = prefix.rstrip("/")
+    for place in CARD_PLACES:
+        key = f"{base}/{place}".strip("/") if place else base
+        if not key.endswith(".json"):
+            continue
+        try:
+            resp = minio.get_object(bucket, key)
+        except S3Error:  # noqa: S112 - not there: try the next place; the error names them
+            continue
+        try:
+            return ModelCard.model_validate_json(resp.read())
+        finally:
+            resp.close()
+            resp.release_conn()
+    raise ExportError(f"no {MODEL_CARD_FILE} under {where} (tried {', '.join(CARD_PLACES[1:])})")
+
+
 def render_card(card: ModelCard) -> str:
     """Human-readable card."""
     spec = card.encoder

@@ -39,7 +39,13 @@ class GeneContract(BaseModel):
 
     genes: tuple[str, ...] = Field(min_length=1)
     normalisation: Literal["log1p_tpm"] = "log1p_tpm"
-    impute_means: tuple[float, ...] = Field(description="per-gene mean of log1p(TPM)")
+    impute_means: tuple[float, ...] = Field(
+        description="per-gene value for a missing gene: the mean of log1p(TPM), or a model's "
+        "mask token (BulkFormer: -10)"
+    )
+    symbols: tuple[str, ...] | None = Field(
+        None, description="gene symbol per gene when `genes` are ids (BulkFormer: Ensembl)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> GeneContract:
@@ -47,11 +53,41 @@ class GeneContract(BaseModel):
             raise ValueError("impute_means must have one value per gene")
         if len(set(self.genes)) != len(self.genes):
             raise ValueError("gene list has duplicates")
+        if self.symbols is not None and len(self.symbols) != len(self.genes):
+            raise ValueError("symbols must have one entry per gene")
         return self
 
     @property
     def n_genes(self) -> int:
         return len(self.genes)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Unique display names in contract order: the symbol where it is present and unique
+        (what gene sets use), else the gene id. The RNA reference is keyed by these."""
+        if self.symbols is None:
+            return self.genes
+        counts: dict[str, int] = {}
+        for sym in self.symbols:
+            counts[sym.upper()] = counts.get(sym.upper(), 0) + 1
+        taken = {g.upper() for g in self.genes}
+        return tuple(
+            sym if sym and counts[sym.upper()] == 1 and sym.upper() not in taken else gene
+            for gene, sym in zip(self.genes, self.symbols, strict=True)
+        )
+
+    def _source_columns(self, genes: Sequence[str]) -> list[tuple[int, int]]:
+        """(contract position, column) pairs: by gene id, else by symbol."""
+        index = {g: i for i, g in enumerate(genes)}
+        by_symbol = {str(g).upper(): i for i, g in enumerate(genes)}
+        pairs = []
+        for j, gene in enumerate(self.genes):
+            src = index.get(gene)
+            if src is None and self.symbols is not None and self.symbols[j]:
+                src = by_symbol.get(self.symbols[j].upper())
+            if src is not None:
+                pairs.append((j, src))
+        return pairs
 
     def align(
         self, values: NDArray[Any], genes: Sequence[str], *, is_log1p: bool = True
@@ -74,9 +110,8 @@ class GeneContract(BaseModel):
             if np.nanmin(matrix) < 0:
                 raise GeneContractError("TPM values must be non-negative")
             matrix = np.log1p(matrix)
-        index = {g: i for i, g in enumerate(genes)}
         out = np.tile(np.asarray(self.impute_means, dtype=np.float64), (matrix.shape[0], 1))
-        present = [(j, index[g]) for j, g in enumerate(self.genes) if g in index]
+        present = self._source_columns(genes)
         if present:
             dst, src = map(list, zip(*present, strict=True))
             block = matrix[:, src]
@@ -85,11 +120,12 @@ class GeneContract(BaseModel):
             n_nonfinite = int((~finite).sum())
         else:
             n_nonfinite = 0
-        missing = tuple(g for g in self.genes if g not in index)
+        found = {j for j, _ in present}
+        missing = tuple(g for j, g in enumerate(self.genes) if j not in found)
         return AlignedExpression(
             values=out.astype(np.float32),
             missing_genes=missing,
-            n_extra_genes=len(set(genes) - set(self.genes)),
+            n_extra_genes=len(genes) - len({src for _, src in present}),
             n_nonfinite_imputed=n_nonfinite,
         )
 

@@ -118,7 +118,8 @@ def _rna_side(
     else:
         encoder = small_rna_encoder(fit_contract(genes, values))
     aligned = encoder.contract.align(values, genes)
-    frame = pd.DataFrame(aligned.values, index=patients, columns=list(encoder.contract.genes))
+    # reference columns: gene symbols where the contract has them, so gene sets resolve
+    frame = pd.DataFrame(aligned.values, index=patients, columns=list(encoder.contract.names))
     metrics = {
         "rna_genes_missing": aligned.n_missing,
         "rna_values_imputed": aligned.n_nonfinite_imputed,
