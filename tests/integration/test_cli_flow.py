@@ -34,10 +34,15 @@ SERVED = (
     names.MODEL_SLIDE_TO_PATHWAYS,
 )
 SLIDE_W, SLIDE_H = 1024, 768
+# The module's ingest consumer group, started at the topic's end: it consumes only this
+# module's submits, not the incoming events other modules published earlier in the session.
+# The CLI reads the same variable (submit --wait asks it for members, status lists them).
+GROUP = f"cli-flow-{uuid.uuid4().hex[:12]}"
+GROUP_ENV = {"HISTOPROMPT_INGEST_GROUP_ID": GROUP}
 
 
 def cli(stack: StackHandle, *args: str) -> Any:
-    return runner.invoke(app, ["--env-file", str(stack.env_file), *args])
+    return runner.invoke(app, ["--env-file", str(stack.env_file), *args], env=GROUP_ENV)
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +66,7 @@ def pipeline(stack: StackHandle, tmp_path_factory: pytest.TempPathFactory) -> It
     finally:
         client.close()
     conn = {k: getattr(stack.settings, k) for k in type(stack.settings).model_fields}
-    # Its own group, started at the topic's end: it consumes only this module's submits, not
-    # the incoming events other modules published earlier in the session.
-    group = f"cli-flow-{uuid.uuid4().hex[:12]}"
+    group = GROUP
     settings = IngestSettings(
         _env_file=None,  # type: ignore[call-arg]
         **conn,
@@ -101,6 +104,7 @@ def submitted(stack: StackHandle, pipeline: Path, slides: dict[str, Path]) -> di
             "--timeout",
             "300",
         ],
+        env=GROUP_ENV,
     )
     assert res.exit_code == 0, res.output
     svs_id, series_id = res.stdout.split()
@@ -219,6 +223,10 @@ def test_status_is_all_up(stack: StackHandle, submitted: dict[str, str]) -> None
     triton = next(s for s in body["services"] if s["service"] == "triton")
     for model in SERVED:
         assert triton["figures"]["models"][model].endswith(":READY")
+    kafka = next(s for s in body["services"] if s["service"] == "kafka")
+    [worker] = kafka["figures"]["members"]  # the module's ingest service, all 4 partitions
+    assert worker["partitions"] == [0, 1, 2, 3] and worker["host"] == "127.0.0.1"
+    assert worker["client_id"].startswith("histoprompt-ingest-")
     prom = next(s for s in body["services"] if s["service"] == "prometheus")
     assert set(prom["figures"]) >= {"tiles/s", "slides/h", "p95 slide s", "DLQ (total)"}
 
@@ -234,3 +242,31 @@ def test_predict_matches_the_pipeline(
         if row["gene_set"] in local:
             np.testing.assert_allclose(local[row["gene_set"]], row["score"], rtol=1e-3, atol=1e-3)
     assert set(local) == {"HALLMARK_HYPOXIA", "HALLMARK_E2F_TARGETS"}
+
+
+def test_submit_wait_without_a_worker_says_so_within_seconds(
+    stack: StackHandle, slides: dict[str, Path]
+) -> None:
+    import time
+
+    lonely = {"HISTOPROMPT_INGEST_GROUP_ID": f"nobody-{uuid.uuid4().hex[:8]}"}
+    t0 = time.monotonic()
+    res = runner.invoke(
+        app,
+        ["--env-file", str(stack.env_file), "submit", str(slides["svs"]), "--wait"],
+        env=lonely,
+    )
+    took = time.monotonic() - t0
+    assert res.exit_code == 3, res.output
+    [line] = res.stderr.strip().splitlines()
+    assert "no ingest worker" in line and "histoprompt-ingest run --env-file stack.env" in line
+    # No bound asserted on `took`: without the check it would wait the 1800 s default.
+    print(f"\nsubmit --wait without a worker: exit 3 after {took:.1f} s")  # noqa: T201
+    status = json.loads(
+        runner.invoke(
+            app, ["--env-file", str(stack.env_file), "--json", "status"], env=lonely
+        ).stdout
+    )
+    kafka = next(s for s in status["services"] if s["service"] == "kafka")
+    assert kafka["figures"]["members"] == [] and "ingest workers 0" in kafka["detail"]
+    assert res.stdout == ""  # nothing was uploaded, so no slide_id

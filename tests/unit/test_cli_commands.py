@@ -16,8 +16,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from histoprompt.client import events, health, pathway_query, services
+from histoprompt.client import consumers, events, health, pathway_query, services
 from histoprompt.client.cli import app
+from histoprompt.client.commands import submit as submit_cmd
 from histoprompt.client.errors import EXIT_INVALID, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_USAGE
 from histoprompt.core.results import ResultStore, SlideResult
 from histoprompt.core.schemas import (
@@ -181,7 +182,29 @@ def kafka(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
         ),
     )
     monkeypatch.setattr(events, "ResultFollower", FakeFollower)
+    monkeypatch.setattr(consumers, "describe_group", lambda settings: _group(WORKER))
     return published
+
+
+# kafka-python's describe_groups answer for a group with one ingest worker (as the local
+# broker gives it).
+WORKER = {
+    "member_id": "histoprompt-ingest-node1-00d0c773",
+    "group_instance_id": None,
+    "client_id": "histoprompt-ingest-node1",
+    "client_host": "/10.0.0.7",
+    "member_metadata": {"topics": ["histoprompt.slides.incoming"], "user_data": ""},
+    "member_assignment": {
+        "assigned_partitions": [{"topic": "histoprompt.slides.incoming", "partitions": [2, 0]}],
+        "user_data": "",
+    },
+}
+
+
+def _group(*members: dict[str, Any]) -> consumers.GroupState:
+    state = "Stable" if members else "Empty"
+    described = {"histoprompt-ingest": {"group_state": state, "members": list(members)}}
+    return consumers.parse_group("histoprompt-ingest", described)
 
 
 def _store_result(s3: FakeS3, n_tiles: int = 6, source_key: str = "uploads/x/slide.svs") -> None:
@@ -308,6 +331,63 @@ def test_submit_wait_reports_failure(
     res = runner.invoke(app, ["submit", "slide.svs", "--wait"])
     assert res.exit_code == EXIT_USAGE and "processing failed" in res.stderr
     assert "no_tissue" in res.stderr
+
+
+def test_submit_wait_without_an_ingest_worker_says_so_in_one_line_and_exits_3(
+    s3: FakeS3, kafka: list[dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _tiff(tmp_path / "slide.svs")
+    asked: list[float] = []
+
+    def empty(settings: Any) -> consumers.GroupState:
+        asked.append(1.0)
+        return _group()
+
+    monkeypatch.setattr(consumers, "describe_group", empty)
+    monkeypatch.setattr(submit_cmd, "MEMBERS_TIMEOUT_S", 1.0)
+    res = runner.invoke(app, ["submit", "slide.svs", "--wait", "--timeout", "60"])
+    assert res.exit_code == EXIT_UNAVAILABLE
+    [line] = res.stderr.strip().splitlines()
+    assert "no ingest worker" in line and "histoprompt-ingest run --env-file stack.env" in line
+    assert len(asked) >= 2  # asked again within the timeout, not once
+    assert s3.objects == {} and kafka == []  # nothing uploaded for a wait that cannot end
+
+
+def test_submit_wait_takes_a_worker_that_joins_within_the_timeout(
+    s3: FakeS3, kafka: list[dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _tiff(tmp_path / "slide.svs")
+    answers = [_group(), _group(WORKER)]
+    monkeypatch.setattr(consumers, "describe_group", lambda settings: answers.pop(0))
+    res = runner.invoke(app, ["submit", "slide.svs", "--wait"])
+    assert res.exit_code == 0, res.output
+    assert answers == [] and len(kafka) == 1
+
+
+def test_submit_without_wait_does_not_ask_for_workers(
+    s3: FakeS3, kafka: list[dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _tiff(tmp_path / "slide.svs")
+
+    def fail(settings: Any) -> consumers.GroupState:
+        raise AssertionError("no --wait, no group lookup")
+
+    monkeypatch.setattr(consumers, "describe_group", fail)
+    assert runner.invoke(app, ["submit", "slide.svs"]).exit_code == 0
+
+
+def test_group_members_parse_with_their_incoming_partitions() -> None:
+    other = dict(WORKER, member_id="m2", client_id="c2", member_assignment=None)
+    group = _group(WORKER, other)
+    assert group.state == "Stable"
+    first, second = group.members
+    assert (first.client_id, first.host, first.partitions) == (
+        "histoprompt-ingest-node1",
+        "10.0.0.7",
+        (0, 2),
+    )
+    assert second.partitions == ()
+    assert consumers.parse_group("histoprompt-ingest", {}).members == ()
 
 
 # -- watch / results / query / heatmap / status ------------------------------------------
@@ -467,8 +547,15 @@ def test_example_status_json_exit_3_when_down(s3: FakeS3, monkeypatch: pytest.Mo
     body = json.loads(res.stdout)
     assert body["ok"] is False
     assert [s["service"] for s in body["services"] if not s["ok"]] == ["kafka"]
-    checks[1] = health.Check("kafka", True, "ok", {"lag": 0})
-    assert runner.invoke(app, ["status"]).exit_code == 0
+    members = [{"client_id": "histoprompt-ingest-node1", "host": "10.0.0.7", "partitions": [0, 2]}]
+    checks[1] = health.Check("kafka", True, "ok", {"lag": 0, "members": members})
+    res = runner.invoke(app, ["status"])
+    assert res.exit_code == 0
+    row = next(ln for ln in res.stdout.splitlines() if "histoprompt-ingest-node1" in ln)
+    assert "10.0.0.7" in row and "0,2" in row
+    body = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
+    [kafka] = [s for s in body["services"] if s["service"] == "kafka"]
+    assert kafka["figures"]["members"] == members
 
 
 MAX_BATCH = 8

@@ -95,6 +95,7 @@ def _committed_offsets(settings: ClientSettings) -> dict[Any, Any]:
 def check_kafka(settings: ClientSettings) -> Check:
     from kafka import TopicPartition
 
+    from histoprompt.client.consumers import START_WORKER, describe_group
     from histoprompt.client.services import kafka_consumer, kafka_errors
 
     with kafka_errors(settings, "Kafka"):
@@ -108,15 +109,29 @@ def check_kafka(settings: ClientSettings) -> Check:
         finally:
             consumer.close()
         committed = _committed_offsets(settings)
+    group = describe_group(settings)
     if committed:
         lag = sum(max(0, end - committed[tp].offset) for tp, end in ends.items() if tp in committed)
     ours = sorted(t for t in topics if t in names.ALL_TOPICS)
     missing = sorted(set(names.ALL_TOPICS) - set(ours))
     detail = f"{settings.kafka_bootstrap} topics {len(ours)}/{len(names.ALL_TOPICS)}"
     detail += f", lag({settings.ingest_group_id})={'-' if lag is None else lag}"
+    detail += f", ingest workers {len(group.members)}"
+    if not group.members:
+        detail += f" (start one: {START_WORKER})"
     if missing:
         detail += f"; missing: {', '.join(missing)}"
-    return Check("kafka", True, detail, {"topics": ours, "lag": lag})
+    members = [
+        {
+            "client_id": m.client_id,
+            "host": m.host,
+            "instance": m.group_instance_id,
+            "partitions": list(m.partitions),
+        }
+        for m in group.members
+    ]
+    figures = {"topics": ours, "lag": lag, "group_state": group.state, "members": members}
+    return Check("kafka", True, detail, figures)
 
 
 def check_s3(settings: ClientSettings) -> Check:

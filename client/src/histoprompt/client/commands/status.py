@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from histoprompt.client.state import get_state
+
+if TYPE_CHECKING:
+    from histoprompt.client.output import Output
 
 
 def status(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
 ) -> None:
-    """Triton models, Kafka topics and lag, S3 buckets and Prometheus figures; exit 3 if down.
+    """Triton models, Kafka topics, lag and the ingest workers (consumer-group members, their
+    hosts and partitions), S3 buckets and Prometheus figures; exit 3 if a service is down.
 
     \b
     Example: histoprompt status --json
@@ -42,6 +46,9 @@ def status(
                 ["figure", "value"],
                 title="ingest (Prometheus)",
             )
+        kafka = next((c for c in checks if c.service == "kafka" and c.ok), None)
+        if kafka is not None and kafka.figures.get("members"):
+            _workers(out, kafka.figures["members"], state.settings().ingest_group_id)
         models: dict[str, str] = next(
             (c.figures.get("models", {}) for c in checks if c.service == "triton"), {}
         )
@@ -49,3 +56,17 @@ def status(
             out.line("models: " + ", ".join(f"{n}@{plain_value(v)}" for n, v in models.items()))
     if not all(c.ok for c in checks):
         raise typer.Exit(EXIT_UNAVAILABLE)
+
+
+def _workers(out: Output, members: list[dict[str, Any]], group: str) -> None:
+    """The ingest consumer group's members: client id, host, assigned partitions."""
+    rows = [
+        {
+            "client id": m["client_id"],
+            "host": m["host"],
+            "partitions": ",".join(str(p) for p in m["partitions"]) or "-",
+        }
+        for m in members
+    ]
+    title = f"ingest workers: {len(rows)} in consumer group {group}"
+    out.table(rows, ["client id", "host", "partitions"], title=title)

@@ -10,6 +10,8 @@ import typer
 
 from histoprompt.client.state import get_state
 
+MEMBERS_TIMEOUT_S = 5.0
+
 if TYPE_CHECKING:
     from histoprompt.client.events import ResultFollower
     from histoprompt.client.settings import ClientSettings
@@ -27,7 +29,8 @@ def submit(
         bool, typer.Option("--wait", help="Follow each slide until its result event.")
     ] = False,
     timeout: Annotated[
-        float | None, typer.Option(help="Seconds --wait waits (HISTOPROMPT_WAIT_TIMEOUT).")
+        float | None,
+        typer.Option(help="Seconds --wait waits for results (HISTOPROMPT_WAIT_TIMEOUT)."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
 ) -> None:
@@ -35,7 +38,9 @@ def submit(
 
     Every path is checked to be a slide before anything is uploaded. When bucket
     notifications are off (HISTOPROMPT_PUBLISH_EVENTS=true, the default) the S3 event is
-    published to Kafka by this command.
+    published to Kafka by this command. With --wait, an ingest worker must be in the
+    consumer group within 5 s, before anything is uploaded (else exit 3, naming the
+    command that starts one).
 
     \b
     Example: histoprompt submit slide.svs series_dir/ --wait
@@ -71,7 +76,11 @@ def _prepare(settings: ClientSettings, wait: bool) -> ResultFollower | None:
         kafka_producer(settings).close()
     if not wait:
         return None
+    from histoprompt.client.consumers import require_members
     from histoprompt.client.events import ResultFollower
+
+    # Waiting on a group with no worker would wait forever: say so now (exit 3).
+    require_members(settings, timeout_s=MEMBERS_TIMEOUT_S)
 
     # Positioned before publishing, so a fast result is not missed.
     return ResultFollower(settings, from_beginning=False)
