@@ -169,3 +169,61 @@ def test_depth_reduced_encoder_exports_to_onnx_with_parity(tmp_path: Path) -> No
     encoder = BulkFormerEncoder(model, contract, "bulkformer_test").eval()
     record = export_rna_embed(encoder, n, tmp_path / "rna_embed.onnx")
     assert record.passed and record.max_abs_err <= 1e-4
+
+
+@pytest.mark.slow
+def test_train_with_a_bulkformer_folder_end_to_end(tmp_path: Path) -> None:
+    """`train --rna-encoder <BulkFormer folder>`: expression keyed by symbols maps onto the
+    Ensembl order, the bundle exports BulkFormer inside rna_embed.onnx, the reference is keyed
+    by symbols so the Hallmark predictor trains; the card names the RNA weight files."""
+    from typer.testing import CliRunner
+
+    from histoprompt.core.modelspec import ModelCard
+    from histoprompt.export.cli import app
+    from histoprompt.export.cohort import CohortConfig, make_cohort, write_expression
+    from histoprompt.export.encoder_specs import encoder_spec
+
+    cohort = make_cohort(CohortConfig(n_patients=12, min_tiles=4, max_tiles=5, seed=4))
+    rng = np.random.default_rng(3)
+    (tmp_path / "emb").mkdir()
+    for slide in cohort.slides:  # SYNTHETIC tile embeddings
+        bag = rng.normal(size=(len(slide.tiles), encoder_spec("null").embed_dim))
+        np.save(tmp_path / "emb" / f"{slide.slide_id}.npy", bag.astype(np.float32))
+    rows = [f"{s.slide_id},{s.patient_id}" for s in cohort.slides]
+    (tmp_path / "slides.csv").write_text("slide_id,patient_id\n" + "\n".join(rows) + "\n")
+    write_expression(cohort, tmp_path / "expr.parquet")
+    n = len(cohort.genes)
+    cfg = BulkFormerConfig(dim=16, gene_length=n, p_repeat=1)
+    folder = tmp_path / "bulkformer"
+    state = {k: torch.randn(v.shape) * 0.05 for k, v in meta_bulkformer(cfg).state_dict().items()}
+    state = {k: v.long() if "calls_since" in k else v for k, v in state.items()}
+    _write_release(folder, state, n)
+    ids = [f"ENSG{i:011d}" for i in range(n)]
+    pd.DataFrame({"ensg_id": ids, "gene_symbol": list(cohort.genes)}).to_csv(
+        folder / "bulkformer_gene_info.csv", index=False
+    )
+    spec = json.loads((folder / BULKFORMER_JSON).read_text())
+    (folder / BULKFORMER_JSON).write_text(json.dumps({**spec, "config": cfg.model_dump()}))
+    args = [
+        "train",
+        "--embeddings",
+        str(tmp_path / "emb"),
+        "--slides",
+        str(tmp_path / "slides.csv"),
+    ]
+    args += ["--expression", str(tmp_path / "expr.parquet"), "--out", str(tmp_path / "bundle")]
+    result = CliRunner().invoke(
+        app, [*args, "--rna-encoder", str(folder), "--epochs", "2", "--encoder", "null"]
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "bundle" / "metrics.json").read_text())
+    assert metrics["rna_genes_missing"] == 0  # every symbol found its Ensembl id
+    card = ModelCard.model_validate_json((tmp_path / "bundle" / "model_card.json").read_text())
+    assert card.rna_encoder.startswith("bulkformer") and "mask token" in card.rna_preprocessing
+    assert {p.model for p in card.parity} >= {"rna_embed", "predictor"}
+    assert all(p.passed for p in card.parity)
+    assert {w.file.rsplit("/", 1)[-1] for w in card.weights if w.role == "rna_encoder"} == {
+        "bulkformer_37M.pt",
+        "G_tcga.pt",
+        "G_tcga_weight.pt",
+    }
