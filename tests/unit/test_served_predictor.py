@@ -172,3 +172,35 @@ def test_model_card_is_read_from_a_repository_in_s3() -> None:
     assert fake.asked[0] == "models/model_repository/model_card.json"
     with pytest.raises(ExportError, match="no model_card.json under s3://models/nothing"):
         read_card("s3://models/nothing", fake)
+
+
+def test_tensorrt_parity_is_measured_and_recorded_in_the_card(tmp_path: Path) -> None:
+    """The GPU step's bookkeeping, with a stand-in for the engine (no GPU here)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from histoprompt.export.model_card import add_parity, tensorrt_parity
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["PIXELS"], ["TILE_EMBEDDING"], axes=[2, 3], keepdims=0)],
+        "pool",
+        [helper.make_tensor_value_info("PIXELS", TensorProto.FLOAT, ["n", 3, 8, 8])],
+        [helper.make_tensor_value_info("TILE_EMBEDDING", TensorProto.FLOAT, ["n", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "tile_encoder.onnx")
+
+    def fp16_engine(x: np.ndarray) -> np.ndarray:
+        return x.mean(axis=(2, 3)).astype(np.float16).astype(np.float32)
+
+    result = tensorrt_parity(tmp_path / "tile_encoder.onnx", fp16_engine, input_px=8)
+    assert result.runtime == "tensorrt" and result.passed and 0 < result.max_abs_err < 1e-3
+    card = ModelCard(
+        name="t", version="tiny-3", encoder=encoder_spec("tiny"), aligned_dim=DIM, rna_genes=5
+    )
+    (tmp_path / "model_card.json").write_text(card.model_dump_json())
+    (tmp_path / "model.plan").write_bytes(b"plan")
+    updated = add_parity(tmp_path / "model_card.json", result, tmp_path / "model.plan")
+    assert updated.parity == (result,)
+    assert [w.role for w in updated.weights] == ["tensorrt:tile_encoder"]
+    assert "tensorrt: not built" not in render_card(updated)

@@ -250,13 +250,17 @@ def tensorrt(
     max_batch: Annotated[
         int, typer.Option(help="profile max = tile_encoder max_batch_size")
     ] = MAX_TILE_BATCH,
+    card: Annotated[
+        Path | None,
+        typer.Option(help="model_card.json: measure TensorRT vs ONNX parity and record it"),
+    ] = None,
 ) -> None:
     """Build an FP16 TensorRT plan for the gpu flavour (needs a GPU and tensorrt).
 
     Example: histoprompt-export tensorrt tile_encoder.onnx --plan model.plan --input-px 64
     """
     from histoprompt.core import names
-    from histoprompt.export.tensorrt_build import build_engine
+    from histoprompt.export.tensorrt_build import build_engine, run_engine
 
     build_engine(
         onnx_file,
@@ -266,6 +270,14 @@ def tensorrt(
         max_batch=max_batch,
     )
     typer.echo(f"wrote {plan}")
+    if card is not None:
+        from histoprompt.export.model_card import add_parity, tensorrt_parity
+
+        result = tensorrt_parity(
+            onnx_file, lambda x: run_engine(plan, x, names.TENSOR_PIXELS), input_px
+        )
+        add_parity(card, result, plan)
+        typer.echo(f"recorded {result.model_dump_json()} in {card}")
 
 
 @app.command("cohort")

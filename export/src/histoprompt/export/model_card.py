@@ -11,11 +11,12 @@ methods served, and the licences as the user declared them (`--licence COMPONENT
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from histoprompt.core import names
 from histoprompt.core.modelspec import (
@@ -162,6 +163,53 @@ def with_licences(path: Path, licences: Mapping[str, str]) -> ModelCard:
     card = ModelCard.model_validate_json(path.read_text())
     card = card.model_copy(update={"licences": {**card.licences, **licences}})
     path.write_text(card.model_dump_json(indent=1))
+    return card
+
+
+TENSORRT_MIN_COSINE = 0.999  # FP16 engine against the fp32 ONNX model
+
+
+def tensorrt_parity(
+    onnx_path: Path, run_plan: Callable[[NDArray[Any]], NDArray[Any]], input_px: int, seed: int = 0
+) -> ParityResult:
+    """TensorRT (`run_plan`, e.g. tensorrt_build.run_engine) against ONNX Runtime on seeded
+    random tiles; FP16, so it passes on cosine >= 0.999 (max abs is recorded, not bounded)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(seed)
+    max_err, min_cos = 0.0, 1.0
+    for n in (4, 1, 9):
+        x = rng.standard_normal((n, 3, input_px, input_px)).astype(np.float32)
+        want = session.run(None, {names.TENSOR_PIXELS: x})[0].reshape(n, -1)
+        got = np.asarray(run_plan(x), dtype=np.float32).reshape(n, -1)
+        max_err = max(max_err, float(np.abs(want - got).max()))
+        cos = (want * got).sum(1) / np.maximum(
+            np.linalg.norm(want, axis=1) * np.linalg.norm(got, axis=1), 1e-30
+        )
+        min_cos = min(min_cos, float(cos.min()))
+    return ParityResult(
+        model=names.MODEL_TILE_ENCODER,
+        runtime="tensorrt",
+        max_abs_err=max_err,
+        min_cosine=min_cos,
+        passed=min_cos >= TENSORRT_MIN_COSINE,
+    )
+
+
+def add_parity(card_path: Path, result: ParityResult, plan: Path | None = None) -> ModelCard:
+    """Record a parity result (and the plan file's sha256) in the card at `card_path`."""
+    card = ModelCard.model_validate_json(card_path.read_text())
+    parity = tuple(p for p in card.parity if (p.model, p.runtime) != (result.model, result.runtime))
+    weights = card.weights
+    if plan is not None:
+        role = f"tensorrt:{result.model}"
+        weights = tuple(w for w in weights if w.role != role)
+        weights += (
+            WeightFile(role=role, name=plan.stem, file=plan.name, sha256=sha256_file(plan)),
+        )
+    card = card.model_copy(update={"parity": (*parity, result), "weights": weights})
+    card_path.write_text(card.model_dump_json(indent=1))
     return card
 
 
