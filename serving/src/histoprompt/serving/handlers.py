@@ -130,6 +130,13 @@ class SlideEmbed(_OnnxHandler):
     outputs = (names.TENSOR_SLIDE_EMBEDDING, names.TENSOR_ATTENTION)
 
 
+class TileContext(_OnnxHandler):
+    """Tile neighbourhood bags TILE_NEIGHBOURHOOD [B,9,D] -> TILE_ALIGNED [B,E] (batched)."""
+
+    inputs = (names.TENSOR_TILE_NEIGHBOURHOOD,)
+    outputs = (names.TENSOR_TILE_ALIGNED,)
+
+
 class PathwayQuery:
     """Wraps histoprompt.core.pathway_engine.PathwayEngine (written by the prompting part)."""
 
@@ -195,7 +202,8 @@ def _load_engine(ctx: ModelContext) -> Any:
         ) from err
     reference = ctx.param("reference_uri", "") or str(_local_reference(ctx))
     embed_fn = None
-    rna_onnx = ctx.artifact_dir() / "rna_embed.onnx"
+    folder = ctx.artifact_dir()  # an s3:// artifact_uri is downloaded once here
+    rna_onnx = folder / "rna_embed.onnx"
     if rna_onnx.is_file():
         runner = OnnxRunner(rna_onnx, intra_op_threads=1)
 
@@ -204,7 +212,7 @@ def _load_engine(ctx: ModelContext) -> Any:
 
     from histoprompt.serving.predictor import load_predictors
 
-    trained = load_predictors(ctx.artifact_dir())
+    trained = load_predictors(folder)
     try:
         return pathway_engine.PathwayEngine.load(reference, embed_fn=embed_fn, trained=trained)
     except Exception as err:
@@ -228,5 +236,6 @@ HANDLERS: dict[str, type] = {
     names.MODEL_TILE_ENCODER: TileEncoder,
     names.MODEL_SLIDE_EMBED: SlideEmbed,
     names.MODEL_RNA_EMBED: RnaEmbed,
+    names.MODEL_TILE_CONTEXT: TileContext,
     names.MODEL_PATHWAY_QUERY: PathwayQuery,
 }
