@@ -5,8 +5,9 @@ Later parts extend the demo by adding a step to DEMO_STEPS: an import path
 run in order once the stack is healthy (for example upload a synthetic slide, wait for
 its result, print the pathway scores).
 
-    python -m histoprompt.stack.demo           # until Ctrl-C
-    python -m histoprompt.stack.demo --once    # run the steps, then tear down
+    python -m histoprompt.stack.demo           # until Ctrl-C, with an ingest worker consuming
+    python -m histoprompt.stack.demo --once    # run the steps, start and stop the worker,
+                                               # then tear down
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from histoprompt.core import names
+
 if TYPE_CHECKING:
     from rich.console import Console
 
     from histoprompt.stack.handle import StackHandle
+    from histoprompt.stack.supervisor import ProcessRecord
 
 # The demo's steps, in order. Each part appends its own entry when it lands.
 DEMO_STEPS: tuple[str, ...] = (
@@ -57,8 +61,10 @@ def run_demo(
     once: bool,
     steps: tuple[str, ...] = DEMO_STEPS,
     state_dir: Path | None = None,
+    worker: bool = True,
 ) -> None:
-    """Start the stack, print its health, run `steps`; stop it on Ctrl-C (or at once)."""
+    """Start the stack, print its health, run `steps`, start an ingest worker (`worker`;
+    it needs the model the steps load); stop both on Ctrl-C (or at once with `once`)."""
     from histoprompt.stack.launcher import down, status, up
     from histoprompt.stack.report import status_table
     from histoprompt.stack.settings import StackSettings
@@ -77,6 +83,7 @@ def run_demo(
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, _terminate)
+    running: ProcessRecord | None = None
     try:
         console.print(status_table(status(handle.state_dir), handle))
         console.print(
@@ -86,16 +93,51 @@ def run_demo(
         for path in steps:
             console.rule(path)
             load_step(path)(handle, console)
+        if worker:
+            running = _start_worker(handle, console)
         if not once:
-            console.print("stack is up; press Ctrl-C to stop it")
-            while True:
-                time.sleep(1.0)
+            console.print(
+                "stack is up; try `histoprompt submit slide.svs --wait` (it reads "
+                f"{handle.env_file.name}); press Ctrl-C to stop it"
+            )
+            _keep_up(running, console)
     except KeyboardInterrupt:
         console.print("stopping ...")
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if running is not None:
+            from histoprompt.stack.demo_worker import stop_worker
+
+            killed = stop_worker(running)
+            console.print("ingest worker " + ("killed" if killed else "stopped"))
         down(handle.state_dir)
         console.print("stack stopped")
+
+
+def _start_worker(handle: StackHandle, console: Console) -> ProcessRecord:
+    """The ingest worker consuming for `histoprompt submit --wait` until the demo stops."""
+    from histoprompt.stack.demo_worker import start_worker, worker_spec
+
+    log = worker_spec(handle.env_file, handle.state_dir).log_path
+    console.print(f"starting an ingest worker (histoprompt-ingest run; log {log}) ...")
+    record = start_worker(handle.env_file, handle.state_dir, handle.ingest_metrics_port)
+    console.print(
+        f"ingest worker ready (pid {record.pid}), consuming {names.TOPIC_INCOMING}; "
+        f"metrics on 127.0.0.1:{handle.ingest_metrics_port}"
+    )
+    return record
+
+
+def _keep_up(running: ProcessRecord | None, console: Console) -> None:
+    """Until Ctrl-C; says once if the worker exits (its log tail with it)."""
+    from histoprompt.stack.supervisor import is_running, log_tail
+
+    while True:
+        time.sleep(1.0)
+        if running is not None and not is_running(running):
+            console.print("[red]the ingest worker exited[/]; its log ends with:")
+            console.print(log_tail(running.log_path, 10), markup=False, highlight=False)
+            running = None
 
 
 def main(
