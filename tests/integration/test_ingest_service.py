@@ -74,6 +74,8 @@ def settings(stack, served_model) -> IngestSettings:  # noqa: ANN001
         ingest_retry_base_s=0.1,
         ingest_max_pixels=3000 * 3000,
         ingest_shutdown_deadline_s=10.0,
+        # single DICOM files are one-instance series: completed after the settle window
+        ingest_series_settle_s=2.0,
     )
     skip_group_to_end(s, group)
     return s

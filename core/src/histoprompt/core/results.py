@@ -4,12 +4,20 @@
 tile_embeddings.npy, slide_embedding.npy, pathways.json and manifest.json. The manifest is
 written last, so its presence is the only signal that a result is whole: readers ignore
 prefixes without one, and a writer killed half-way leaves nothing a reader would trust.
+
+`write(..., exclusive=True)` (what ingest uses) makes the commit conditional, so two
+processors of the same slide give one result: the writer first creates the prefix's
+`writer.json` lease with `If-None-Match: *`; its etag is the fencing token, checked before
+every object put; the manifest itself is created with `If-None-Match: *`. A loser raises
+ResultAlreadyCommitted and writes nothing (docs/architecture.md, "Results bucket").
 """
 
 from __future__ import annotations
 
 import io
 import json
+import time
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +34,8 @@ from histoprompt.core.errors import (
     PermissionDeniedError,
     ServiceUnavailableError,
 )
-from histoprompt.core.schemas import PathwayScore, ResultManifest
+from histoprompt.core.s3 import put_if_absent, put_if_match
+from histoprompt.core.schemas import PathwayScore, ResultManifest, utcnow
 
 if TYPE_CHECKING:
     from minio import Minio
@@ -82,14 +91,25 @@ class SlideResult:
 
 
 TILE_COLUMNS = ("level", "x", "y", "tissue_fraction", "attention")
+WRITER_LEASE = "writer.json"
+# A lease unchanged for this long belongs to a writer that died between its lease and its
+# manifest (a commit takes seconds): another writer may take it over (If-Match on its etag).
+DEFAULT_LEASE_S = 60.0
+
+
+class ResultAlreadyCommitted(HistopromptError):
+    """Another writer committed (or is committing) this result: nothing was written."""
+
+    code = "already_committed"
 
 
 class ResultStore:
     """Reads and writes slide results in one bucket through the minio SDK."""
 
-    def __init__(self, client: Minio, bucket: str) -> None:
+    def __init__(self, client: Minio, bucket: str, lease_s: float = DEFAULT_LEASE_S) -> None:
         self._client = client
         self.bucket = bucket
+        self.lease_s = lease_s
 
     @classmethod
     def from_settings(cls, settings: ConnectionSettings) -> ResultStore:
@@ -108,8 +128,13 @@ class ResultStore:
                 self.bucket, key, io.BytesIO(data), len(data), content_type=content_type
             )
 
-    def write(self, manifest: ResultManifest, result: SlideResult) -> str:
-        """Write all objects, then the manifest; returns the result URI."""
+    def write(
+        self, manifest: ResultManifest, result: SlideResult, *, exclusive: bool = False
+    ) -> str:
+        """Write all objects, then the manifest; returns the result URI.
+
+        exclusive: take the prefix's writer lease first and create the manifest only if it
+        is absent; ResultAlreadyCommitted when another writer has (or is about to)."""
         missing = [c for c in TILE_COLUMNS if c not in result.tiles.columns]
         if missing:
             raise ValueError(f"tiles table lacks columns {missing}")
@@ -131,17 +156,18 @@ class ResultStore:
             ),
             names.RESULT_PATHWAYS: (json.dumps(pathways).encode(), "application/json"),
         }
+        token = self._acquire(sid, ver) if exclusive else None
         for name, (data, ctype) in objects.items():
+            if token is not None:
+                self._check_fence(sid, ver, token)
             self._put(names.result_key(sid, ver, name), data, ctype)
+        if token is not None:
+            self._check_fence(sid, ver, token)
         final = manifest.model_copy(update={"objects": sorted(objects)})
-        self._put(
-            names.result_key(sid, ver, names.RESULT_MANIFEST),
-            final.model_dump_json(by_alias=True).encode(),
-            "application/json",
-        )
+        self._commit_manifest(final, exclusive)
         return self.uri(sid, ver)
 
-    def write_failure(self, manifest: ResultManifest) -> str:
+    def write_failure(self, manifest: ResultManifest, *, exclusive: bool = False) -> str:
         """Record a permanent failure: a manifest with status "failed" and its error, alone.
 
         The manifest makes the prefix complete, so a redelivered event for the same
@@ -151,12 +177,67 @@ class ResultStore:
             raise ValueError("write_failure needs a manifest with status 'failed' and an error")
         sid, ver = manifest.slide_id, manifest.model.version
         final = manifest.model_copy(update={"objects": []})
-        self._put(
-            names.result_key(sid, ver, names.RESULT_MANIFEST),
-            final.model_dump_json(by_alias=True).encode(),
-            "application/json",
-        )
+        self._commit_manifest(final, exclusive)
         return self.uri(sid, ver)
+
+    def _commit_manifest(self, manifest: ResultManifest, exclusive: bool) -> None:
+        sid, ver = manifest.slide_id, manifest.model.version
+        key = names.result_key(sid, ver, names.RESULT_MANIFEST)
+        data = manifest.model_dump_json(by_alias=True).encode()
+        if not exclusive:
+            self._put(key, data, "application/json")
+            return
+        with s3_errors(f"committing s3://{self.bucket}/{key}"):
+            etag = put_if_absent(self._client, self.bucket, key, data)
+        if etag is None:
+            raise ResultAlreadyCommitted(f"slide {sid} already has a result manifest")
+
+    # -- the writer lease (exclusive writes) ------------------------------------------------
+
+    def _acquire(self, slide_id: str, model_version: str) -> str:
+        """Take the prefix's writer lease: its etag (the fencing token).
+
+        A live lease is waited on: its writer commits within seconds, and then this one is a
+        duplicate. A lease whose etag has not changed for `lease_s` (measured on this
+        process's monotonic clock, so S3 and worker clocks never need to agree) is taken
+        over with If-Match, which only one taker can win."""
+        key = names.result_key(slide_id, model_version, WRITER_LEASE)
+        body = json.dumps({"token": uuid.uuid4().hex, "at": utcnow()}).encode()
+        seen: tuple[str, float] | None = None
+        delay = 0.05
+        while True:
+            if self.is_complete(slide_id, model_version):
+                raise ResultAlreadyCommitted(f"slide {slide_id} already has a result manifest")
+            with s3_errors(f"taking the writer lease s3://{self.bucket}/{key}"):
+                etag = put_if_absent(self._client, self.bucket, key, body)
+            if etag is not None:
+                return etag
+            current = self._etag(key)
+            if current is None:
+                continue  # released between the put and the stat: try again at once
+            if seen is None or seen[0] != current:
+                seen = (current, time.monotonic())
+            elif time.monotonic() - seen[1] >= self.lease_s:
+                with s3_errors(f"taking over the writer lease s3://{self.bucket}/{key}"):
+                    taken = put_if_match(self._client, self.bucket, key, body, current)
+                if taken is not None:
+                    return taken
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def _etag(self, key: str) -> str | None:
+        try:
+            with s3_errors("reading a writer lease"):
+                stat = self._client.stat_object(self.bucket, key)
+        except NotFoundError:
+            return None
+        return (stat.etag or "").strip('"')
+
+    def _check_fence(self, slide_id: str, model_version: str, token: str) -> None:
+        """Still the lease holder? A writer that lost it (taken over) must stop writing."""
+        key = names.result_key(slide_id, model_version, WRITER_LEASE)
+        if self._etag(key) != token:
+            raise ResultAlreadyCommitted(f"slide {slide_id}: the writer lease was taken over")
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -60,3 +60,47 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     if not bucket:
         raise ConfigError(f"s3 URI has no bucket: {uri!r}")
     return bucket, key
+
+
+# Conditional writes: S3's `If-None-Match: *` (create only) and `If-Match: <etag>` (replace
+# only what was read). AWS S3, MinIO and SeaweedFS (4.48, checked by
+# tests/integration/test_result_commit.py) answer 412 PreconditionFailed when the condition
+# fails; AWS answers 409 ConditionalRequestConflict while a racing write is in flight. The
+# minio SDK's put_object turns unknown headers into user metadata, so these go through its
+# lower-level _put_object, which sends headers as given.
+_LOST = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
+
+
+def _conditional_put(
+    client: Minio, bucket: str, key: str, data: bytes, content_type: str, cond: dict[str, str]
+) -> str | None:
+    from minio.error import S3Error
+
+    headers: dict[str, str | list[str] | tuple[str]] = {"Content-Type": content_type, **cond}
+    try:
+        result = client._put_object(bucket, key, data, headers=headers)
+    except S3Error as err:
+        if err.code in _LOST:
+            return None
+        raise
+    return (result.etag or "").strip('"')
+
+
+def put_if_absent(
+    client: Minio, bucket: str, key: str, data: bytes, content_type: str = "application/json"
+) -> str | None:
+    """Create `key` only if it does not exist: its etag, or None when it already did."""
+    return _conditional_put(client, bucket, key, data, content_type, {"If-None-Match": "*"})
+
+
+def put_if_match(
+    client: Minio,
+    bucket: str,
+    key: str,
+    data: bytes,
+    etag: str,
+    content_type: str = "application/json",
+) -> str | None:
+    """Replace `key` only if its etag is still `etag`: the new etag, or None when it changed."""
+    quoted = f'"{etag.strip(chr(34))}"'
+    return _conditional_put(client, bucket, key, data, content_type, {"If-Match": quoted})

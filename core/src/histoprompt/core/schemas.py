@@ -197,3 +197,44 @@ class SeriesManifest(_Frozen):
     schema_: int = Field(SCHEMA_VERSION, alias="schema")
     kind: Literal["dicom-wsi-series"] = "dicom-wsi-series"
     instances: list[SeriesInstance] = Field(min_length=1)
+
+
+# ImageType flavors a slide reader never reads pixels of; they join a series for its identity.
+NON_VOLUME_FLAVORS = frozenset({"LABEL", "OVERVIEW"})
+
+
+class SeriesMember(_Frozen):
+    """One instance of an assembled DICOM-WSI series, as its bucket notification named it."""
+
+    key: str
+    etag: str
+    size: int = Field(ge=0)
+    flavor: str = Field(description="ImageType value 3: VOLUME, LABEL, OVERVIEW, THUMBNAIL")
+
+
+def series_slide_id(bucket: str, series_key: str, members: list[SeriesMember]) -> str:
+    """slide_id of an assembled series: the first 16 hex characters of sha256 over
+    `<bucket>/dicom-series/<series_key>@<etags, sorted, comma-joined>`.
+
+    A series of one instance is a single-file slide: its id is that object's
+    (`slide_id_for`), the id `histoprompt submit` computes for a single DICOM file."""
+    if len(members) == 1:
+        return slide_id_for(bucket, members[0].key, members[0].etag)
+    etags = ",".join(sorted(m.etag.strip('"') for m in members))
+    return hashlib.sha256(f"{bucket}/dicom-series/{series_key}@{etags}".encode()).hexdigest()[:16]
+
+
+class SeriesReady(_Frozen):
+    """Value on `histoprompt.slides.incoming` (key: series_key) that ingest itself publishes
+    when a DICOM-WSI series assembled from bucket notifications is complete."""
+
+    schema_: int = Field(SCHEMA_VERSION, alias="schema")
+    kind: Literal["dicom-wsi-series-ready"] = "dicom-wsi-series-ready"
+    bucket: str
+    series_key: str = Field(description="sha256 of the study and series UIDs, 32 hex")
+    slide_id: str
+    trigger: Literal["settle"]
+    members: list[SeriesMember] = Field(min_length=1)
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(by_alias=True).encode()

@@ -59,6 +59,7 @@ class DicomSeriesSpec:
     basic_offset_table: bool = True
     phi: dict[str, str] = field(default_factory=dict)
     with_label: bool = False
+    with_overview: bool = False
     jpeg_quality: int = 85
     seed: int = 0
 
@@ -245,15 +246,18 @@ def _find_eot_value(path: Path, n: int) -> int:
     return pos + len(marker)
 
 
-def _write_label(path: Path, spec: DicomSeriesSpec, uids: dict[str, str]) -> None:
-    """A LABEL instance whose pixels spell PHI: the ingest service must never read it."""
+def _write_label(
+    path: Path, spec: DicomSeriesSpec, uids: dict[str, str], flavor: str = "LABEL"
+) -> None:
+    """A LABEL (or OVERVIEW) instance whose pixels stand for PHI (a label photo): the ingest
+    service must never read them. SYNTHETIC, like the rest of the series."""
     from pydicom import dcmwrite
 
     label = DicomSeriesSpec(
         width=128, height=64, levels=1, tile=128, syntax=TransferSyntax.explicit_le, phi=spec.phi
     )
     ds = _dataset(label, 0, uids, 1)
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "LABEL", "NONE"]
+    ds.ImageType = ["ORIGINAL", "PRIMARY", flavor, "NONE"]
     ds.Rows, ds.Columns = 128, 128
     ds.PixelData = np.full((128, 128, 3), 7, dtype=np.uint8).tobytes()
     dcmwrite(path, ds, enforce_file_format=True)
@@ -262,7 +266,8 @@ def _write_label(path: Path, spec: DicomSeriesSpec, uids: dict[str, str]) -> Non
 def write_dicom_series(
     out_dir: Path, spec: DicomSeriesSpec, tile_fn: TileFn | None = None
 ) -> list[Path]:
-    """One instance file per level (instance-0000.dcm = level 0, ...); returns their paths."""
+    """One instance file per level (instance-0000.dcm = level 0, ...), then the LABEL and
+    OVERVIEW instances when asked for; returns their paths."""
     from pydicom.uid import generate_uid
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -273,9 +278,10 @@ def write_dicom_series(
         path = out_dir / f"instance-{level:04d}.dcm"
         _write_instance(path, spec, level, fn, uids)
         paths.append(path)
-    if spec.with_label:
-        path = out_dir / f"instance-{spec.levels:04d}.dcm"
-        _write_label(path, spec, uids)
+    extras = [f for f, on in (("LABEL", spec.with_label), ("OVERVIEW", spec.with_overview)) if on]
+    for flavor in extras:
+        path = out_dir / f"instance-{len(paths):04d}.dcm"
+        _write_label(path, spec, uids, flavor)
         paths.append(path)
     return paths
 

@@ -180,6 +180,8 @@ class MessageHandler:
             progress[sid] = outcome
         await asyncio.to_thread(publish_outcome, self.sink, job, outcome)
         progress[sid] = None
+        if outcome.status == "series_instance":
+            return  # one instance of a series, not a slide: counted by ingest.series
         self.metrics.slides.labels(status=outcome.status).inc()
         if outcome.status != "skipped_duplicate" and msg.timestamp_ms > 0:
             self.metrics.slide_seconds.observe(max(0.0, time.time() - msg.timestamp_ms / 1000.0))

@@ -1,10 +1,18 @@
 """One slide job, end to end: idempotency check, open from S3, score (histoprompt.wsi.scoring,
 the same processor `histoprompt predict` runs), write the result to S3.
+
+A `single` job is first offered to series assembly (histoprompt.ingest.series): a DICOM-WSI
+instance joins its series there (outcome `series_instance`, no event) and its slide is
+processed when the series' SeriesReady comes back as an `instances` job. Built inside the
+service's event loop, the processor runs assembly's settle tick as a task on that loop; the
+task ends with the loop. Results are committed exclusively (core.results): of two processors
+of one slide, one writes the result and the other's outcome is `skipped_duplicate`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
@@ -12,7 +20,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
-from histoprompt.core.results import ResultStore, SlideResult
+from histoprompt.core.results import ResultAlreadyCommitted, ResultStore, SlideResult
 from histoprompt.core.schemas import (
     ErrorInfo,
     ModelRef,
@@ -25,11 +33,12 @@ from histoprompt.core.version import __version__ as SOFTWARE_VERSION  # noqa: N8
 from histoprompt.ingest.events import SlideJob
 from histoprompt.ingest.logs import get_logger
 from histoprompt.ingest.metrics import IngestMetrics
+from histoprompt.ingest.series import KafkaEmitter, SeriesAssembler
 from histoprompt.ingest.settings import IngestSettings
 from histoprompt.wsi.codecs import gpu_decoder_or_none
 from histoprompt.wsi.errors import SlideError
 from histoprompt.wsi.scoring import ScoredSlide, ScoringOptions, score_slide
-from histoprompt.wsi.sources import OpenedSlide, open_slide
+from histoprompt.wsi.sources import OpenedSlide, open_instances, open_slide
 from histoprompt.wsi.triton import ServedModel, TritonClient
 
 if TYPE_CHECKING:
@@ -42,7 +51,7 @@ class SlideOutcome:
 
     `model`, `result_uri` and `seconds` are set for done and failed; `error` for failed."""
 
-    status: Literal["done", "failed", "skipped_duplicate"]
+    status: Literal["done", "failed", "skipped_duplicate", "series_instance"]
     model: ModelRef | None = None
     result_uri: str | None = None
     n_tiles: int = 0
@@ -63,6 +72,7 @@ class SlideProcessor:
         served: ServedModel,
         gene_sets: list[str],
         metrics: IngestMetrics | None = None,
+        series: SeriesAssembler | None = None,
     ) -> None:
         self.settings = settings
         self.minio = minio
@@ -74,6 +84,25 @@ class SlideProcessor:
         self.log = get_logger()
         # One decoder per service: nvImageCodec on GPU nodes, None (imagecodecs) elsewhere.
         self.gpu_decoder = gpu_decoder_or_none(settings.ingest_decoder)
+        self.series = series
+        self._ticker: asyncio.Task[None] | None = None
+        if series is None and minio is not None:
+            registry = metrics.registry if metrics is not None else None
+            self.series = SeriesAssembler(settings, minio, KafkaEmitter(settings), registry)
+        with contextlib.suppress(RuntimeError):  # no running loop: the caller ticks itself
+            self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
+
+    async def _tick_forever(self) -> None:
+        """Series assembly's settle tick, for as long as the service's loop runs."""
+        series = self.series
+        if series is None:
+            return
+        try:
+            while True:
+                await asyncio.to_thread(series.tick)
+                await asyncio.sleep(series.tick_s)
+        finally:
+            await asyncio.to_thread(series.close)
 
     def _scoring_options(self) -> ScoringOptions:
         # A request above patch_embed's max_batch_size would be rejected by Triton.
@@ -84,6 +113,12 @@ class SlideProcessor:
         return ModelRef(name=self.served.encoder, version=self.served.version)
 
     async def process(self, job: SlideJob) -> SlideOutcome:
+        series = self.series if job.kind == "single" else None
+        seen = await asyncio.to_thread(series.observe, job) if series is not None else None
+        if seen == "duplicate":  # redelivered after its series completed
+            return SlideOutcome("skipped_duplicate")
+        if seen is not None:  # joined its series, or late for it: the series has the result
+            return SlideOutcome("series_instance")
         sid, ver = job.slide_id, self.served.version
         done = await asyncio.to_thread(self.store.is_complete, sid, ver)
         if done:
@@ -102,8 +137,21 @@ class SlideProcessor:
             seconds = Timings(total=round(total, 4))
             # A SlideError is permanent for these bytes: record it, so a redelivery is a
             # duplicate and never a second result event.
-            uri = await asyncio.to_thread(self._write_failure, job, error, seconds)
+            try:
+                uri = await asyncio.to_thread(self._write_failure, job, error, seconds)
+            except ResultAlreadyCommitted:
+                return self._lost(sid)
             return SlideOutcome("failed", self._model(), uri, seconds=seconds, error=error)
+        except ResultAlreadyCommitted:
+            return self._lost(sid)
+
+    def _lost(self, slide_id: str) -> SlideOutcome:
+        """Another processor committed this slide's result first: publish nothing."""
+        self.log.info(
+            "result committed by another processor",
+            extra={"slide_id": slide_id, "status": "skipped_duplicate"},
+        )
+        return SlideOutcome("skipped_duplicate")
 
     def _write_failure(self, job: SlideJob, error: ErrorInfo, seconds: Timings) -> str:
         return self.store.write_failure(
@@ -117,14 +165,25 @@ class SlideProcessor:
                 software_version=SOFTWARE_VERSION,
                 synthetic=self.served.synthetic,
                 error=error,
-            )
+            ),
+            exclusive=True,
         )
 
     async def _run(self, job: SlideJob, t0: float) -> SlideOutcome:
         sid = job.slide_id
-        opened: OpenedSlide = await asyncio.to_thread(
-            open_slide, self.minio, job, self.settings.read_limits(), self.gpu_decoder
-        )
+        limits = self.settings.read_limits()
+        opened: OpenedSlide
+        if job.kind == "instances":
+            opened = await asyncio.to_thread(
+                open_instances,
+                self.minio,
+                job.bucket,
+                job.readable_members(),
+                limits,
+                self.gpu_decoder,
+            )
+        else:
+            opened = await asyncio.to_thread(open_slide, self.minio, job, limits, self.gpu_decoder)
         try:
             t_open = time.perf_counter() - t0
             scored = await score_slide(
@@ -210,4 +269,4 @@ class SlideProcessor:
             slide_embedding=slide_emb,
             pathways=pathways,
         )
-        return self.store.write(manifest, result)
+        return self.store.write(manifest, result, exclusive=True)

@@ -41,6 +41,9 @@ class IngestSettings(ConnectionSettings):
     ingest_series_member_glob: str = Field(
         "instance-*.dcm", description="objects of a DICOM series: wait for its manifest.json"
     )
+    ingest_series_settle_s: float = Field(
+        30.0, gt=0, description="a DICOM-WSI series with no new instance for this long is complete"
+    )
     ingest_max_pixels: int = Field(
         100_000 * 100_000, gt=0, description="decompression-bomb guard on level-0 pixels"
     )

@@ -30,6 +30,7 @@ __all__ = [
     "OpenedSlide",
     "SlideFormat",
     "SlideObject",
+    "open_instances",
     "open_local",
     "open_slide",
     "read_series_manifest",
@@ -42,14 +43,15 @@ SlideFormat = Literal["dicom", "tiff"]
 
 
 class SlideObject(Protocol):
-    """Where a slide is in S3: one object, or a series manifest (`kind == "series"`)."""
+    """Where a slide is in S3: one object, or a series manifest (`kind == "series"`).
+    `instances` (an assembled series) is opened with `open_instances` instead."""
 
     @property
     def bucket(self) -> str: ...
     @property
     def key(self) -> str: ...
     @property
-    def kind(self) -> Literal["series", "single"]: ...
+    def kind(self) -> Literal["series", "single", "instances"]: ...
 
 
 def read_series_manifest(obj: ByteSource) -> SeriesManifest:
@@ -143,6 +145,8 @@ def open_slide(
     gpu_decoder: GpuJpegDecoder | None = None,
 ) -> OpenedSlide:
     """The slide `ref` names in S3, read by ranged GETs."""
+    if ref.kind == "instances":
+        raise SlideError("an assembled series opens with open_instances", code="bad_slide")
     if ref.kind == "series":
         objects = _series_objects(client, ref)
         return OpenedSlide(DicomSlide(objects, limits, gpu_decoder), objects)
@@ -150,6 +154,32 @@ def open_slide(
     if sniff(obj) == "dicom":
         return OpenedSlide(DicomSlide([obj], limits, gpu_decoder), [obj])
     return _open_tiff(obj, limits)
+
+
+def open_instances(
+    client: Minio,
+    bucket: str,
+    instances: Sequence[tuple[str, int]],
+    limits: ReadLimits,
+    gpu_decoder: GpuJpegDecoder | None = None,
+) -> OpenedSlide:
+    """A DICOM-WSI series given as its (key, size) instances, e.g. assembled by ingest from
+    bucket notifications: exactly these objects are opened. A missing instance, or one whose
+    size changed since it was seen, fails the slide (`missing_instance`)."""
+    if not instances:
+        raise SlideError("no series instances given", code="missing_instance")
+    objects = []
+    for key, size in instances:
+        try:
+            obj = S3Object(client, bucket, key)
+        except ObjectMissingError as err:
+            raise SlideError("a series instance is missing", code="missing_instance") from err
+        if obj.size != size:
+            raise SlideError(
+                "a series instance changed size since it arrived", code="missing_instance"
+            )
+        objects.append(obj)
+    return OpenedSlide(DicomSlide(objects, limits, gpu_decoder), objects)
 
 
 def open_local(

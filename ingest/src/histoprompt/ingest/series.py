@@ -1,0 +1,329 @@
+"""DICOM-WSI series assembled from bucket notifications, without a manifest.
+
+A scanner gateway writes a slide as several instance objects (one per pyramid level, plus
+LABEL, OVERVIEW, THUMBNAIL), one notification each, and no manifest. Here:
+
+- `observe(job)`: read the object's DICOM header by ranged GETs (never its pixels) and record
+  the instance under its series (study + series UID, hashed) as one small JSON object in the
+  results bucket, `pending/series/<series_key>/<sha256(key)[:24]>.json`. Anything that is not
+  a DICOM-WSI instance is left to the single-file path, which reports it as before.
+- `tick()`: called from the service's loop. A series whose newest pending object is older
+  than `HISTOPROMPT_INGEST_SERIES_SETTLE_S` is complete. The first worker to create its claim
+  `series/<series_key>/claim.json` (`If-None-Match: *`) publishes one `SeriesReady` on the
+  incoming topic, then deletes the pending objects; the processing itself is then an
+  ordinary Kafka message (retries, DLQ, at-least-once).
+
+State lives in S3, not in a worker: a restart or a rebalance loses nothing, and any worker
+can complete any series. A claim whose pending objects are still there after a settle window
+(its worker died between the claim and the clean-up) is published again: the same
+SeriesReady, so the same slide_id, and the result commit makes the duplicate a no-op. An
+instance that arrives after its series was claimed is late: counted, logged, ignored.
+Why S3 and not a compacted topic: docs/architecture.md, "Series assembly".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from prometheus_client import CollectorRegistry, Counter
+from pydantic import BaseModel, ConfigDict
+
+from histoprompt.core import names
+from histoprompt.core.errors import HistopromptError, NotFoundError
+from histoprompt.core.results import s3_errors
+from histoprompt.core.s3 import put_if_absent
+from histoprompt.core.schemas import SeriesMember, SeriesReady, series_slide_id
+from histoprompt.ingest.events import SlideJob
+from histoprompt.ingest.logs import get_logger
+from histoprompt.ingest.settings import IngestSettings
+from histoprompt.wsi.errors import SlideError
+from histoprompt.wsi.instance_header import read_instance_header
+from histoprompt.wsi.ranged import S3Object
+
+if TYPE_CHECKING:
+    from minio import Minio
+
+PENDING_PREFIX = "pending/series/"
+INSTANCE_OUTCOMES = ("joined", "late", "duplicate")
+InstanceOutcome = Literal["joined", "late", "duplicate"]
+
+Emit = Callable[[bytes, bytes], None]
+
+
+def pending_key(series_key: str, object_key: str) -> str:
+    digest = hashlib.sha256(object_key.encode()).hexdigest()[:24]
+    return f"{PENDING_PREFIX}{series_key}/{digest}.json"
+
+
+def claim_key(series_key: str) -> str:
+    return f"series/{series_key}/claim.json"
+
+
+class PendingInstance(BaseModel):
+    """One pending object: the instance as its notification and header described it."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    key: str
+    etag: str
+    size: int
+    flavor: str
+    width: int
+    height: int
+    n_frames: int
+
+
+class SeriesClaim(BaseModel):
+    """`series/<series_key>/claim.json`: what the claiming worker published, and which
+    pending objects it covered (to tell a late instance from a redelivered one)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    ready: SeriesReady
+    pending: list[str]
+
+
+class SeriesAssembler:
+    """Groups DICOM-WSI instances by series; one instance per `observe`, completion in `tick`."""
+
+    def __init__(
+        self,
+        settings: IngestSettings,
+        minio: Minio,
+        emit: Emit,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.settings = settings
+        self.minio = minio
+        self.bucket = settings.results_bucket
+        self.settle_s = settings.ingest_series_settle_s
+        self.tick_s = max(0.2, min(5.0, self.settle_s / 4))
+        self._emit = emit
+        self._last_tick = 0.0
+        self.log = get_logger()
+        registry = registry if registry is not None else CollectorRegistry()
+        self.instances = Counter(
+            "histoprompt_ingest_series_instances",
+            "DICOM-WSI instances seen by series assembly, by outcome",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in INSTANCE_OUTCOMES:
+            self.instances.labels(outcome=outcome)
+        self.assembled = Counter(
+            "histoprompt_ingest_series_assembled",
+            "Series completed by the settle window and published as one slide",
+            registry=registry,
+        )
+
+    def close(self) -> None:
+        """Close the emitter (its Kafka producer), if it has anything to close."""
+        close = getattr(self._emit, "close", None)
+        if callable(close):
+            close()
+
+    # -- one instance ------------------------------------------------------------------------
+
+    def observe(self, job: SlideJob) -> InstanceOutcome | None:
+        """Record `job`'s object in its series: `joined`; `duplicate` when it is a redelivery
+        of an instance of a completed series, `late` when it is new to one. None: not a
+        DICOM-WSI instance (or its header does not parse), so the object stays a single-file
+        slide, whose reader says why."""
+        try:
+            obj = S3Object(self.minio, job.bucket, job.key)
+            header = read_instance_header(obj)
+        except SlideError:
+            return None
+        claim = self._read_claim(header.series_key)
+        if claim is not None:
+            known = {m.key: m.etag for m in claim.ready.members}
+            outcome: InstanceOutcome = "duplicate" if known.get(job.key) == job.etag else "late"
+            self.instances.labels(outcome=outcome).inc()
+            self.log.warning(
+                "instance after its series completed: ignored"
+                if outcome == "late"
+                else "instance redelivered after its series completed",
+                extra={"slide_id": claim.ready.slide_id, "status": f"series_{outcome}"},
+            )
+            return outcome
+        pending = PendingInstance(
+            key=job.key,
+            etag=job.etag,
+            size=obj.size,
+            flavor=header.flavor,
+            width=header.width,
+            height=header.height,
+            n_frames=header.n_frames,
+        )
+        data = pending.model_dump_json().encode()
+        key = pending_key(header.series_key, job.key)
+        with s3_errors("writing a pending series instance"):
+            self.minio.put_object(
+                self.bucket, key, io.BytesIO(data), len(data), content_type="application/json"
+            )
+        self.instances.labels(outcome="joined").inc()
+        self.log.info(
+            "series instance pending",
+            extra={"status": "series_pending", "code": header.flavor.lower()},
+        )
+        return "joined"
+
+    # -- completion ----------------------------------------------------------------------------
+
+    def tick(self, now: float | None = None) -> int:
+        """Complete the series whose settle window has passed; the number published. At most
+        one listing per `tick_s`; S3 or Kafka trouble is logged and retried next tick."""
+        mono = time.monotonic()
+        if now is None and mono - self._last_tick < self.tick_s:
+            return 0
+        self._last_tick = mono
+        published = 0
+        try:
+            for series_key, objects in self.due(now).items():
+                published += self._complete(series_key, objects)
+        except (HistopromptError, OSError) as err:
+            self.log.warning("series tick failed", extra={"code": getattr(err, "code", "io_error")})
+        return published
+
+    def due(self, now: float | None = None) -> dict[str, list[str]]:
+        """series_key -> its pending objects, for series quiet for the settle window.
+
+        Ages come from S3's LastModified (one clock for every worker) against this worker's
+        UTC clock: skew shifts the window by the skew, never splits a series."""
+        cutoff = (now if now is not None else time.time()) - self.settle_s
+        newest: dict[str, float] = {}
+        objects: dict[str, list[str]] = {}
+        with s3_errors("listing pending series"):
+            listed = list(self.minio.list_objects(self.bucket, PENDING_PREFIX, recursive=True))
+        for obj in listed:
+            name = obj.object_name or ""
+            series_key = name[len(PENDING_PREFIX) :].split("/", 1)[0]
+            modified = obj.last_modified or datetime.now(UTC)
+            newest[series_key] = max(newest.get(series_key, 0.0), modified.timestamp())
+            objects.setdefault(series_key, []).append(name)
+        return {k: sorted(objects[k]) for k, t in newest.items() if t <= cutoff}
+
+    def _complete(self, series_key: str, pending: list[str]) -> int:
+        instances = [p for p in (self._read_pending(name) for name in pending) if p is not None]
+        if not instances:
+            return 0
+        members = [
+            SeriesMember(key=p.key, etag=p.etag, size=p.size, flavor=p.flavor) for p in instances
+        ]
+        ready = SeriesReady(
+            bucket=self.settings.slides_bucket,
+            series_key=series_key,
+            slide_id=series_slide_id(self.settings.slides_bucket, series_key, members),
+            trigger="settle",
+            members=members,
+        )
+        claim = SeriesClaim(ready=ready, pending=pending)
+        with s3_errors("claiming a series"):
+            won = put_if_absent(
+                self.minio, self.bucket, claim_key(series_key), claim.model_dump_json().encode()
+            )
+        if won is None:
+            return self._claimed_already(series_key, pending)
+        self._publish(ready)
+        self._remove(pending)
+        self.assembled.inc()
+        self.log.info(
+            "series assembled",
+            extra={"slide_id": ready.slide_id, "status": "series_ready", "n_tiles": len(members)},
+        )
+        return 1
+
+    def _claimed_already(self, series_key: str, pending: list[str]) -> int:
+        """Another worker claimed it. Pending objects it did not cover are late; covered ones
+        left behind mean it died before its clean-up: publish its SeriesReady again."""
+        claim = self._read_claim(series_key)
+        if claim is None:
+            return 0
+        covered = set(claim.pending)
+        late = [p for p in pending if p not in covered]
+        for _ in late:
+            self.instances.labels(outcome="late").inc()
+        if late:
+            self.log.warning(
+                "instance after its series completed: ignored",
+                extra={"slide_id": claim.ready.slide_id, "status": "series_late"},
+            )
+            self._remove(late)
+        stale = [p for p in pending if p in covered]
+        if not stale or not self._older_than_settle(claim_key(series_key)):
+            return 0
+        self._publish(claim.ready)
+        self._remove(stale)
+        self.log.warning(
+            "series claim left unfinished: published again",
+            extra={"slide_id": claim.ready.slide_id, "status": "series_ready"},
+        )
+        return 1
+
+    # -- S3 and Kafka --------------------------------------------------------------------------
+
+    def _publish(self, ready: SeriesReady) -> None:
+        self._emit(ready.series_key.encode(), ready.to_json())
+
+    def _get(self, key: str) -> bytes | None:
+        try:
+            with s3_errors("reading series state"):
+                resp = self.minio.get_object(self.bucket, key)
+                try:
+                    return bytes(resp.read())
+                finally:
+                    resp.close()
+                    resp.release_conn()
+        except NotFoundError:
+            return None
+
+    def _read_pending(self, name: str) -> PendingInstance | None:
+        raw = self._get(name)
+        return PendingInstance.model_validate_json(raw) if raw is not None else None
+
+    def _read_claim(self, series_key: str) -> SeriesClaim | None:
+        raw = self._get(claim_key(series_key))
+        return SeriesClaim.model_validate_json(raw) if raw is not None else None
+
+    def _older_than_settle(self, key: str) -> bool:
+        with s3_errors("reading a series claim"):
+            stat = self.minio.stat_object(self.bucket, key)
+        modified = stat.last_modified
+        return modified is None or time.time() - modified.timestamp() >= self.settle_s
+
+    def _remove(self, keys: list[str]) -> None:
+        with s3_errors("removing pending series objects"):
+            for key in keys:
+                self.minio.remove_object(self.bucket, key)
+
+
+class KafkaEmitter:
+    """Publishes SeriesReady values on the incoming topic, acknowledged by all replicas."""
+
+    def __init__(self, settings: IngestSettings) -> None:
+        self._settings = settings
+        self._producer: Any = None
+
+    def __call__(self, key: bytes, value: bytes) -> None:
+        from kafka import KafkaProducer
+        from kafka.errors import KafkaError
+
+        from histoprompt.core.errors import TransientError
+
+        if self._producer is None:
+            self._producer = KafkaProducer(acks="all", **self._settings.kafka_config())
+        try:
+            self._producer.send(names.TOPIC_INCOMING, key=key, value=value).get(timeout=30)
+        except KafkaError as err:
+            raise TransientError(
+                "publishing a series to the incoming topic failed", code="kafka_unavailable"
+            ) from err
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close(timeout=5)
