@@ -1,7 +1,10 @@
 """Triton over async gRPC: the served encoder's spec, batched patch_embed, slide_to_pathways.
 
-UNAVAILABLE / DEADLINE_EXCEEDED / RESOURCE_EXHAUSTED are retried with exponential backoff;
-other errors are the request's own and fail the slide.
+UNAVAILABLE / DEADLINE_EXCEEDED / RESOURCE_EXHAUSTED are retried with exponential backoff,
+`attempts` tries per call; other errors are the request's own and fail the slide. The ingest
+service builds its client with one try per call: it retries whole deliveries instead
+(histoprompt.ingest.handler), so retries never nest and its DLQ `attempts` are all there were.
+`histoprompt predict`, which has no retry of its own, uses two tries per call.
 """
 
 from __future__ import annotations
