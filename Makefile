@@ -29,7 +29,7 @@ install: install-python install-kafka install-prometheus install-helm install-mi
 
 install-python:
 	@command -v uv >/dev/null 2>&1 || python3.11 -m pip install --user --quiet "uv==$(UV_VERSION)"
-	$(UV) sync --all-packages --frozen --python 3.11
+	$(UV) sync --all-packages --frozen --python 3.11 --extra h5ad
 
 install-kafka:
 	@bash deploy/install/kafka.sh "$(CACHE)/kafka"
