@@ -30,7 +30,11 @@ from histoprompt.core.schemas import (
     series_slide_id,
 )
 from histoprompt.export.synthetic_tiff import write_tiff
-from histoprompt.export.synthetic_wsi import DicomSeriesSpec, write_dicom_series
+from histoprompt.export.synthetic_wsi import (
+    DicomSeriesSpec,
+    write_dicom_series,
+    write_series_manifest,
+)
 from histoprompt.ingest.series import PENDING_PREFIX
 from histoprompt.ingest.settings import IngestSettings
 from histoprompt.stack.feed import (
@@ -112,7 +116,7 @@ class GatewaySeries:
         ds = pydicom.dcmread(self.paths[0], stop_before_pixels=True)
         self.series_key = series_key_for(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID))
         self.bucket = bucket
-        prefix = f"gateway/{uuid.uuid4().hex[:12]}"
+        prefix = self.prefix = f"gateway/{uuid.uuid4().hex[:12]}"
         self.keys = [
             f"{prefix}/1.2.826.0.1.3680043.{uuid.uuid4().int % 10**12}.dcm" for _ in self.paths
         ]
@@ -186,6 +190,16 @@ def test_gateway_series_shuffled_interleaved_with_label_and_overview(
         events = _results_for(results, {a.slide_id, b.slide_id}, quiet_s=SETTLE_S + 2)
         elapsed = time.monotonic() - t0
         joined = _instances(service, "joined")
+        # A late instance (a new object of a completed series): counted, no new slide.
+        late_key = f"{b.prefix}/late-overview.dcm"
+        late = put_file(minio, bucket, late_key, b.paths[-1])
+        publish(producer, event_bytes(late), late_key.encode())
+        deadline = time.monotonic() + 20
+        while _instances(service, "late") < 1 and time.monotonic() < deadline:
+            results.poll(0.3)
+        assert _instances(service, "late") == 1
+        results.poll(SETTLE_S + 1.0)
+        assert not [e for e in results_of(results.seen) if e.source.key == late_key]
     by_id: dict[str, list] = {}
     for e in events:
         by_id.setdefault(e.slide_id, []).append(e)
@@ -362,3 +376,40 @@ def test_two_processors_on_one_slide_give_one_result_event(
     assert (done_a + done_b, dup_a + dup_b) == (1, 1), counts
     store = ResultStore(minio, one.results_bucket)
     assert store.versions(up.slide_id) == [events[0].model.version]
+
+
+def test_gateway_series_with_a_manifest_is_closed_by_it(
+    stack,  # noqa: ANN001
+    served_model,  # noqa: ANN001
+    minio,  # noqa: ANN001
+    producer,  # noqa: ANN001
+    results: TopicWatcher,
+    tmp_path: Path,
+) -> None:
+    """Rule (a): instances pending under any names, then a manifest.json: one slide, the
+    manifest's; the settle window never emits the series as a second one."""
+    settle = 5.0
+    settings = _settings(stack, ingest_series_settle_s=settle)
+    bucket = settings.slides_bucket
+    series = GatewaySeries(tmp_path / "m", bucket, levels=2, extras=True)
+    with running_service(settings, timeout_s=TIMEOUT_S):
+        for i in range(len(series.paths)):
+            series.put(minio, producer, i)
+        deadline = time.monotonic() + 20
+        while len(_pending(minio, settings.results_bucket, series.series_key)) < len(series.paths):
+            assert time.monotonic() < deadline, "instances never became pending"
+            time.sleep(0.2)
+        entries = [(k, p.stat().st_size) for k, p in zip(series.keys, series.paths, strict=True)]
+        manifest = put_bytes(
+            minio,
+            bucket,
+            f"{series.prefix}/{names.SERIES_MANIFEST}",
+            write_series_manifest(entries),
+        )
+        publish(producer, event_bytes(manifest), manifest.key.encode())
+        _results_for(results, {manifest.slide_id}, quiet_s=settle + 2.0)
+    mine = [
+        e for e in results_of(results.seen) if e.slide_id in {manifest.slide_id, series.slide_id}
+    ]
+    assert [(e.slide_id, e.status) for e in mine] == [(manifest.slide_id, "done")]
+    assert _pending(minio, settings.results_bucket, series.series_key) == []

@@ -233,7 +233,7 @@ class SeriesReady(_Frozen):
     bucket: str
     series_key: str = Field(description="sha256 of the study and series UIDs, 32 hex")
     slide_id: str
-    trigger: Literal["settle"]
+    trigger: Literal["settle", "manifest"]
     members: list[SeriesMember] = Field(min_length=1)
 
     def to_json(self) -> bytes:

@@ -119,6 +119,8 @@ class SlideProcessor:
             return SlideOutcome("skipped_duplicate")
         if seen is not None:  # joined its series, or late for it: the series has the result
             return SlideOutcome("series_instance")
+        if job.kind == "series" and self.series is not None:
+            await asyncio.to_thread(self.series.close_by_manifest, job)
         sid, ver = job.slide_id, self.served.version
         done = await asyncio.to_thread(self.store.is_complete, sid, ver)
         if done:

@@ -44,6 +44,7 @@ from histoprompt.ingest.settings import IngestSettings
 from histoprompt.wsi.errors import SlideError
 from histoprompt.wsi.instance_header import read_instance_header
 from histoprompt.wsi.ranged import S3Object
+from histoprompt.wsi.sources import read_series_manifest
 
 if TYPE_CHECKING:
     from minio import Minio
@@ -142,7 +143,9 @@ class SeriesAssembler:
         claim = self._read_claim(header.series_key)
         if claim is not None:
             known = {m.key: m.etag for m in claim.ready.members}
-            outcome: InstanceOutcome = "duplicate" if known.get(job.key) == job.etag else "late"
+            # A manifest's claim knows its members by key only (a manifest has no etags).
+            same = job.key in known and known[job.key] in (job.etag, "")
+            outcome: InstanceOutcome = "duplicate" if same else "late"
             self.instances.labels(outcome=outcome).inc()
             self.log.warning(
                 "instance after its series completed: ignored"
@@ -172,6 +175,53 @@ class SeriesAssembler:
             extra={"status": "series_pending", "code": header.flavor.lower()},
         )
         return "joined"
+
+    def close_by_manifest(self, job: SlideJob) -> None:
+        """Rule (a): a `manifest.json` closes its series. When instances of the series are
+        pending (a gateway that names instances freely and also writes a manifest), claim the
+        series for the manifest's slide and drop them, so the settle window never emits it
+        again. With nothing pending (`histoprompt submit`) nothing is written. Trouble with
+        the manifest or its first instance is left to the slide's own processing."""
+        try:
+            manifest = read_series_manifest(S3Object(self.minio, job.bucket, job.key))
+            first = manifest.instances[0].key
+            if "/" not in first:
+                first = job.key.rsplit("/", 1)[0] + "/" + first
+            header = read_instance_header(S3Object(self.minio, job.bucket, first))
+        except SlideError:
+            return
+        prefix = f"{PENDING_PREFIX}{header.series_key}/"
+        with s3_errors("listing pending series"):
+            pending = [
+                o.object_name or ""
+                for o in self.minio.list_objects(self.bucket, prefix, recursive=True)
+            ]
+        if not pending:
+            return
+        members = [
+            SeriesMember(key=i.key, etag="", size=i.size, flavor="") for i in manifest.instances
+        ]
+        ready = SeriesReady(
+            bucket=job.bucket,
+            series_key=header.series_key,
+            slide_id=job.slide_id,
+            trigger="manifest",
+            members=members,
+        )
+        claim = SeriesClaim(ready=ready, pending=pending).model_dump_json().encode()
+        with s3_errors("claiming a series"):
+            won = put_if_absent(self.minio, self.bucket, claim_key(header.series_key), claim)
+        if won is None:
+            self.log.warning(
+                "manifest after its series completed: processed as its own slide",
+                extra={"slide_id": job.slide_id, "status": "series_late"},
+            )
+            return
+        self._remove(pending)
+        self.log.info(
+            "series closed by its manifest",
+            extra={"slide_id": job.slide_id, "status": "series_ready"},
+        )
 
     # -- completion ----------------------------------------------------------------------------
 
@@ -209,7 +259,8 @@ class SeriesAssembler:
         return {k: sorted(objects[k]) for k, t in newest.items() if t <= cutoff}
 
     def _complete(self, series_key: str, pending: list[str]) -> int:
-        instances = [p for p in (self._read_pending(name) for name in pending) if p is not None]
+        loaded = {name: self._read_pending(name) for name in pending}
+        instances = [p for p in loaded.values() if p is not None]
         if not instances:
             return 0
         members = [
@@ -228,7 +279,7 @@ class SeriesAssembler:
                 self.minio, self.bucket, claim_key(series_key), claim.model_dump_json().encode()
             )
         if won is None:
-            return self._claimed_already(series_key, pending)
+            return self._claimed_already(series_key, loaded)
         self._publish(ready)
         self._remove(pending)
         self.assembled.inc()
@@ -238,32 +289,40 @@ class SeriesAssembler:
         )
         return 1
 
-    def _claimed_already(self, series_key: str, pending: list[str]) -> int:
-        """Another worker claimed it. Pending objects it did not cover are late; covered ones
-        left behind mean it died before its clean-up: publish its SeriesReady again."""
+    def _claimed_already(self, series_key: str, loaded: dict[str, PendingInstance | None]) -> int:
+        """Another worker (or a manifest) claimed it. Pending objects of instances it does
+        not know are late; of ones it knows, redeliveries. Covered ones left behind mean the
+        claimer died before its clean-up: publish its SeriesReady again (a manifest's claim
+        is not: the manifest's own message comes back)."""
         claim = self._read_claim(series_key)
         if claim is None:
             return 0
         covered = set(claim.pending)
-        late = [p for p in pending if p not in covered]
-        for _ in late:
-            self.instances.labels(outcome="late").inc()
-        if late:
+        keys = {m.key for m in claim.ready.members}
+        stale = [name for name in loaded if name in covered]
+        extra = [(name, p) for name, p in loaded.items() if name not in covered]
+        for outcome in ("late", "duplicate"):
+            names = [
+                n for n, p in extra if (p is not None and p.key in keys) == (outcome != "late")
+            ]
+            if not names:
+                continue
+            self.instances.labels(outcome=outcome).inc(len(names))
             self.log.warning(
-                "instance after its series completed: ignored",
-                extra={"slide_id": claim.ready.slide_id, "status": "series_late"},
+                f"instance after its series completed: {outcome}, ignored",
+                extra={"slide_id": claim.ready.slide_id, "status": f"series_{outcome}"},
             )
-            self._remove(late)
-        stale = [p for p in pending if p in covered]
+            self._remove(names)
         if not stale or not self._older_than_settle(claim_key(series_key)):
             return 0
-        self._publish(claim.ready)
+        if claim.ready.trigger == "settle":
+            self._publish(claim.ready)
+            self.log.warning(
+                "series claim left unfinished: published again",
+                extra={"slide_id": claim.ready.slide_id, "status": "series_ready"},
+            )
         self._remove(stale)
-        self.log.warning(
-            "series claim left unfinished: published again",
-            extra={"slide_id": claim.ready.slide_id, "status": "series_ready"},
-        )
-        return 1
+        return 1 if claim.ready.trigger == "settle" else 0
 
     # -- S3 and Kafka --------------------------------------------------------------------------
 
