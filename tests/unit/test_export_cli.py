@@ -125,6 +125,8 @@ def test_train_example_on_cached_embeddings(tmp_path: Path) -> None:
             "--epochs",
             "3",
             "--synthetic",
+            "--rna-encoder",
+            "tiny",
         ],
     )
     assert result.exit_code == 0, result.output

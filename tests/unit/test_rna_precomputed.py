@@ -88,3 +88,24 @@ def test_train_and_reference_from_precomputed_rna_embeddings(tmp_path: Path) -> 
     assert "16 samples" in built.output and "E=64" in built.output
     half = runner.invoke(app, [*ref_args[:-4], "--out", str(tmp_path / "x")])
     assert half.exit_code == 2 and "go together" in half.output
+
+
+def test_train_without_an_rna_side_says_what_to_pass(tmp_path: Path) -> None:
+    """The UNTRAINED tiny MLP is the demo's: outside it, it must be asked for by name."""
+    from histoprompt.export.cohort import CohortConfig, make_cohort, write_expression
+
+    cohort = make_cohort(CohortConfig(n_patients=4, min_tiles=2, max_tiles=3, seed=0))
+    write_expression(cohort, tmp_path / "expr.parquet")
+    (tmp_path / "slides.csv").write_text("slide_id,patient_id\n")
+    (tmp_path / "emb").mkdir()
+    args = [
+        "train",
+        "--embeddings",
+        str(tmp_path / "emb"),
+        "--slides",
+        str(tmp_path / "slides.csv"),
+    ]
+    args += ["--expression", str(tmp_path / "expr.parquet"), "--out", str(tmp_path / "b")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert "--rna-encoder DIR" in result.output and "--rna-encoder tiny" in result.output

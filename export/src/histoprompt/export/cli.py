@@ -308,7 +308,8 @@ def train(
     encoder: Annotated[str, typer.Option(help="encoder that made the embeddings")] = "tiny",
     weights: Annotated[str | None, typer.Option(help="its weights (path or s3://)")] = None,
     rna_encoder: Annotated[
-        Path | None, typer.Option(help="RNA encoder checkpoint folder (tiny or BulkFormer)")
+        Path | None,
+        typer.Option(help="RNA encoder checkpoint folder (BulkFormer), or 'tiny' (UNTRAINED)"),
     ] = None,
     rna_embeddings: Annotated[
         Path | None,
@@ -323,25 +324,31 @@ def train(
 
     Example: histoprompt-export train --embeddings emb/ --slides slides.csv
     --expression expr.parquet --out bundle/ --encoder uni --weights s3://models/uni.safetensors
+    --rna-encoder weights/bulkformer_147m --licence uni=CC-BY-NC-ND-4.0
     """
+    from histoprompt.core.errors import HistopromptError
     from histoprompt.core.settings import ConnectionSettings
     from histoprompt.export.alignment_training import TrainConfig
     from histoprompt.export.train_from_files import train_from_files
 
-    card = train_from_files(
-        embeddings,
-        slides,
-        expression,
-        out,
-        encoder_name=encoder,
-        encoder_weights=weights,
-        rna_encoder_dir=rna_encoder,
-        rna_embeddings=rna_embeddings,
-        config=TrainConfig(epochs=epochs, seed=seed),
-        synthetic=synthetic,
-        settings=ConnectionSettings.load(),
-        licences=_licences(licence),
-    )
+    try:
+        card = train_from_files(
+            embeddings,
+            slides,
+            expression,
+            out,
+            encoder_name=encoder,
+            encoder_weights=weights,
+            rna_encoder_dir=rna_encoder,
+            rna_embeddings=rna_embeddings,
+            config=TrainConfig(epochs=epochs, seed=seed),
+            synthetic=synthetic,
+            settings=ConnectionSettings.load(),
+            licences=_licences(licence),
+        )
+    except HistopromptError as err:
+        typer.secho(f"error: {err.message}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from err
     typer.echo(
         f"wrote bundle {card.version} to {out}; serve it with "
         f"`histoprompt-export model-repo --artifacts {out}`"

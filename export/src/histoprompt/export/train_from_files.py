@@ -87,6 +87,9 @@ class _RnaSide:
     metrics: dict[str, Any]
 
 
+TINY = "tiny"  # --rna-encoder tiny: the fixed-seed UNTRAINED MLP of the demo
+
+
 def _rna_side(
     patients: list[str],
     genes: list[str],
@@ -113,17 +116,24 @@ def _rna_side(
         rna = rows_for(table, kept, str(rna_embeddings))
         extra = {"rna_patients_without_embedding": len(patients) - len(kept)}
         return _RnaSide(kept, rna, frame, None, table, {**extra, "rna_precomputed": True})
-    if rna_encoder_dir is not None:
-        encoder = load_rna_encoder(rna_encoder_dir)
-    else:
+    untrained = rna_encoder_dir is not None and str(rna_encoder_dir) == TINY
+    if rna_encoder_dir is None:
+        raise TrainingError(
+            "the RNA side is needed: --rna-encoder DIR (a BulkFormer or RNA checkpoint folder), "
+            "--rna-embeddings TABLE (precomputed elsewhere), or --rna-encoder tiny (the "
+            "UNTRAINED demo encoder)"
+        )
+    if untrained:
         encoder = small_rna_encoder(fit_contract(genes, values))
+    else:
+        encoder = load_rna_encoder(rna_encoder_dir)
     aligned = encoder.contract.align(values, genes)
     # reference columns: gene symbols where the contract has them, so gene sets resolve
     frame = pd.DataFrame(aligned.values, index=patients, columns=list(encoder.contract.names))
     metrics = {
         "rna_genes_missing": aligned.n_missing,
         "rna_values_imputed": aligned.n_nonfinite_imputed,
-        "rna_encoder_untrained": rna_encoder_dir is None,
+        "rna_encoder_untrained": untrained,
     }
     rna = embed_expression(encoder, aligned.values)
     return _RnaSide(patients, rna, frame, encoder, None, metrics)
@@ -149,7 +159,8 @@ def train_from_files(
 ) -> ModelCard:
     """Train the alignment on cached embeddings, export the bundle to `out_dir`.
 
-    RNA side: an encoder checkpoint folder, a precomputed table (export.rna_table), or tiny.
+    RNA side: an encoder checkpoint folder, a precomputed table (export.rna_table), or
+    `Path("tiny")` for the UNTRAINED demo encoder; one of them is required.
     """
     from histoprompt.export.alignment_training import train_alignment
     from histoprompt.export.bundle import CardInputs, export_bundle
@@ -210,7 +221,9 @@ def train_from_files(
 def _rna_source(rna_encoder_dir: Path | None, rna_embeddings: Path | None) -> str:
     if rna_embeddings is not None:
         return f"precomputed:{rna_embeddings}"
-    return str(rna_encoder_dir or "tiny (UNTRAINED, fixed seed)")
+    if rna_encoder_dir is None or str(rna_encoder_dir) == TINY:
+        return "tiny (UNTRAINED, fixed seed)"
+    return str(rna_encoder_dir)
 
 
 def data_hash(array: NDArray[Any]) -> str:
@@ -235,7 +248,7 @@ def _sources(
         tile = WeightFile(
             role="tile_encoder", name=encoder_name, file=encoder_weights, sha256=sha256_file(local)
         )
-    if rna_dir is None:
+    if rna_dir is None or str(rna_dir) == TINY:
         return tile, WeightFile(role="rna_encoder", name="tiny", file="-", untrained=True)
     if rna_dir.is_file():  # a precomputed embeddings table
         table = WeightFile(
