@@ -32,6 +32,7 @@ SERVED = (
     names.MODEL_SLIDE_EMBED,
     names.MODEL_PATHWAY_QUERY,
     names.MODEL_SLIDE_TO_PATHWAYS,
+    names.MODEL_TILE_CONTEXT,
 )
 SLIDE_W, SLIDE_H = 1024, 768
 # The module's ingest consumer group, started at the topic's end: it consumes only this
@@ -205,10 +206,20 @@ def test_heatmap_has_the_slide_aspect_ratio_and_content(
 ) -> None:
     from PIL import Image
 
-    for sid, extra in ((submitted["svs"], []), (submitted["series"], ["-g", "HYPOXIA"])):
+    runs = (
+        (submitted["svs"], []),
+        (submitted["series"], ["-g", "HYPOXIA"]),  # method context: tile_context, batched
+        (submitted["series"], ["-g", "HYPOXIA", "--method", "one-tile-bag"]),
+    )
+    for sid, extra in runs:
         res = cli(stack, "heatmap", sid, "--out", f"{sid}.png", *extra)
         assert res.exit_code == 0, res.output
-        img = np.asarray(Image.open(f"{sid}.png").convert("RGB")).astype(np.int16)
+        with Image.open(f"{sid}.png") as im:
+            left, top, right, bottom = (int(v) for v in im.text["MapBox"].split(","))
+            assert im.text["Method"] == (
+                extra[-1] if "--method" in extra else "context" if extra else "attention"
+            )
+            img = np.asarray(im.convert("RGB"))[top:bottom, left:right].astype(np.int16)
         h, w = img.shape[:2]
         assert abs(w / h - SLIDE_W / SLIDE_H) < 0.01
         assert len(np.unique(img.reshape(-1, 3), axis=0)) > 50  # thumbnail + overlay

@@ -507,20 +507,64 @@ def test_query_bad_input(s3: FakeS3, triton: list[list[str]], tmp_path: Path) ->
 
 
 def test_example_heatmap(s3: FakeS3, monkeypatch: pytest.MonkeyPatch) -> None:
-    from PIL import Image
 
     from histoprompt.client.commands import heatmap as heatmap_cmd
 
     _store_result(s3)
     source = _tiff(Path("src.tiff"), shape=(600, 900))
     s3.objects[("histoprompt-slides", "uploads/x/slide.svs")] = source.read_bytes()
-    monkeypatch.setattr(heatmap_cmd, "tile_scores", lambda s, emb, gs: emb.sum(axis=1))
+    monkeypatch.setattr(heatmap_cmd, "tile_scores", lambda s, emb, gs, **kw: emb.sum(axis=1))
     res = run("histoprompt heatmap 0123456789abcdef --gene-set HYPOXIA --out hypoxia.png")
     assert res.exit_code == 0, res.output
-    img = np.asarray(Image.open("hypoxia.png").convert("RGB"))
+    img = _heatmap_map("hypoxia.png")
     assert abs(img.shape[1] / img.shape[0] - 900 / 600) < 0.01  # the source slide's ratio
     assert len(np.unique(img.reshape(-1, 3), axis=0)) > 50
     assert "source TIFF" in res.stderr
+
+
+def test_heatmap_writes_tiles_parquet_and_geojson_regions(
+    s3: FakeS3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import geojson
+    from PIL import Image
+
+    from histoprompt.client.commands import heatmap as heatmap_cmd
+
+    _store_result(s3)
+    seen: dict[str, Any] = {}
+
+    def fake(settings: Any, emb: Any, gs: Any, **kw: Any) -> np.ndarray:
+        seen.update(kw)
+        return np.asarray(emb, dtype=float).sum(axis=1)
+
+    monkeypatch.setattr(heatmap_cmd, "tile_scores", fake)
+    res = runner.invoke(
+        app,
+        shlex.split(
+            f"heatmap {SID} -g HYPOXIA --out h.png --tiles t.parquet --geojson r.geojson "
+            "--threshold 50"
+        ),
+    )
+    assert res.exit_code == 0, res.output
+    assert seen["method"] == "context" and seen["xy"].shape == (6, 2)
+    table = pd.read_parquet("t.parquet")
+    assert list(table.columns) == ["level", "x", "y", "score", "percentile"]
+    assert table["percentile"].min() == 0 and table["percentile"].max() == 100
+    doc = geojson.loads(Path("r.geojson").read_text())
+    assert doc.is_valid, doc.errors()
+    assert sum(f["properties"]["n_tiles"] for f in doc["features"]) == 3  # >= P50 of 6
+    with Image.open("h.png") as im:
+        assert im.text["Title"].startswith("HALLMARK_HYPOXIA") and im.text["Method"] == "context"
+    assert "regions >= P50" in res.stderr
+
+
+def _heatmap_map(path: str) -> np.ndarray:
+    """The map part of a heatmap figure (the legend panel is on its right: MapBox)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        left, top, right, bottom = (int(v) for v in im.text["MapBox"].split(","))
+        return np.asarray(im.convert("RGB"))[top:bottom, left:right]
 
 
 def test_heatmap_render_colours_follow_values() -> None:
@@ -667,13 +711,12 @@ def test_watch_streams_lines_when_piped_until_ctrl_c(
 
 
 def test_heatmap_falls_back_to_the_tile_grid_without_a_source(s3: FakeS3) -> None:
-    from PIL import Image
 
     _store_result(s3, source_key="uploads/gone/slide.svs")  # the source object is missing
     res = runner.invoke(app, ["heatmap", SID, "--out", "grid.png", "--size", "300"])
     assert res.exit_code == 0, res.output
     assert "tile grid extent" in res.stderr and "no thumbnail" in res.stderr
-    img = np.asarray(Image.open("grid.png").convert("RGB"))
+    img = _heatmap_map("grid.png")
     # 3 x 2 tiles of 256 px: the grid's extent is 768 x 512, i.e. 300 x 200 px here.
     assert img.shape[:2] == (200, 300)
     left, right = img[100, 20].astype(int), img[100, 280].astype(int)

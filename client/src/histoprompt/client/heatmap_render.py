@@ -65,8 +65,11 @@ def render_heatmap(
     thumbnail: Image.Image | None,
     max_side: int = 1024,
     alpha: float = 0.55,
+    value_range: tuple[float, float] | None = None,
 ) -> Image.Image:
-    """An RGB image of the slide's aspect ratio, tiles coloured by min-max scaled `values`."""
+    """An RGB image of the slide's aspect ratio, tiles coloured by `values` scaled to
+    `value_range` (default: their min and max); only tiles are coloured, alpha-blended
+    over the thumbnail, so tissue stays visible and background stays as scanned."""
     import numpy as np
     from PIL import Image, ImageDraw
 
@@ -79,6 +82,8 @@ def render_heatmap(
     vals = np.asarray(values, dtype=np.float64).reshape(-1)
     finite = np.isfinite(vals)
     lo, hi = (float(vals[finite].min()), float(vals[finite].max())) if finite.any() else (0, 1)
+    if value_range is not None:
+        lo, hi = value_range
     norm = (vals - lo) / (hi - lo) if hi > lo else np.full_like(vals, 0.5)
     colours = colormap(np.nan_to_num(norm, nan=0.0))
     step = grid_step(tiles) or max(geometry.width, geometry.height)

@@ -21,6 +21,8 @@ MODEL_SLIDE_EMBED: Final = "slide_embed"
 MODEL_RNA_EMBED: Final = "rna_embed"
 MODEL_PATHWAY_QUERY: Final = "pathway_query"
 MODEL_SLIDE_TO_PATHWAYS: Final = "slide_to_pathways"
+# tile-level scores: a tile's 3x3 neighbourhood pooled by the slide model's ABMIL (batched)
+MODEL_TILE_CONTEXT: Final = "tile_context"
 # Every served model (docs/architecture.md, section 5); dependencies before their ensembles.
 ALL_MODELS: Final = (
     MODEL_TILE_PREPROCESS,
@@ -30,6 +32,7 @@ ALL_MODELS: Final = (
     MODEL_RNA_EMBED,
     MODEL_PATHWAY_QUERY,
     MODEL_SLIDE_TO_PATHWAYS,
+    MODEL_TILE_CONTEXT,
 )
 
 # Triton tensors
@@ -46,6 +49,9 @@ TENSOR_GENE_SETS: Final = "GENE_SETS"
 TENSOR_METHOD: Final = "METHOD"
 TENSOR_SCORES: Final = "SCORES"
 TENSOR_COVERAGE: Final = "COVERAGE"
+# tile_context: [9, D] tile embeddings (the tile, then its 8 grid neighbours) -> [E]
+TENSOR_TILE_NEIGHBOURHOOD: Final = "TILE_NEIGHBOURHOOD"
+TENSOR_TILE_ALIGNED: Final = "TILE_ALIGNED"
 
 # S3 result layout: s3://<results-bucket>/slides/<slide_id>/<model_version>/<object>
 RESULT_TILES: Final = "tiles.parquet"

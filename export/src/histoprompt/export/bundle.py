@@ -37,6 +37,7 @@ from histoprompt.export.model_repo import (
     render,
     write_repository,
 )
+from histoprompt.export.tile_context import ensure_tile_context
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -327,6 +328,7 @@ def ensure_bundle(
     bundle_dir = root / "bundles" / card.version
     with _locked(root / "locks" / f"{card.version}.lock"):
         if (bundle_dir / DONE).is_file():
+            ensure_tile_context(bundle_dir)  # bundles built before tile_context existed
             return bundle_dir
         if bundle_dir.exists():
             shutil.rmtree(bundle_dir)
@@ -353,6 +355,7 @@ def write_model_repository(
     except (OSError, ValueError) as err:
         raise ExportError(f"{bundle_dir} has no valid model_card.json: {err}") from err
     write_repository(render(card, flavor, tile_platform, reference_uri), out)
+    ensure_tile_context(bundle_dir)
     install_artifacts(bundle_dir, out)
     return out
 

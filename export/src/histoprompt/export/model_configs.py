@@ -280,6 +280,29 @@ def slide_to_pathways(card: ModelCard) -> Config:
     )
 
 
+def tile_context(card: ModelCard, flavor: Flavor) -> Config:
+    """Tile-level method `context`: 3 x 3 neighbourhood bags [9, D] -> [E], batched."""
+    from histoprompt.core.tile_context import CONTEXT_ROWS
+
+    cfg = _onnx_model(
+        card,
+        flavor,
+        names.MODEL_TILE_CONTEXT,
+        MAX_TILE_BATCH,
+        (
+            Tensor(
+                names.TENSOR_TILE_NEIGHBOURHOOD,
+                "TYPE_FP32",
+                (CONTEXT_ROWS, card.encoder.embed_dim),
+            ),
+        ),
+        (Tensor(names.TENSOR_TILE_ALIGNED, "TYPE_FP32", (card.aligned_dim,)),),
+    )
+    cfg.dynamic_batching.Clear()
+    gpu = flavor is Flavor.gpu
+    return _batching(cfg, PREFERRED_TILE_BATCHES, GPU_TILE_DELAY_US if gpu else CPU_TILE_DELAY_US)
+
+
 def model_configs(
     card: ModelCard, flavor: Flavor, tile_platform: TileEncoderPlatform, reference_uri: str
 ) -> dict[str, Config]:
@@ -292,4 +315,5 @@ def model_configs(
         names.MODEL_RNA_EMBED: rna_embed(card, flavor),
         names.MODEL_PATHWAY_QUERY: pathway_query(card, reference_uri),
         names.MODEL_SLIDE_TO_PATHWAYS: slide_to_pathways(card),
+        names.MODEL_TILE_CONTEXT: tile_context(card, flavor),
     }

@@ -114,6 +114,7 @@ ARTIFACTS: tuple[tuple[str, str, str], ...] = (
     ("tile_encoder.plan", names.MODEL_TILE_ENCODER, "model.plan"),
     ("slide_embed.onnx", names.MODEL_SLIDE_EMBED, "model.onnx"),
     ("rna_embed.onnx", names.MODEL_RNA_EMBED, "model.onnx"),
+    ("tile_context.onnx", names.MODEL_TILE_CONTEXT, "model.onnx"),
     # pathway_query embeds gene-set prototypes with the same RNA branch (method "prototype")
     ("rna_embed.onnx", names.MODEL_PATHWAY_QUERY, "rna_embed.onnx"),
     ("encoder.json", names.MODEL_TILE_PREPROCESS, "encoder.json"),

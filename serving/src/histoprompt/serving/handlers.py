@@ -130,6 +130,13 @@ class SlideEmbed(_OnnxHandler):
     outputs = (names.TENSOR_SLIDE_EMBEDDING, names.TENSOR_ATTENTION)
 
 
+class TileContext(_OnnxHandler):
+    """Tile neighbourhood bags TILE_NEIGHBOURHOOD [B,9,D] -> TILE_ALIGNED [B,E] (batched)."""
+
+    inputs = (names.TENSOR_TILE_NEIGHBOURHOOD,)
+    outputs = (names.TENSOR_TILE_ALIGNED,)
+
+
 class PathwayQuery:
     """Wraps histoprompt.core.pathway_engine.PathwayEngine (written by the prompting part)."""
 
@@ -229,5 +236,6 @@ HANDLERS: dict[str, type] = {
     names.MODEL_TILE_ENCODER: TileEncoder,
     names.MODEL_SLIDE_EMBED: SlideEmbed,
     names.MODEL_RNA_EMBED: RnaEmbed,
+    names.MODEL_TILE_CONTEXT: TileContext,
     names.MODEL_PATHWAY_QUERY: PathwayQuery,
 }

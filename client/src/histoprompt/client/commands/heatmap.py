@@ -8,78 +8,105 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from histoprompt.client.state import get_state
+from histoprompt.client.tile_scores import METHODS, tile_scores
 
 if TYPE_CHECKING:
+    import pandas as pd
     from numpy.typing import NDArray
 
-    from histoprompt.client.settings import ClientSettings
-    from histoprompt.core.genesets import GeneSet
+__all__ = ["heatmap", "tile_scores"]
+
+_METHOD_TEXT = {
+    "context": "context: 3x3 tile neighbourhood bags (tile_context)",
+    "one-tile-bag": "one-tile-bag: each tile alone (baseline)",
+    "attention": "attention of the slide model (ABMIL)",
+}
 
 
-def tile_scores(
-    settings: ClientSettings, tile_embeddings: NDArray[Any], gene_set: GeneSet
-) -> NDArray[Any]:
-    """Per-tile scores: each tile pooled alone by `slide_embed`, then `pathway_query`.
+def _write_tiles(path: Path, tiles: pd.DataFrame, values: NDArray[Any], pct: NDArray[Any]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    A tile's own slide embedding lives in the aligned space the prompts score in, so this
-    shows where in the slide a pathway's signal sits (float [n_tiles]).
-    """
+    frame = tiles[["level", "x", "y"]].copy() if "level" in tiles else tiles[["x", "y"]].copy()
+    frame["score"] = values
+    frame["percentile"] = pct
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
+
+
+def _write_geojson(
+    path: Path, tiles: pd.DataFrame, pct: NDArray[Any], threshold: float, name: str
+) -> int:
+    import json
+
     import numpy as np
-    import tritonclient.grpc as grpcclient
 
-    from histoprompt.client.pathway_query import request_strings
-    from histoprompt.client.services import triton_client, triton_errors
-    from histoprompt.core import names
-    from histoprompt.core.genesets import load_hallmark
+    from histoprompt.client.geojson_regions import region_features
+    from histoprompt.client.heatmap_render import grid_step
 
-    client = triton_client(settings)
-    embs: list[NDArray[Any]] = []
-    try:
-        with triton_errors(settings, f"running {names.MODEL_SLIDE_EMBED} per tile"):
-            for row in np.asarray(tile_embeddings, dtype=np.float32):
-                inp = grpcclient.InferInput(names.TENSOR_TILE_EMBEDDING, [1, row.shape[0]], "FP32")
-                inp.set_data_from_numpy(row.reshape(1, -1))
-                res = client.infer(
-                    names.MODEL_SLIDE_EMBED,
-                    [inp],
-                    outputs=[grpcclient.InferRequestedOutput(names.TENSOR_SLIDE_EMBEDDING)],
-                )
-                embs.append(np.asarray(res.as_numpy(names.TENSOR_SLIDE_EMBEDDING)).reshape(-1))
-    finally:
-        client.close()
-    request = request_strings([gene_set], set(load_hallmark()))
-    scores = np.empty(len(embs), dtype=np.float64)
-    # pathway_query takes a batch of embeddings; chunk to keep requests small.
-    for start in range(0, len(embs), 256):
-        chunk = np.stack(embs[start : start + 256])
-        s, _ = _query_batch(settings, chunk, request)
-        scores[start : start + len(chunk)] = s
-    return scores
+    step = grid_step(tiles) or 1
+    keep = np.isfinite(pct) & (pct >= threshold)
+    cells = {
+        (int(x) // step, int(y) // step): float(p)
+        for x, y, p in zip(tiles["x"][keep], tiles["y"][keep], pct[keep], strict=True)
+    }
+    doc = region_features(cells, step, f"{name} >= P{threshold:g}", threshold)
+    path.write_text(json.dumps(doc))
+    return len(doc["features"])
 
 
-def _query_batch(
-    settings: ClientSettings, embs: NDArray[Any], request: list[str]
-) -> tuple[NDArray[Any], NDArray[Any]]:
-    import numpy as np
-    import tritonclient.grpc as grpcclient
+def _extras(
+    tiles_out: Path | None,
+    geojson: Path | None,
+    tiles: pd.DataFrame,
+    values: NDArray[Any],
+    pct: NDArray[Any],
+    threshold: float,
+    name: str,
+) -> str:
+    """Write --tiles and --geojson when asked; what was written, for the note."""
+    extras = ""
+    if tiles_out is not None:
+        _write_tiles(tiles_out, tiles, values, pct)
+        extras += f"; tiles {tiles_out}"
+    if geojson is not None:
+        n = _write_geojson(geojson, tiles, pct, threshold, name or "attention")
+        extras += f"; {n} regions >= P{threshold:g} in {geojson}"
+    return extras
 
-    from histoprompt.client.services import triton_client, triton_errors
-    from histoprompt.core import names
 
-    inputs = [
-        grpcclient.InferInput(names.TENSOR_SLIDE_EMBEDDING, list(embs.shape), "FP32"),
-        grpcclient.InferInput(names.TENSOR_GENE_SETS, [len(request)], "BYTES"),
-    ]
-    inputs[0].set_data_from_numpy(embs.astype(np.float32))
-    inputs[1].set_data_from_numpy(np.array([r.encode() for r in request], dtype=np.object_))
-    client = triton_client(settings)
-    try:
-        with triton_errors(settings, f"querying {names.MODEL_PATHWAY_QUERY}"):
-            res = client.infer(names.MODEL_PATHWAY_QUERY, inputs)
-    finally:
-        client.close()
-    scores = np.asarray(res.as_numpy(names.TENSOR_SCORES), dtype=np.float64)
-    return scores.reshape(embs.shape[0], -1)[:, 0], np.asarray(res.as_numpy(names.TENSOR_COVERAGE))
+def _gene_set(settings: Any, name: str | None) -> Any:
+    if name is None:
+        return None
+    from histoprompt.client.catalog import gene_set_catalog
+
+    return gene_set_catalog(settings).lookup(name)
+
+
+def _save_figure(image: Any, legend: Any, path: Path) -> Any:
+    from histoprompt.client.heatmap_figure import compose, png_info
+
+    figure, layout = compose(image, legend)
+    figure.save(path, format="PNG", pnginfo=png_info(legend, layout))
+    return figure
+
+
+def _legend(
+    name: str, how: str, slide_id: str, ver: str, tiles: pd.DataFrame, manifest: Any
+) -> Any:
+    from histoprompt.client.heatmap_figure import Legend
+
+    synthetic = bool(manifest.synthetic)
+    lines = (
+        f"method: {_METHOD_TEXT[how]}",
+        f"slide: {slide_id}",
+        f"model: {ver}",
+        f"tiles: {len(tiles)}; uncoloured = background",
+    ) + (("SYNTHETIC data: not a real patient",) if synthetic else ())
+    return Legend(
+        title=name + (" (SYNTHETIC)" if synthetic else ""),
+        lines=lines,
+        extra={"Method": how, "Slide": slide_id, "Model": ver},
+    )
 
 
 def heatmap(
@@ -91,32 +118,47 @@ def heatmap(
             "--gene-set", "-g", help="Colour by this set's tile scores (default: attention)."
         ),
     ] = None,
+    method: Annotated[
+        str, typer.Option(help=f"Tile-level method: {', '.join(METHODS)} (baseline).")
+    ] = "context",
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="PNG path (default heatmap-SLIDE_ID.png).")
     ] = None,
-    size: Annotated[int, typer.Option(min=64, max=8192, help="Longest side in pixels.")] = 1024,
+    size: Annotated[int, typer.Option(min=64, max=8192, help="Map's longest side, px.")] = 1024,
     version: Annotated[
         str | None, typer.Option("--model-version", help="A model version (default: newest).")
     ] = None,
+    tiles_out: Annotated[
+        Path | None,
+        typer.Option("--tiles", help="Also write per-tile scores (level-0 x, y) as Parquet."),
+    ] = None,
+    geojson: Annotated[
+        Path | None,
+        typer.Option(help="Also write tiles at or above --threshold as GeoJSON (QuPath)."),
+    ] = None,
+    threshold: Annotated[
+        float, typer.Option(min=0, max=100, help="Percentile for --geojson regions.")
+    ] = 75.0,
+    alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Map opacity.")] = 0.5,
 ) -> None:
-    """A PNG of the slide thumbnail with attention (or a gene set's tile scores) overlaid.
+    """A PNG of the slide thumbnail with attention (or a gene set's tile scores) overlaid,
+    a colour bar (percentile of the slide's tiles) and a legend.
 
     \b
     Example: histoprompt heatmap 0123456789abcdef --gene-set HYPOXIA --out hypoxia.png
     """
     from histoprompt.client.commands.results import result_store
+    from histoprompt.client.heatmap_figure import percentiles
     from histoprompt.client.heatmap_render import render_heatmap
     from histoprompt.client.output import note
+    from histoprompt.client.services import minio_client
     from histoprompt.client.thumbnail import slide_view
     from histoprompt.core.errors import InvalidInputError
 
-    state = get_state(ctx)
-    settings = state.settings()
-    gs = None
-    if gene_set is not None:
-        from histoprompt.client.catalog import gene_set_catalog
-
-        gs = gene_set_catalog(settings).lookup(gene_set)
+    if method not in METHODS:
+        raise InvalidInputError(f"unknown --method {method!r}; one of {', '.join(METHODS)}")
+    settings = get_state(ctx).settings()
+    gs = _gene_set(settings, gene_set)
     store = result_store(settings)
     ver = version or store.latest_version(slide_id)
     manifest = store.read_manifest(slide_id, ver)
@@ -124,22 +166,26 @@ def heatmap(
     if tiles.empty:
         raise InvalidInputError(f"slide {slide_id} has no tiles to draw")
     if gs is None:
-        values = tiles["attention"].to_numpy()
-        what = "attention"
+        values, what, how = tiles["attention"].to_numpy(), "attention", "attention"
     else:
-        values = tile_scores(settings, store.read_tile_embeddings(slide_id, ver), gs)
-        what = f"{gs.name} tile scores"
-    from histoprompt.client.services import minio_client
-
+        xy = tiles[["x", "y"]].to_numpy()
+        emb = store.read_tile_embeddings(slide_id, ver)
+        values, what = tile_scores(settings, emb, gs, xy=xy, method=method), f"{gs.name} scores"
+        how = method
+    pct = percentiles(values)
     geometry, thumb = slide_view(minio_client(settings), manifest.source, tiles)
-    image = render_heatmap(tiles, values, geometry, thumb, max_side=size)
+    image = render_heatmap(
+        tiles, pct, geometry, thumb, max_side=size, alpha=alpha, value_range=(0, 100)
+    )
+    legend = _legend(gs.name if gs else "Attention", how, slide_id, ver, tiles, manifest)
     path = out or Path(f"heatmap-{slide_id}.png")
-    image.save(path, format="PNG")
-    synthetic = " (synthetic)" if manifest.synthetic else ""
+    figure = _save_figure(image, legend, path)
+    extras = _extras(tiles_out, geojson, tiles, values, pct, threshold, gs.name if gs else "")
     note(
-        f"wrote {path}: {image.width}x{image.height} px, {what} over {len(tiles)} tiles"
-        f"{synthetic}; "
-        f"slide {geometry.width}x{geometry.height} px from {geometry.source}"
+        f"wrote {path}: {figure.width}x{figure.height} px, {what} ({how}) over {len(tiles)} "
+        f"tiles{' (synthetic)' if manifest.synthetic else ''}; slide "
+        f"{geometry.width}x{geometry.height} px from {geometry.source}"
         + ("" if thumb is not None else ", no thumbnail")
+        + extras
     )
     typer.echo(str(path))

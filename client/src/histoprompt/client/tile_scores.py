@@ -1,0 +1,140 @@
+"""Per-tile pathway scores from the served models (docs/architecture.md, "Tile-level scores").
+
+* `context` (default): each tile's 3 x 3 neighbourhood bag through `tile_context`, then
+  `pathway_query`; up to `BATCH` tiles per request, two requests per batch.
+* `one-tile-bag` (baseline): each tile alone through `slide_embed` (one request per tile),
+  then `pathway_query` in batches.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+    from histoprompt.client.settings import ClientSettings
+    from histoprompt.core.genesets import GeneSet
+
+__all__ = ["BATCH", "METHODS", "tile_scores"]
+
+BATCH: Final = 256
+METHODS: Final = ("context", "one-tile-bag")
+
+
+def tile_scores(
+    settings: ClientSettings,
+    tile_embeddings: NDArray[Any],
+    gene_set: GeneSet,
+    *,
+    xy: NDArray[Any] | None = None,
+    method: str = "context",
+) -> NDArray[Any]:
+    """float64 [n_tiles] scores of `gene_set`, rows in `tile_embeddings` order.
+
+    `xy` (level-0 top-left corners, [n_tiles, 2]) places tiles on the grid for `context`.
+    """
+    import numpy as np
+
+    from histoprompt.client.pathway_query import request_strings
+    from histoprompt.core.errors import InvalidInputError
+    from histoprompt.core.genesets import load_hallmark
+
+    emb = np.asarray(tile_embeddings, dtype=np.float32)
+    if method == "context":
+        if xy is None:
+            raise InvalidInputError("method context needs the tiles' coordinates")
+        aligned = _context_embeddings(settings, emb, np.asarray(xy))
+    elif method == "one-tile-bag":
+        aligned = _one_tile_bags(settings, emb)
+    else:
+        raise InvalidInputError(f"unknown tile method {method!r}; one of {', '.join(METHODS)}")
+    request = request_strings([gene_set], set(load_hallmark()))
+    scores = np.empty(len(aligned), dtype=np.float64)
+    for start in range(0, len(aligned), BATCH):
+        chunk = aligned[start : start + BATCH]
+        scores[start : start + len(chunk)] = query_batch(settings, chunk, request)
+    return scores
+
+
+def _context_embeddings(
+    settings: ClientSettings, emb: NDArray[Any], xy: NDArray[Any]
+) -> NDArray[Any]:
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    from histoprompt.client.services import triton_client, triton_errors
+    from histoprompt.core import names
+    from histoprompt.core.tile_context import neighbourhood_index
+
+    index = neighbourhood_index(xy)
+    parts: list[NDArray[Any]] = []
+    client = triton_client(settings)
+    try:
+        with triton_errors(settings, f"running {names.MODEL_TILE_CONTEXT}"):
+            for start in range(0, len(emb), BATCH):
+                bags = np.ascontiguousarray(emb[index[start : start + BATCH]])
+                inp = grpcclient.InferInput(
+                    names.TENSOR_TILE_NEIGHBOURHOOD, list(bags.shape), "FP32"
+                )
+                inp.set_data_from_numpy(bags)
+                res = client.infer(
+                    names.MODEL_TILE_CONTEXT,
+                    [inp],
+                    outputs=[grpcclient.InferRequestedOutput(names.TENSOR_TILE_ALIGNED)],
+                )
+                parts.append(np.asarray(res.as_numpy(names.TENSOR_TILE_ALIGNED)))
+    finally:
+        client.close()
+    out: NDArray[Any] = np.concatenate(parts).reshape(len(emb), -1)
+    return out
+
+
+def _one_tile_bags(settings: ClientSettings, emb: NDArray[Any]) -> NDArray[Any]:
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    from histoprompt.client.services import triton_client, triton_errors
+    from histoprompt.core import names
+
+    out: list[NDArray[Any]] = []
+    client = triton_client(settings)
+    try:
+        with triton_errors(settings, f"running {names.MODEL_SLIDE_EMBED} per tile"):
+            for row in emb:
+                inp = grpcclient.InferInput(names.TENSOR_TILE_EMBEDDING, [1, row.shape[0]], "FP32")
+                inp.set_data_from_numpy(row.reshape(1, -1))
+                res = client.infer(
+                    names.MODEL_SLIDE_EMBED,
+                    [inp],
+                    outputs=[grpcclient.InferRequestedOutput(names.TENSOR_SLIDE_EMBEDDING)],
+                )
+                out.append(np.asarray(res.as_numpy(names.TENSOR_SLIDE_EMBEDDING)).reshape(-1))
+    finally:
+        client.close()
+    return np.stack(out)
+
+
+def query_batch(settings: ClientSettings, embs: NDArray[Any], request: list[str]) -> NDArray[Any]:
+    """`pathway_query` on aligned rows [B, E]: the first set's scores [B]."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    from histoprompt.client.services import triton_client, triton_errors
+    from histoprompt.core import names
+
+    inputs = [
+        grpcclient.InferInput(names.TENSOR_SLIDE_EMBEDDING, list(embs.shape), "FP32"),
+        grpcclient.InferInput(names.TENSOR_GENE_SETS, [len(request)], "BYTES"),
+    ]
+    inputs[0].set_data_from_numpy(np.ascontiguousarray(embs, dtype=np.float32))
+    inputs[1].set_data_from_numpy(np.array([r.encode() for r in request], dtype=np.object_))
+    client = triton_client(settings)
+    try:
+        with triton_errors(settings, f"querying {names.MODEL_PATHWAY_QUERY}"):
+            res = client.infer(names.MODEL_PATHWAY_QUERY, inputs)
+    finally:
+        client.close()
+    scores = np.asarray(res.as_numpy(names.TENSOR_SCORES), dtype=np.float64)
+    out: NDArray[Any] = scores.reshape(embs.shape[0], -1)[:, 0]
+    return out
