@@ -9,6 +9,7 @@ All slides are SYNTHETIC (histoprompt.export.synthetic_wsi / synthetic_tiff).
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
@@ -21,6 +22,7 @@ import pandas as pd
 import pytest
 
 from histoprompt.core import names
+from histoprompt.core.genesets import load_hallmark
 from histoprompt.core.results import ResultAlreadyCommitted, ResultStore, SlideResult
 from histoprompt.core.s3 import make_minio, put_if_absent, put_if_match
 from histoprompt.core.schemas import (
@@ -35,6 +37,10 @@ from histoprompt.export.synthetic_wsi import (
     write_dicom_series,
     write_series_manifest,
 )
+from histoprompt.ingest.events import SlideJob
+from histoprompt.ingest.kafka_io import KafkaResultSink
+from histoprompt.ingest.pipeline import SlideProcessor
+from histoprompt.ingest.publish import publish_outcome
 from histoprompt.ingest.series import PENDING_PREFIX
 from histoprompt.ingest.settings import IngestSettings
 from histoprompt.stack.feed import (
@@ -50,6 +56,7 @@ from histoprompt.stack.feed import (
 )
 from histoprompt.stack.ingest_demo import load_demo_model, running_service
 from histoprompt.wsi.instance_header import series_key_for
+from histoprompt.wsi.triton import TritonClient
 
 pytestmark = pytest.mark.integration
 
@@ -413,3 +420,49 @@ def test_gateway_series_with_a_manifest_is_closed_by_it(
     ]
     assert [(e.slide_id, e.status) for e in mine] == [(manifest.slide_id, "done")]
     assert _pending(minio, settings.results_bucket, series.series_key) == []
+
+
+def test_two_slide_processors_at_once_commit_one_result(
+    stack,  # noqa: ANN001
+    served_model,  # noqa: ANN001
+    minio,  # noqa: ANN001
+    results: TopicWatcher,
+    tmp_path: Path,
+) -> None:
+    """The race itself, deterministic: two SlideProcessors (real S3, real Triton) start the
+    same slide together, so both pass the is-it-done check before either writes. One commits
+    and publishes; the other's outcome is skipped_duplicate and publishes nothing."""
+    settings = _settings(stack)
+    up = put_file(
+        minio,
+        settings.slides_bucket,
+        f"race/{uuid.uuid4().hex[:12]}/slide.svs",
+        write_tiff(tmp_path / "race2.svs", 1400, 1000),
+    )
+    job = SlideJob(up.bucket, up.key, up.etag, up.size, "single")
+    store = ResultStore(minio, settings.results_bucket)
+    sink = KafkaResultSink(settings)
+
+    async def race() -> list[str]:
+        triton = TritonClient(settings.triton_url, 60.0, 1, 0.1)
+        try:
+            served = await triton.served_model()
+            gene_sets = list(load_hallmark())
+            procs = [
+                SlideProcessor(settings, minio, store, triton, served, gene_sets) for _ in range(2)
+            ]
+            outcomes = await asyncio.gather(*(p.process(job) for p in procs))
+        finally:
+            await triton.close()
+        for outcome in outcomes:
+            publish_outcome(sink, job, outcome)
+        return sorted(o.status for o in outcomes)
+
+    try:
+        statuses = asyncio.run(race())
+    finally:
+        sink.close()
+    assert statuses == ["done", "skipped_duplicate"]
+    events = _results_for(results, {up.slide_id}, quiet_s=2.0)
+    assert len(events) == 1 and events[0].status == "done"
+    assert len(store.versions(up.slide_id)) == 1
