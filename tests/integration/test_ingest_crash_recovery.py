@@ -5,6 +5,9 @@
   HISTOPROMPT_INGEST_MAX_DELIVERIES deliveries, without being processed again.
 - A slide that runs longer than the liveness threshold and longer than max.poll.interval is
   neither killed (/healthz stays 200) nor delivered twice (one start, one result, no rebalance).
+  (With the batch-time polling switched off, the same test fails: "delivered twice".)
+- A slide past HISTOPROMPT_INGEST_SLIDE_DEADLINE_S is dead-lettered once as
+  `deadline_exceeded`, not retried.
 """
 
 from __future__ import annotations
@@ -128,8 +131,9 @@ def test_crash_looping_message_reaches_dlq_as_crash_loop_across_restarts(
     minio = make_minio(settings)
     group = f"ingest-crash-{uuid.uuid4().hex[:8]}"
     skip_group_to_end(settings, group)
-    # ~1000 tiles with one tile per request: in flight for seconds, so the kill lands mid-slide
-    path = write_tiff(tmp_path / "kills.svs", 4096, 4096, levels=2, tile=512)
+    # hundreds of tiles at one tile per request: in flight for seconds, so the kill (as soon
+    # as the start is logged) lands mid-slide
+    path = write_tiff(tmp_path / "kills.svs", 3072, 3072, levels=2, tile=512)
     up = put_file(
         minio, settings.slides_bucket, f"ingest-crash/{uuid.uuid4().hex[:12]}/k.svs", path
     )
@@ -208,6 +212,9 @@ def test_slide_longer_than_liveness_and_max_poll_is_neither_killed_nor_redeliver
         ingest_metrics_port=port,
         ingest_liveness_timeout_s=LIVENESS_S,
         ingest_max_poll_interval_s=MAX_POLL_S,
+        # kafka-python checks max.poll.interval on each heartbeat (a quarter of the session):
+        # the broker's smallest session, so a stalled poll loop would leave within the slide.
+        ingest_session_timeout_s=6.0,
         # One tile per request, one request in flight: the real path, slowly.
         ingest_batch_size=1,
         ingest_max_inflight=1,
@@ -253,3 +260,42 @@ def test_slide_longer_than_liveness_and_max_poll_is_neither_killed_nor_redeliver
     revoked = [ln for ln in rebalance_logs if "revoked" in ln and '"partition": []' not in ln]
     assert revoked == [], revoked
     print(f"\nslide {slide_s:.1f} s ({events[0].n_tiles} tiles), {len(health)} /healthz 200")  # noqa: T201
+
+
+def test_slide_past_its_deadline_is_dead_lettered_once(
+    stack,  # noqa: ANN001
+    served_model,  # noqa: ANN001
+    dlq: TopicWatcher,
+    results: TopicWatcher,
+    log_capture: io.StringIO,
+    tmp_path: Path,
+) -> None:
+    group = f"ingest-deadline-{uuid.uuid4().hex[:8]}"
+    settings = IngestSettings.load(
+        stack.env_file,
+        ingest_group_id=group,
+        ingest_metrics_port=0,
+        ingest_slide_deadline_s=1.0,
+        ingest_batch_size=1,
+        ingest_max_inflight=1,
+        ingest_shutdown_deadline_s=5.0,
+    )
+    skip_group_to_end(settings, group)
+    minio = make_minio(settings)
+    # a few hundred tiles at one tile per request: seconds, well past the 1 s deadline
+    path = write_tiff(tmp_path / "slow.svs", 3072, 3072, levels=2, tile=512)
+    up = put_file(minio, settings.slides_bucket, f"ingest-dl/{uuid.uuid4().hex[:12]}/s.svs", path)
+    producer = make_producer(settings)
+    with running_service(settings, timeout_s=60, settle_s=1.0):
+        publish_upload(producer, up)
+        producer.close()
+        seen = dlq.wait_for(
+            lambda s: any(e.error.code == "deadline_exceeded" for e in dlq_of(s)), timeout_s=60
+        )
+        results.poll(1.0)
+    [event] = [e for e in dlq_of(seen) if e.error.code == "deadline_exceeded"]
+    assert event.attempts == 1 and "HISTOPROMPT_INGEST_SLIDE_DEADLINE_S" in event.error.message
+    assert event.original["Records"][0]["s3"]["object"]["key"] == up.key
+    assert not any(e.slide_id == up.slide_id for e in results_of(results.seen))
+    starts = [ln for ln in log_capture.getvalue().splitlines() if "slide started" in ln]
+    assert len([ln for ln in starts if up.slide_id in ln]) == 1  # not retried
