@@ -70,7 +70,9 @@ class KafkaEventSource:
             max_poll_records=settings.ingest_concurrency,
             max_poll_interval_ms=int(settings.ingest_max_poll_interval_s * 1000),
             session_timeout_ms=int(settings.ingest_session_timeout_s * 1000),
-            heartbeat_interval_ms=int(settings.ingest_session_timeout_s * 1000 / 4),
+            # kafka-python's default 3 s, or a quarter of a shorter session; the heartbeat is
+            # also when it checks max.poll.interval.
+            heartbeat_interval_ms=int(min(3.0, settings.ingest_session_timeout_s / 4) * 1000),
             client_id=f"histoprompt-ingest-{socket.gethostname()}",
             **extra,
             **settings.kafka_config(),
