@@ -73,3 +73,14 @@ def test_neither_event_nor_series_ready_is_malformed(settings: IngestSettings) -
     with pytest.raises(SourceRejectedError) as info:
         parse_jobs(b'{"kind": "dicom-wsi-series-ready", "bucket": "slides"}', settings)
     assert info.value.code == "malformed_event"
+
+
+def test_thumbnail_is_read_only_without_a_volume(settings: IngestSettings) -> None:
+    thumb = SeriesMember(key="gw/t.dcm", etag="e5", size=70, flavor="THUMBNAIL")
+    (job,) = parse_jobs(_ready([*_members(), thumb]), settings)
+    assert ("gw/t.dcm", 70) not in job.readable_members()  # type: ignore[union-attr]
+    label = _members()[2]
+    (job,) = parse_jobs(_ready([thumb, label]), settings)
+    assert job.readable_members() == [("gw/t.dcm", 70)]  # type: ignore[union-attr]
+    (job,) = parse_jobs(_ready([label]), settings)
+    assert job.readable_members() == []  # type: ignore[union-attr]  # opened: not_wsi

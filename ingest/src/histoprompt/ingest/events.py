@@ -54,8 +54,13 @@ class SlideJob:
         return slide_id_for(self.bucket, self.key, self.etag)
 
     def readable_members(self) -> list[tuple[str, int]]:
-        """(key, size) of the instances a reader opens: never LABEL or OVERVIEW."""
-        return [(m.key, m.size) for m in self.members if m.flavor not in NON_VOLUME_FLAVORS]
+        """(key, size) of the instances a reader opens: the VOLUME levels, or the THUMBNAIL
+        when the series has no VOLUME; never LABEL or OVERVIEW."""
+        for flavors in ({"VOLUME"}, {"THUMBNAIL"}):
+            found = [(m.key, m.size) for m in self.members if m.flavor in flavors]
+            if found:
+                return found
+        return []
 
 
 @dataclass(frozen=True)

@@ -167,7 +167,7 @@ def open_instances(
     bucket notifications: exactly these objects are opened. A missing instance, or one whose
     size changed since it was seen, fails the slide (`missing_instance`)."""
     if not instances:
-        raise SlideError("no series instances given", code="missing_instance")
+        raise SlideError("series has no VOLUME instance", code="not_wsi")
     objects = []
     for key, size in instances:
         try:
