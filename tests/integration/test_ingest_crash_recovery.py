@@ -8,6 +8,9 @@
   (With the batch-time polling switched off, the same test fails: "delivered twice".)
 - A slide past HISTOPROMPT_INGEST_SLIDE_DEADLINE_S is dead-lettered once as
   `deadline_exceeded`, not retried.
+- A second member joining mid-slide rebalances the group: the service finishes the slide
+  (one result) and commits the slide's partition only if it still owns it; if it moved, the
+  new owner gets the message from the old committed offset.
 """
 
 from __future__ import annotations
@@ -299,3 +302,81 @@ def test_slide_past_its_deadline_is_dead_lettered_once(
     assert not any(e.slide_id == up.slide_id for e in results_of(results.seen))
     starts = [ln for ln in log_capture.getvalue().splitlines() if "slide started" in ln]
     assert len([ln for ln in starts if up.slide_id in ln]) == 1  # not retried
+
+
+def test_rebalance_mid_slide_commits_only_partitions_still_owned(
+    stack,  # noqa: ANN001
+    served_model,  # noqa: ANN001
+    results: TopicWatcher,
+    log_capture: io.StringIO,
+    tmp_path: Path,
+) -> None:
+    from kafka import KafkaConsumer, TopicPartition
+
+    group = f"ingest-rebalance-{uuid.uuid4().hex[:8]}"
+    settings = IngestSettings.load(
+        stack.env_file,
+        ingest_group_id=group,
+        ingest_metrics_port=0,
+        ingest_session_timeout_s=6.0,
+        ingest_max_poll_interval_s=10.0,
+        ingest_batch_size=1,
+        ingest_max_inflight=1,
+        ingest_shutdown_deadline_s=5.0,
+    )
+    skip_group_to_end(settings, group)
+    minio = make_minio(settings)
+    path = write_tiff(tmp_path / "moved.svs", 5120, 5120, levels=2, tile=512)
+    up = put_file(minio, settings.slides_bucket, f"ingest-rb/{uuid.uuid4().hex[:12]}/m.svs", path)
+    producer = make_producer(settings)
+    # A second member that only looks: what the group gives it, it receives.
+    other = KafkaConsumer(
+        group_id=group,
+        enable_auto_commit=False,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1500,
+        **settings.kafka_config(),
+    )
+    other.subscribe([names.TOPIC_INCOMING])
+    received: list[tuple[int, int]] = []
+    probe = KafkaConsumer(**settings.kafka_config())
+    tps = [TopicPartition(names.TOPIC_INCOMING, p) for p in range(4)]
+    ends_before = {tp.partition: o for tp, o in probe.end_offsets(tps).items()}
+    with running_service(settings, timeout_s=60, settle_s=1.0) as svc:
+        publish_upload(producer, up)
+        producer.close()
+        ends_after = {tp.partition: o for tp, o in probe.end_offsets(tps).items()}
+        probe.close()
+        deadline = time.monotonic() + 60
+        while up.slide_id not in log_capture.getvalue():
+            assert time.monotonic() < deadline, "the slide never started"
+            time.sleep(0.05)
+        # joins mid-slide: the group rebalances while the batch is held
+        while not any(e.slide_id == up.slide_id for e in results_of(results.seen)):
+            assert time.monotonic() < deadline + 60, "no result"
+            polled = other.poll(timeout_ms=200)
+            received += [(r.partition, r.offset) for rs in polled.values() for r in rs]
+            results.poll(0.05)
+        for _ in range(15):  # the settle after the result, and what the other member gets
+            polled = other.poll(timeout_ms=200)
+            received += [(r.partition, r.offset) for rs in polled.values() for r in rs]
+        owned_by_other = {tp.partition for tp in other.assignment()}
+        committed = {p: other.committed(TopicPartition(names.TOPIC_INCOMING, p)) for p in range(4)}
+        assert svc.health.alive()
+    other.close()
+    logged = log_capture.getvalue()
+    moved = [ln for ln in logged.splitlines() if "partitions revoked" in ln]
+    assert any('"partition": []' not in ln for ln in moved), "no rebalance happened"
+    [event] = [e for e in results_of(results.seen) if e.slide_id == up.slide_id]
+    assert event.status == "done"
+    assert "commit failed" not in logged
+    [partition] = [p for p in range(4) if ends_after[p] > ends_before[p]]
+    offset = ends_before[partition]
+    assert owned_by_other and len(owned_by_other) < 4
+    if partition in owned_by_other:
+        # moved: the old owner committed nothing there, the new one got the message again
+        assert committed[partition] == offset and received == [(partition, offset)]
+    else:
+        # kept: committed past the message, which the other member never saw
+        assert committed[partition] == offset + 1 and received == []
+    print(f"\nother member owns {sorted(owned_by_other)}, received {received}")  # noqa: T201
