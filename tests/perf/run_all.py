@@ -17,6 +17,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "bench_ssgsea": ("--full", "--write"),
     "bench_pathway_query": ("--write",),
     "bench_evaluate": (),
+    "bench_spatial": (),  # tile-level maps vs planted truth: about 1 min on 2 cores
     "bench_onnx_export": (),  # full-depth ViT-L: about 1.5 min and 8 GiB on 2 cores
 }
 HERE = Path(__file__).resolve().parent

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from histoprompt.core import names
 from histoprompt.export.cli import app
 from histoprompt.export.model_repo import parse_config
 
@@ -26,7 +27,7 @@ def test_model_repo_example_writes_parseable_configs(tmp_path: Path) -> None:
         result = runner.invoke(app, ["model-repo", "--flavor", flavor, "--out", str(out)])
         assert result.exit_code == 0, result.output
         configs = sorted(out.glob("*/config.pbtxt"))
-        assert len(configs) == 7
+        assert len(configs) == len(names.ALL_MODELS)
         for path in configs:
             parse_config(path.read_text())
 

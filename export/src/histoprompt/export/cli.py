@@ -355,4 +355,12 @@ def train(
     )
 
 
+def _register_spatial() -> None:
+    from histoprompt.export.spatial_cli import spatial_slide, spatial_train_command
+
+    app.command("spatial-slide")(spatial_slide)
+    app.command("spatial-train")(spatial_train_command)
+
+
+_register_spatial()
 _register_optional_groups()

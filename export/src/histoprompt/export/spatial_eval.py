@@ -22,9 +22,9 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from histoprompt.export.cohort import PROGRAMS
-from histoprompt.export.spatial_truth import SpatialSlide
+from histoprompt.export.spatial_truth import SpatialSlide, SpatialSlideConfig
 
-__all__ = ["METHODS", "evaluate_maps", "method_maps", "summarise"]
+__all__ = ["METHODS", "evaluate_maps", "method_maps", "run_validation", "summarise"]
 
 METHODS = ("one_tile_bag", "context", "st_head")
 
@@ -109,3 +109,31 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     """Mean Spearman and AUROC per method (over slides and programs), in METHODS order."""
     out = table.groupby("method")[["spearman", "auroc"]].mean()
     return out.reindex([m for m in METHODS if m in out.index])
+
+
+def run_validation(
+    bundle: Path,
+    work: Path,
+    *,
+    train_seeds: Sequence[int] = (101, 102),
+    test_seeds: Sequence[int] = (1, 2, 3, 4),
+    config: SpatialSlideConfig | None = None,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Held out by slide: the ST head is trained on the `train_seeds` slides (TIFF + .h5ad
+    written to `work`), every method is evaluated on the `test_seeds` slides."""
+    from histoprompt.export.spatial_st import write_st
+    from histoprompt.export.spatial_train import spatial_train
+    from histoprompt.export.spatial_truth import make_spatial_slide, write_spatial_slide
+
+    base = config or SpatialSlideConfig()
+    if set(train_seeds) & set(test_seeds):
+        raise ValueError("train and test slides must differ")
+    st_files, slide_files = [], []
+    for seed in train_seeds:
+        cfg = base.model_copy(update={"seed": seed})
+        slide = make_spatial_slide(cfg)
+        slide_files.append(write_spatial_slide(slide, work)["slide"])
+        st_files.append(write_st(work / f"{slide.slide_id}.h5ad", cfg, library_id=slide.slide_id))
+    head = spatial_train(st_files, slide_files, bundle, work / "tile_head")
+    test = [make_spatial_slide(base.model_copy(update={"seed": s})) for s in test_seeds]
+    return evaluate_maps(bundle, test, work / "tile_head"), head

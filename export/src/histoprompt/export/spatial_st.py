@@ -50,6 +50,7 @@ class STSample:
     xy: NDArray[Any]  # float64 [S, 2]
     spot_diameter_px: float
     library_id: str
+    synthetic: bool = False
 
 
 def program_sets() -> dict[str, tuple[str, ...]]:
@@ -147,6 +148,7 @@ def read_st(path: Path) -> STSample:
         xy=np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2],
         spot_diameter_px=diameter,
         library_id=str(library_id),
+        synthetic=bool(dict(adata.uns.get("histoprompt", {})).get("synthetic", False)),
     )
 
 

@@ -158,6 +158,7 @@ def training_pairs(
         "spots": len(sample.xy),
         "tiles": len(tiles),
         "tiles_with_spot": int(keep.sum()),
+        "synthetic": sample.synthetic,
     }
     return emb, spot_scores[spot[keep]], set_names, info
 
@@ -222,7 +223,7 @@ def spatial_train(
         "encoder": bundle_spec(bundle).name,
         "adapter": "none (encoder frozen; LoRA not applied)",
         "parity": record.model_dump(),
-        "synthetic": True,
+        "synthetic": all(info["synthetic"] for info in samples),
     }
     (out / "tile_head.json").write_text(json.dumps(doc, indent=1))
     return doc
