@@ -19,6 +19,57 @@ from tests.perf._report import write_section
 
 TRAIN = (101, 102)
 TEST = (1, 2, 3, 4, 5, 6)
+FIGURES = Path(__file__).resolve().parents[2] / "docs" / "images"
+
+
+def write_figures(bundle: Path, head_dir: Path | None = None) -> list[Path]:
+    """README figures: held-out slide 1's HALLMARK_HYPOXIA map (method context, drawn by the
+    CLI's renderer and legend) next to the planted field it should find."""
+    import pandas as pd
+    from PIL import Image
+
+    from histoprompt.client.heatmap_figure import Legend, compose, percentiles, png_info
+    from histoprompt.client.heatmap_render import SlideGeometry, render_heatmap
+    from histoprompt.export.spatial_eval import _engine, method_maps
+    from histoprompt.export.spatial_train import embed_tiles_onnx
+    from histoprompt.export.spatial_truth import (
+        SpatialSlideConfig,
+        make_spatial_slide,
+        slide_canvas,
+    )
+
+    slide = make_spatial_slide(SpatialSlideConfig(seed=TEST[0]))
+    maps = method_maps(bundle, slide, embed_tiles_onnx(bundle, slide.tiles), None, _engine(bundle))
+    tiles = pd.DataFrame({"x": slide.xy[:, 0], "y": slide.xy[:, 1]})
+    width, height = slide.size
+    thumb = Image.fromarray(slide_canvas(slide)[::4, ::4])
+    geometry = SlideGeometry(width, height, "source TIFF")
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name, values, how in (
+        (
+            "heatmap-hypoxia-context.png",
+            maps["context"][:, 3],
+            "context: 3x3 tile neighbourhood bags (tile_context)",
+        ),
+        ("truth-hypoxia.png", slide.truth[:, 3], "planted SYNTHETIC field (ground truth)"),
+    ):
+        pct = percentiles(values)
+        image = render_heatmap(tiles, pct, geometry, thumb, 640, 0.5, (0.0, 100.0))
+        legend = Legend(
+            title="HALLMARK_HYPOXIA (SYNTHETIC)",
+            lines=(
+                f"method: {how}",
+                f"slide: {slide.slide_id}",
+                f"model: {bundle.name}",
+                f"tiles: {len(tiles)}; uncoloured = background",
+                "SYNTHETIC data: not a real patient",
+            ),
+        )
+        figure, layout = compose(image, legend)
+        figure.save(FIGURES / name, pnginfo=png_info(legend, layout))
+        out.append(FIGURES / name)
+    return out
 
 
 def _table(frame, index: str) -> list[str]:  # noqa: ANN001 - a pandas frame
@@ -70,6 +121,8 @@ def main() -> int:
         "`tile_context` + ceil(N/256) `pathway_query`.",
     ]
     write_section("Spatial pathway maps (SYNTHETIC)", lines)
+    for path in write_figures(bundle):
+        print(f"written: {path}", flush=True)
     return 0
 
 
