@@ -28,6 +28,7 @@ from histoprompt.core.genesets import (
     load_hallmark,
     parse_query,
 )
+from histoprompt.core.readable_scores import percentile_and_z
 from histoprompt.core.reference import EmbedFn, ReferenceDB
 from histoprompt.core.schemas import PathwayScore
 from histoprompt.core.softknn import SoftKnn, SoftKnnConfig, unit_rows
@@ -45,6 +46,14 @@ __all__ = [
 ]
 
 DEFAULT_METHOD = "soft_knn"
+# Methods that predict on the reference's raw ssGSEA scale (readable scores apply).
+RAW_SCALE_METHODS = frozenset({"soft_knn", "ridge", "mlp"})
+
+
+def _opt(values: NDArray[Any] | None, row: int, col: int) -> float | None:
+    if values is None or not np.isfinite(values[row, col]):
+        return None
+    return float(values[row, col])
 
 
 class UnknownMethodError(InvalidInputError):
@@ -100,6 +109,10 @@ class PathwayQueryResult:
     method: str
     coverages: list[Coverage | None] = field(default_factory=list)
     errors: list[GeneSetFailure] = field(default_factory=list)
+    # Readable scores (histoprompt.core.readable_scores): against the reference's
+    # distribution of each set; None for a method not on the raw ssGSEA scale.
+    percentiles: NDArray[Any] | None = None
+    zscores: NDArray[Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -120,6 +133,8 @@ class PathwayQueryResult:
                 score=float(self.scores[row, j]),
                 method=self.method,
                 coverage=float(self.coverage[j]),
+                percentile=_opt(self.percentiles, row, j),
+                z=_opt(self.zscores, row, j),
             )
             for j, name in enumerate(self.names)
             if j not in failed
@@ -277,9 +292,27 @@ class PathwayEngine:
             cols = [i for i, _ in good]
             scores[:, cols] = pred.predict(emb, [r for _, r in good])
         result = PathwayQueryResult(names, scores, coverage, pred.method, coverages, errors)
+        if good and pred.method in RAW_SCALE_METHODS:
+            self._readable(result, good)
         if errors and (self.strict if strict is None else strict):
             raise GeneSetQueryError(result)
         return result
+
+    def _readable(
+        self, result: PathwayQueryResult, good: Sequence[tuple[int, ResolvedGeneSet]]
+    ) -> None:
+        """Percentile and z of each scored set against the reference's scores of that set."""
+        knn = self.predictors.get(DEFAULT_METHOD)
+        if not isinstance(knn, SoftKnn):
+            return
+        cols = [i for i, _ in good]
+        pct, z = percentile_and_z(
+            result.scores[:, cols], [knn.reference_scores(r) for _, r in good]
+        )
+        result.percentiles = np.full(result.scores.shape, np.nan, dtype=np.float32)
+        result.zscores = np.full(result.scores.shape, np.nan, dtype=np.float32)
+        result.percentiles[:, cols] = pct
+        result.zscores[:, cols] = z
 
     def warm(self, gene_sets: Mapping[str, str] | Sequence[str] = ()) -> None:
         """Pre-compute reference scores for sets expected soon (e.g. a site's own panel)."""

@@ -167,6 +167,10 @@ class PathwayScore(_Frozen):
     score: float
     method: str
     coverage: float
+    percentile: float | None = Field(
+        None, description="0-100: where the score falls among the reference's scores of the set"
+    )
+    z: float | None = Field(None, description="(score - reference mean) / reference sd")
 
 
 class ResultManifest(_Frozen):

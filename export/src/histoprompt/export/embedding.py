@@ -1,11 +1,13 @@
 """Run the frozen encoders once per slide and cache the results as .npy.
 
 The cache key holds the encoder name and weights digest, so a different encoder never
-reuses another one's embeddings.
+reuses another one's embeddings, and a digest of the tiles, so a slide id whose tiles changed
+(another renderer, another site's stain) is embedded again.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -42,7 +44,8 @@ def cached_slide_embeddings(
     folder.mkdir(parents=True, exist_ok=True)
     bags = []
     for slide_id, tiles in slides:
-        path = folder / f"{slide_id}.npy"
+        digest = hashlib.blake2b(np.ascontiguousarray(tiles).tobytes(), digest_size=6).hexdigest()
+        path = folder / f"{slide_id}-{digest}.npy"
         if path.is_file():
             bag = np.load(path)
             if bag.shape[0] == len(tiles):

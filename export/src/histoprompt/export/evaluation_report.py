@@ -5,6 +5,7 @@ Inputs: an `.npz` of paired, aligned embeddings (`slide` [N,E], `rna` [N,E], `pa
 with `target_names` [K]) plus, when it holds no targets, `--expression` (the RNA side,
 samples keyed like patient_ids) from which the Hallmark ssGSEA targets are computed.
 `--synthetic` evaluates SYNTHETIC numpy pairs instead (histoprompt.core.evaluation_metrics), and
+`--report DIR` runs the evaluation protocol on SYNTHETIC site cohorts instead (protocol_report).
 `--bundle DIR` the demo bundle of `histoprompt-export demo-bundle` on its SYNTHETIC cohort:
 retrieval on the patients held out from alignment training, the untrained alignment module
 (same seed) as the unaligned baseline, per-Hallmark CV over all patients.
@@ -12,6 +13,7 @@ retrieval on the patients held out from alignment training, the untrained alignm
 Example:
 
     histoprompt-export evaluate --synthetic --out artifacts/eval
+    histoprompt-export evaluate --report artifacts/protocol
     histoprompt-export evaluate --bundle .cache/histoprompt/bundles/<version> --out artifacts/eval
     histoprompt-export evaluate --pairs pairs.npz --expression expr.parquet --out artifacts/eval
 """
@@ -339,7 +341,8 @@ def write_report(report: EvalReport, out: Path) -> list[Path]:
 
 @app.callback(invoke_without_command=True)
 def evaluate(
-    out: Annotated[Path, typer.Option(help="folder for CSV, markdown and PNG")],
+    out: Annotated[Path | None, typer.Option(help="folder for CSV, markdown and PNG")] = None,
+    report: Annotated[Path | None, typer.Option(help="SYNTHETIC protocol report into DIR")] = None,
     pairs: Annotated[
         Path | None, typer.Option(help=".npz with slide, rna, patient_ids (+ baseline_*, targets)")
     ] = None,
@@ -361,6 +364,13 @@ def evaluate(
     """Evaluate paired embeddings: Recall@1/5/10 both ways, per-Hallmark R2/Pearson/Spearman."""
     from histoprompt.core.errors import HistopromptError
 
+    if report is not None:
+        from histoprompt.export.protocol_report import protocol_command
+
+        raise typer.Exit(protocol_command(report, seed))
+    if out is None:
+        typer.secho("error: give --out DIR (or --report DIR)", fg="red", err=True)
+        raise typer.Exit(2)
     try:
         if synthetic:
             inputs = synthetic_inputs(n_patients, seed)
