@@ -202,3 +202,41 @@ def test_a_non_wsi_object_is_left_to_the_single_file_path(settings: IngestSettin
     asm = SeriesAssembler(settings, s3, Emitted())  # type: ignore[arg-type]
     assert asm.observe(SlideJob(SLIDES, "x/slide.svs", "e", 404, "single")) is None
     assert not s3.list_objects(RESULTS, PENDING_PREFIX)
+
+
+def _manifest_job(s3: FakeS3, jobs: list[SlideJob], prefix: str = "gw") -> SlideJob:
+    from histoprompt.export.synthetic_wsi import write_series_manifest
+
+    data = write_series_manifest([(j.key, j.size) for j in jobs])
+    key = f"{prefix}/manifest.json"
+    s3.put(SLIDES, key, data)
+    return SlideJob(SLIDES, key, _etag(data), len(data), "series")
+
+
+def test_a_manifest_closes_the_pending_instances_it_lists(
+    settings: IngestSettings, series_files: list[Path]
+) -> None:
+    s3, emitted = FakeS3(), Emitted()
+    asm = SeriesAssembler(settings, s3, emitted)  # type: ignore[arg-type]
+    jobs = _upload(s3, series_files)
+    for job in jobs:
+        asm.observe(job)
+    asm.close_by_manifest(_manifest_job(s3, jobs))
+    assert not s3.list_objects(RESULTS, PENDING_PREFIX)
+    assert asm.tick(now=time.time() + 100) == 0 and emitted == []
+    assert asm.observe(jobs[1]) == "duplicate"  # its notification after the manifest's
+
+
+def test_a_manifest_leaves_pending_copies_it_does_not_list(
+    settings: IngestSettings, series_files: list[Path]
+) -> None:
+    """The same instance stored twice (e.g. a copy under another key) and a manifest that
+    lists only its own objects: the copy is not silently dropped."""
+    s3, emitted = FakeS3(), Emitted()
+    asm = SeriesAssembler(settings, s3, emitted)  # type: ignore[arg-type]
+    copy = _upload(s3, series_files[:1], prefix="copy")[0]
+    asm.observe(copy)
+    asm.close_by_manifest(_manifest_job(s3, _upload(s3, series_files)))
+    assert len(s3.list_objects(RESULTS, PENDING_PREFIX)) == 1
+    assert asm.tick(now=time.time() + 100) == 1
+    assert [m.key for m in emitted[0].members] == [copy.key]

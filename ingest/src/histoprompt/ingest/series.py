@@ -177,29 +177,29 @@ class SeriesAssembler:
         return "joined"
 
     def close_by_manifest(self, job: SlideJob) -> None:
-        """Rule (a): a `manifest.json` closes its series. When instances of the series are
-        pending (a gateway that names instances freely and also writes a manifest), claim the
-        series for the manifest's slide and drop them, so the settle window never emits it
-        again. With nothing pending (`histoprompt submit`) nothing is written. Trouble with
+        """Rule (a): a `manifest.json` closes its series. When instances it lists are pending
+        (a gateway that names instances freely and also writes a manifest), claim the series
+        for the manifest's slide and drop them, so the settle window never emits them again.
+        Pending objects of the series that it does not list stay, and are counted late. With
+        none of its instances pending (`histoprompt submit`) nothing is written. Trouble with
         the manifest or its first instance is left to the slide's own processing."""
+        base = job.key.rsplit("/", 1)[0] + "/"
         try:
             manifest = read_series_manifest(S3Object(self.minio, job.bucket, job.key))
-            first = manifest.instances[0].key
-            if "/" not in first:
-                first = job.key.rsplit("/", 1)[0] + "/" + first
-            header = read_instance_header(S3Object(self.minio, job.bucket, first))
+            keys = [i.key if "/" in i.key else base + i.key for i in manifest.instances]
+            header = read_instance_header(S3Object(self.minio, job.bucket, keys[0]))
         except SlideError:
             return
         prefix = f"{PENDING_PREFIX}{header.series_key}/"
         with s3_errors("listing pending series"):
-            pending = [
-                o.object_name or ""
-                for o in self.minio.list_objects(self.bucket, prefix, recursive=True)
-            ]
+            listed = [o.object_name or "" for o in self.minio.list_objects(self.bucket, prefix)]
+        loaded = {name: self._read_pending(name) for name in listed}
+        pending = [n for n, p in loaded.items() if p is not None and p.key in set(keys)]
         if not pending:
             return
         members = [
-            SeriesMember(key=i.key, etag="", size=i.size, flavor="") for i in manifest.instances
+            SeriesMember(key=k, etag="", size=i.size, flavor="")
+            for k, i in zip(keys, manifest.instances, strict=True)
         ]
         ready = SeriesReady(
             bucket=job.bucket,
