@@ -99,7 +99,10 @@ class SlideProcessor:
             return
         try:
             while True:
-                await asyncio.to_thread(series.tick)
+                try:
+                    await asyncio.to_thread(series.tick)
+                except Exception as err:  # a bug must not stop assembly for good: tick again
+                    self.log.error("series tick crashed", exc_info=err, extra={"code": "internal"})
                 await asyncio.sleep(series.tick_s)
         finally:
             await asyncio.to_thread(series.close)

@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from histoprompt.core import names
 from histoprompt.core.errors import HistopromptError, NotFoundError
@@ -343,7 +343,11 @@ class SeriesAssembler:
 
     def _read_pending(self, name: str) -> PendingInstance | None:
         raw = self._get(name)
-        return PendingInstance.model_validate_json(raw) if raw is not None else None
+        try:
+            return PendingInstance.model_validate_json(raw) if raw is not None else None
+        except ValidationError:  # not ours or cut short: skip it rather than block the tick
+            self.log.warning("unreadable pending series object", extra={"code": "corrupt"})
+            return None
 
     def _read_claim(self, series_key: str) -> SeriesClaim | None:
         raw = self._get(claim_key(series_key))
