@@ -33,6 +33,7 @@ SERVED = (
     names.MODEL_PATHWAY_QUERY,
     names.MODEL_SLIDE_TO_PATHWAYS,
     names.MODEL_TILE_CONTEXT,
+    names.MODEL_TILE_HEAD,  # loads without an ST head installed
 )
 SLIDE_W, SLIDE_H = 1024, 768
 # The module's ingest consumer group, started at the topic's end: it consumes only this
@@ -225,6 +226,10 @@ def test_heatmap_has_the_slide_aspect_ratio_and_content(
         assert len(np.unique(img.reshape(-1, 3), axis=0)) > 50  # thumbnail + overlay
         assert img.std() > 10
         assert "no thumbnail" not in res.stderr
+    # no ST head in the demo repository: tile_head is loaded and refuses in one line
+    res = cli(stack, "heatmap", submitted["series"], "-g", "HYPOXIA", "--method", "st-head")
+    assert res.exit_code == 4, res.output
+    assert "spatial-train" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
 def test_status_is_all_up(stack: StackHandle, submitted: dict[str, str]) -> None:

@@ -165,3 +165,49 @@ def test_tile_head_exports_with_parity(tmp_path: Path) -> None:
     sess = ort.InferenceSession(str(tmp_path / "tile_head.onnx"))
     got = sess.run(None, {"TILE_EMBEDDING": x[:5]})[0]
     assert np.allclose(got, pred[:5], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_tile_head_is_served_when_installed_and_refused_politely_when_not(
+    tmp_path: Path,
+) -> None:
+    from google.protobuf import json_format
+
+    from histoprompt.core import names
+    from histoprompt.core.modelspec import ModelCard
+    from histoprompt.export.encoder_specs import encoder_spec
+    from histoprompt.export.model_repo import Flavor, install_artifacts, parse_config, render
+    from histoprompt.export.spatial_train import export_tile_head, fit_head
+    from histoprompt.serving.context import ModelContext
+    from histoprompt.serving.errors import RequestError
+    from histoprompt.serving.handlers import HANDLERS
+
+    card = ModelCard(
+        name="t",
+        version="tiny-test",
+        encoder=encoder_spec("tiny"),
+        aligned_dim=8,
+        rna_genes=10,
+        synthetic=True,
+    )
+    text = render(card, Flavor.cpu).configs[names.MODEL_TILE_HEAD]
+    config = json_format.MessageToDict(parse_config(text), preserving_proto_field_name=True)
+    repo = tmp_path / "repo"
+    version = repo / names.MODEL_TILE_HEAD / "1"
+    version.mkdir(parents=True)
+    empty = HANDLERS[names.MODEL_TILE_HEAD](ModelContext.from_config(config, version))
+    x = np.random.default_rng(0).normal(size=(6, 192)).astype(np.float32)
+    with pytest.raises(RequestError, match="spatial-train"):
+        empty.check({names.TENSOR_TILE_EMBEDDING: x})
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "model_card.json").write_text(card.model_dump_json())
+    head = fit_head(x, x[:, :2] * 2.0, ridge=1.0)
+    assert export_tile_head(head, bundle / "tile_head.onnx").passed
+    (bundle / "tile_head.json").write_text(json.dumps({"gene_sets": ["A_SET", "B_SET"]}))
+    install_artifacts(bundle, repo)
+    served = HANDLERS[names.MODEL_TILE_HEAD](ModelContext.from_config(config, version))
+    out = served.run(served.check({names.TENSOR_TILE_EMBEDDING: x}))
+    assert out[names.TENSOR_SCORES].shape == (6, 2)
+    assert out[names.TENSOR_GENE_SETS].shape == (6, 2)
+    assert out[names.TENSOR_GENE_SETS][0, 1] == b"B_SET"

@@ -4,6 +4,8 @@
   `pathway_query`; up to `BATCH` tiles per request, two requests per batch.
 * `one-tile-bag` (baseline): each tile alone through `slide_embed` (one request per tile),
   then `pathway_query` in batches.
+* `st-head`: the ST-trained head `tile_head` on the tile embeddings, one request per batch;
+  only the sets it was trained on.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ if TYPE_CHECKING:
 __all__ = ["BATCH", "METHODS", "tile_scores"]
 
 BATCH: Final = 256
-METHODS: Final = ("context", "one-tile-bag")
+METHODS: Final = ("context", "one-tile-bag", "st-head")
 
 
 def tile_scores(
@@ -41,6 +43,8 @@ def tile_scores(
     from histoprompt.core.genesets import load_hallmark
 
     emb = np.asarray(tile_embeddings, dtype=np.float32)
+    if method == "st-head":
+        return _st_head(settings, emb, gene_set)
     if method == "context":
         if xy is None:
             raise InvalidInputError("method context needs the tiles' coordinates")
@@ -113,6 +117,38 @@ def _one_tile_bags(settings: ClientSettings, emb: NDArray[Any]) -> NDArray[Any]:
     finally:
         client.close()
     return np.stack(out)
+
+
+def _st_head(settings: ClientSettings, emb: NDArray[Any], gene_set: GeneSet) -> NDArray[Any]:
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    from histoprompt.client.services import triton_client, triton_errors
+    from histoprompt.core import names
+    from histoprompt.core.errors import InvalidInputError
+
+    parts: list[NDArray[Any]] = []
+    sets: list[str] = []
+    client = triton_client(settings)
+    try:
+        with triton_errors(settings, f"running {names.MODEL_TILE_HEAD}"):
+            for start in range(0, len(emb), BATCH):
+                rows = np.ascontiguousarray(emb[start : start + BATCH])
+                inp = grpcclient.InferInput(names.TENSOR_TILE_EMBEDDING, list(rows.shape), "FP32")
+                inp.set_data_from_numpy(rows)
+                res = client.infer(names.MODEL_TILE_HEAD, [inp])
+                parts.append(np.asarray(res.as_numpy(names.TENSOR_SCORES), dtype=np.float64))
+                labels = res.as_numpy(names.TENSOR_GENE_SETS)[0]
+                sets = [x.decode() if isinstance(x, bytes) else str(x) for x in labels]
+    finally:
+        client.close()
+    if gene_set.name not in sets:
+        raise InvalidInputError(
+            f"the ST-trained tile head scores {', '.join(sets)}, not {gene_set.name}; "
+            "use --method context"
+        )
+    out: NDArray[Any] = np.concatenate(parts)[:, sets.index(gene_set.name)]
+    return out
 
 
 def query_batch(settings: ClientSettings, embs: NDArray[Any], request: list[str]) -> NDArray[Any]:

@@ -23,6 +23,8 @@ MODEL_PATHWAY_QUERY: Final = "pathway_query"
 MODEL_SLIDE_TO_PATHWAYS: Final = "slide_to_pathways"
 # tile-level scores: a tile's 3x3 neighbourhood pooled by the slide model's ABMIL (batched)
 MODEL_TILE_CONTEXT: Final = "tile_context"
+# the ST-trained tile head (histoprompt-export spatial-train), optional: loads without it
+MODEL_TILE_HEAD: Final = "tile_head"
 # Every served model (docs/architecture.md, section 5); dependencies before their ensembles.
 ALL_MODELS: Final = (
     MODEL_TILE_PREPROCESS,
@@ -33,6 +35,7 @@ ALL_MODELS: Final = (
     MODEL_PATHWAY_QUERY,
     MODEL_SLIDE_TO_PATHWAYS,
     MODEL_TILE_CONTEXT,
+    MODEL_TILE_HEAD,
 )
 
 # Triton tensors

@@ -303,6 +303,23 @@ def tile_context(card: ModelCard, flavor: Flavor) -> Config:
     return _batching(cfg, PREFERRED_TILE_BATCHES, GPU_TILE_DELAY_US if gpu else CPU_TILE_DELAY_US)
 
 
+def tile_head(card: ModelCard) -> Config:
+    """The ST-trained head (optional artifact): TILE_EMBEDDING [D] -> SCORES, GENE_SETS [K]."""
+    cfg = _config(
+        names.MODEL_TILE_HEAD,
+        backend="python",
+        max_batch=MAX_TILE_BATCH,
+        inputs=(_tile_embedding(card),),
+        outputs=(
+            Tensor(names.TENSOR_SCORES, "TYPE_FP32", (-1,)),
+            Tensor(names.TENSOR_GENE_SETS, "TYPE_STRING", (-1,)),
+        ),
+        params={**common_params(card), "intra_op_threads": "0"},
+    )
+    _batching(cfg, PREFERRED_TILE_BATCHES, CPU_TILE_DELAY_US)
+    return _instances(cfg, gpu=False)
+
+
 def model_configs(
     card: ModelCard, flavor: Flavor, tile_platform: TileEncoderPlatform, reference_uri: str
 ) -> dict[str, Config]:
@@ -316,4 +333,5 @@ def model_configs(
         names.MODEL_PATHWAY_QUERY: pathway_query(card, reference_uri),
         names.MODEL_SLIDE_TO_PATHWAYS: slide_to_pathways(card),
         names.MODEL_TILE_CONTEXT: tile_context(card, flavor),
+        names.MODEL_TILE_HEAD: tile_head(card),
     }

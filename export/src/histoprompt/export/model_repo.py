@@ -115,6 +115,9 @@ ARTIFACTS: tuple[tuple[str, str, str], ...] = (
     ("slide_embed.onnx", names.MODEL_SLIDE_EMBED, "model.onnx"),
     ("rna_embed.onnx", names.MODEL_RNA_EMBED, "model.onnx"),
     ("tile_context.onnx", names.MODEL_TILE_CONTEXT, "model.onnx"),
+    # the ST-trained tile head, when spatial-train wrote one into the bundle
+    ("tile_head.onnx", names.MODEL_TILE_HEAD, "tile_head.onnx"),
+    ("tile_head.json", names.MODEL_TILE_HEAD, "tile_head.json"),
     # pathway_query embeds gene-set prototypes with the same RNA branch (method "prototype")
     ("rna_embed.onnx", names.MODEL_PATHWAY_QUERY, "rna_embed.onnx"),
     ("encoder.json", names.MODEL_TILE_PREPROCESS, "encoder.json"),

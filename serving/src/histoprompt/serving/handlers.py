@@ -21,6 +21,7 @@ from histoprompt.serving.errors import ModelConfigError, RequestError
 from histoprompt.serving.onnx_runner import OnnxRunner
 from histoprompt.serving.preprocess import preprocess_tiles
 from histoprompt.serving.tensors import check_tensor
+from histoprompt.serving.tile_head import TileHead
 
 Inputs = dict[str, NDArray[Any] | None]
 Outputs = dict[str, NDArray[Any]]
@@ -237,5 +238,6 @@ HANDLERS: dict[str, type] = {
     names.MODEL_SLIDE_EMBED: SlideEmbed,
     names.MODEL_RNA_EMBED: RnaEmbed,
     names.MODEL_TILE_CONTEXT: TileContext,
+    names.MODEL_TILE_HEAD: TileHead,
     names.MODEL_PATHWAY_QUERY: PathwayQuery,
 }

@@ -19,6 +19,7 @@ __all__ = ["heatmap", "tile_scores"]
 _METHOD_TEXT = {
     "context": "context: 3x3 tile neighbourhood bags (tile_context)",
     "one-tile-bag": "one-tile-bag: each tile alone (baseline)",
+    "st-head": "st-head: head trained on spatial transcriptomics (tile_head)",
     "attention": "attention of the slide model (ABMIL)",
 }
 
@@ -119,7 +120,7 @@ def heatmap(
         ),
     ] = None,
     method: Annotated[
-        str, typer.Option(help=f"Tile-level method: {', '.join(METHODS)} (baseline).")
+        str, typer.Option(help="Tile-level method: context, one-tile-bag (baseline), st-head.")
     ] = "context",
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="PNG path (default heatmap-SLIDE_ID.png).")
