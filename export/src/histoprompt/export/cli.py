@@ -29,6 +29,7 @@ def _register_optional_groups() -> None:
     for module, name in (
         ("histoprompt.export.reference_cli", "reference"),
         ("histoprompt.export.evaluation_report", "evaluate"),
+        ("histoprompt.export.finetune", "finetune"),
     ):
         try:
             sub = importlib.import_module(module)

@@ -1,0 +1,83 @@
+"""`histoprompt-export finetune`: warm start on a fraction of a new SYNTHETIC cohort."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from typer.testing import CliRunner
+
+from histoprompt.export.cli import app
+from histoprompt.export.finetune import choose_patients
+
+runner = CliRunner()
+
+
+def test_fractions_are_nested_and_seeded() -> None:
+    ids = [f"SYN-{i:03d}" for i in range(40)]
+    small, large = choose_patients(ids, 0.1, 0), choose_patients(ids, 0.5, 0)
+    assert len(small) == 4 and len(large) == 20 and set(small) <= set(large)
+    assert choose_patients(ids, 0.1, 1) != small
+
+
+def _source_bundle(folder: Path) -> Path:
+    """The parts of a bundle finetune reads: card, alignment run, training config."""
+    import torch
+
+    from histoprompt.export.alignment import AlignmentConfig, AlignmentModel
+    from histoprompt.export.alignment_training import TrainConfig
+    from histoprompt.export.bundle import demo_card, demo_config
+    from histoprompt.export.finetune import save_alignment
+
+    folder.mkdir()
+    (folder / "model_card.json").write_text(demo_card(demo_config(0)).model_dump_json())
+    torch.manual_seed(0)
+    save_alignment(
+        AlignmentModel(AlignmentConfig(tile_dim=192, rna_dim=128, hidden=16, attn_dim=8,
+                                       aligned_dim=8)),
+        folder / "alignment",
+    )  # fmt: skip
+    cfg = TrainConfig(hidden=16, attn_dim=8, aligned_dim=8, batch_size=4)
+    (folder / "metrics.json").write_text(json.dumps({"train_config": cfg.model_dump()}))
+    return folder
+
+
+def test_finetune_warm_starts_and_records_the_data(tmp_path: Path) -> None:
+    from histoprompt.export.alignment_training import load_alignment
+    from histoprompt.export.cohort import CohortConfig, make_cohort, write_expression
+    from histoprompt.export.embedding import embed_tiles
+    from histoprompt.export.encoders import load_encoder
+
+    enc = load_encoder("tiny")
+    for name, seed in (("old", 2), ("new", 3)):  # two SYNTHETIC cohorts
+        cohort = make_cohort(CohortConfig(n_patients=12, min_tiles=3, max_tiles=4, seed=seed))
+        (tmp_path / name / "emb").mkdir(parents=True)
+        for s in cohort.slides:
+            np.save(tmp_path / name / "emb" / f"{s.slide_id}.npy", embed_tiles(enc, s.tiles))
+        rows = ["slide_id,patient_id"] + [f"{s.slide_id},{s.patient_id}" for s in cohort.slides]
+        (tmp_path / name / "slides.csv").write_text("\n".join(rows) + "\n")
+        write_expression(cohort, tmp_path / name / "expr.parquet")
+
+    def args(name: str) -> list[str]:
+        d = tmp_path / name
+        return ["--embeddings", str(d / "emb"), "--slides", str(d / "slides.csv"),
+                "--expression", str(d / "expr.parquet"), "--rna-encoder", "tiny"]  # fmt: skip
+
+    src = _source_bundle(tmp_path / "src")
+    out = tmp_path / "adapted"
+    res = runner.invoke(app, ["finetune", "--from", str(src), *args("new"), "--fraction", "0.5",
+                              "--epochs", "2", "--alignment-only", "--out", str(out)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    record = json.loads((out / "finetune.json").read_text())
+    assert record["n_patients_used"] == 6 and record["n_patients_new_cohort"] == 12
+    assert record["synthetic"] is True and len(record["data_fingerprint"]) == 8
+    before, after = load_alignment(src / "alignment"), load_alignment(out / "alignment")
+    moved = [
+        not np.allclose(a.detach().numpy(), b.detach().numpy())
+        for a, b in zip(before.parameters(), after.parameters(), strict=True)
+    ]
+    assert any(moved)
+    bad = runner.invoke(app, ["finetune", "--from", str(src), *args("new"), "--fraction", "0",
+                              "--out", str(tmp_path / "x")])  # fmt: skip
+    assert bad.exit_code == 2 and "fraction" in bad.output
