@@ -12,6 +12,9 @@ if TYPE_CHECKING:
     from histoprompt.core.settings import ConnectionSettings
 
 
+_POOL_CONNECTIONS = 16
+
+
 def make_minio(
     settings: ConnectionSettings,
     *,
@@ -33,6 +36,10 @@ def make_minio(
     http = None
     if connect_timeout is not None or retries is not None:
         http = urllib3.PoolManager(
+            # As many kept-alive connections as the SDK's own default client keeps: ranged
+            # reads run in worker threads, and a pool of one (urllib3's default) reconnects
+            # on every concurrent GET and logs "Connection pool is full".
+            maxsize=_POOL_CONNECTIONS,
             timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
             retries=(
                 False
