@@ -42,10 +42,15 @@ class Uploaded:
     objects: int
 
 
+# DICOM goes up with a manifest, a single instance too: ingest then starts at once instead of
+# waiting out the series settle window it applies to gateway uploads without a manifest.
+_MANIFESTED = frozenset({"dicom-series", "dicom"})
+
+
 def object_keys(slide: SlideFiles, prefix: str, token: str | None = None) -> list[str]:
     """Keys for the slide's files. File names are not reused: they may carry patient names."""
     base = f"{prefix.strip('/')}/{token or secrets.token_hex(8)}"
-    if slide.kind == "dicom-series":
+    if slide.kind in _MANIFESTED:
         return [f"{base}/instance-{i:04d}.dcm" for i in range(len(slide.files))]
     suffix = slide.files[0].suffix.lower() or ".tiff"
     return [f"{base}/slide{suffix}"]
@@ -84,7 +89,7 @@ def upload_slide(
     advance: ProgressFn,
     token: str | None = None,
 ) -> Uploaded:
-    """Upload one slide (series: instances, then manifest.json); cleans up on failure."""
+    """Upload one slide (DICOM: instances, then manifest.json); cleans up on failure."""
     from histoprompt.core.results import s3_errors
     from histoprompt.core.schemas import SeriesInstance, SeriesManifest, slide_id_for
 
@@ -107,7 +112,7 @@ def upload_slide(
                 )
             written.append(key)
             etag = (result.etag or "").strip('"')
-        if slide.kind != "dicom-series":
+        if slide.kind not in _MANIFESTED:
             size = slide.files[0].stat().st_size
             return Uploaded(
                 str(slide.path),
