@@ -87,12 +87,12 @@ class CohortConfig(BaseModel):
     expression_noise: float = Field(default=0.35, ge=0.0)
     hidden_factors: int = Field(default=3, ge=0, description="non-morphological expression factors")
     morphology: int = Field(
-        default=2,
+        default=3,
         ge=1,
-        le=2,
+        le=3,
         description="tile renderer: 1 = the first one (proliferation and lymphocytes hardly "
-        "visible to an untrained encoder), 2 = hyperchromatic proliferating nuclei, pale "
-        "hypoxic nuclei and a denser, bluer lymphocyte infiltrate (see render_tiles)",
+        "visible to an untrained encoder), 2 = hyperchromatic proliferating nuclei and a "
+        "denser, bluer lymphocyte infiltrate, 3 = 2 plus pale hypoxic nuclei (render_tiles)",
     )
     seed: int = 0
 
@@ -159,11 +159,12 @@ def render_tiles(
 ) -> NDArray[Any]:
     """Render H&E-like tiles; activity [N,K] (standardised program activities) -> uint8.
 
-    Renderer 2 gives each program its own visual channel an untrained encoder can see
+    Renderers 2 and 3 give each program its own visual channel an untrained encoder can see
     (renderer 1 left the held-out R2 of proliferation and immune at about 0.1 and 0.4, as
     density and nuclear size both only changed the share of dark pixels): proliferating
     nuclei turn hyperchromatic (dark, as mitotic chromatin) and denser (2 + 30 p instead of
-    2 + 22 p per 64 px tile), hypoxic (large) nuclei pale (vesicular), and lymphocytes are
+    2 + 22 p per 64 px tile), hypoxic (large) nuclei pale (vesicular; renderer 3), and
+    lymphocytes are
     linear in the immune activity (1 + 60 i, was 1 + 30 i^2), larger (r 2.2 px, was 1.6)
     and bluer.
     """
@@ -205,7 +206,7 @@ def render_tiles(
         ):
             lym = np.maximum(lym, ((xx - cx) ** 2 + (yy - cy) ** 2 < lr2).astype(np.float32))
         nuc = nucleus * (1 - prolif) + dark * prolif if v2 else nucleus
-        if v2:  # hypoxic nuclei: large and pale (vesicular chromatin)
+        if morphology >= 3:  # hypoxic nuclei: large and pale (vesicular chromatin)
             nuc = nuc * (1 - 0.6 * hypoxia) + pale * 0.6 * hypoxia
         img = img * (1 - ink[..., None]) + nuc * ink[..., None]
         img = img * (1 - lym[..., None]) + lymph * lym[..., None]
