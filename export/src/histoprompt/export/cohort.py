@@ -164,9 +164,8 @@ def render_tiles(
     density and nuclear size both only changed the share of dark pixels): proliferating
     nuclei turn hyperchromatic (dark, as mitotic chromatin) and denser (2 + 30 p instead of
     2 + 22 p per 64 px tile), hypoxic (large) nuclei pale (vesicular; renderer 3), and
-    lymphocytes are
-    linear in the immune activity (1 + 60 i, was 1 + 30 i^2), larger (r 2.2 px, was 1.6)
-    and bluer.
+    lymphocytes linear in the immune activity (1 + 60 i, was 1 + 30 i^2), larger (r 2.2 px,
+    was 1.6) and bluer.
     """
     v2 = morphology >= 2
     n = activity.shape[0]
