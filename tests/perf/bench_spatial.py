@@ -28,9 +28,17 @@ def write_figures(bundle: Path, head_dir: Path | None = None) -> list[Path]:
     import pandas as pd
     from PIL import Image
 
-    from histoprompt.client.heatmap_figure import Legend, compose, percentiles, png_info
+    from histoprompt.client.heatmap_figure import (
+        REFERENCE_UNITS,
+        UNITS,
+        Legend,
+        compose,
+        percentiles,
+        png_info,
+    )
     from histoprompt.client.heatmap_render import SlideGeometry, render_heatmap
-    from histoprompt.export.spatial_eval import _engine, method_maps
+    from histoprompt.core.tile_context import neighbourhoods
+    from histoprompt.export.spatial_eval import _engine, _run, _session
     from histoprompt.export.spatial_train import embed_tiles_onnx
     from histoprompt.export.spatial_truth import (
         SpatialSlideConfig,
@@ -39,25 +47,35 @@ def write_figures(bundle: Path, head_dir: Path | None = None) -> list[Path]:
     )
 
     slide = make_spatial_slide(SpatialSlideConfig(seed=TEST[0]))
-    maps = method_maps(bundle, slide, embed_tiles_onnx(bundle, slide.tiles), None, _engine(bundle))
+    engine = _engine(bundle)
+    emb = embed_tiles_onnx(bundle, slide.tiles)
+    ctx = _run(_session(bundle / "tile_context.onnx"), neighbourhoods(emb, slide.xy))
+    # as `histoprompt heatmap` colours it: pathway_query's percentile against the reference
+    ref_pct = engine.query(ctx, ["HALLMARK_HYPOXIA"], "soft_knn").percentiles[:, 0]
     tiles = pd.DataFrame({"x": slide.xy[:, 0], "y": slide.xy[:, 1]})
     width, height = slide.size
     thumb = Image.fromarray(slide_canvas(slide)[::4, ::4])
     geometry = SlideGeometry(width, height, "source TIFF")
     FIGURES.mkdir(parents=True, exist_ok=True)
     out = []
-    for name, values, how in (
+    for name, pct, how, units in (
         (
             "heatmap-hypoxia-context.png",
-            maps["context"][:, 3],
+            ref_pct,
             "context: 3x3 tile neighbourhood bags (tile_context)",
+            REFERENCE_UNITS,
         ),
-        ("truth-hypoxia.png", slide.truth[:, 3], "planted SYNTHETIC field (ground truth)"),
+        (
+            "truth-hypoxia.png",
+            percentiles(slide.truth[:, 3]),
+            "planted SYNTHETIC field (ground truth)",
+            UNITS,
+        ),
     ):
-        pct = percentiles(values)
         image = render_heatmap(tiles, pct, geometry, thumb, 640, 0.5, (0.0, 100.0))
         legend = Legend(
             title="HALLMARK_HYPOXIA (SYNTHETIC)",
+            units=units,
             lines=(
                 f"method: {how}",
                 f"slide: {slide.slide_id}",

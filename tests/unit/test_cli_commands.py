@@ -507,15 +507,23 @@ def test_query_bad_input(s3: FakeS3, triton: list[list[str]], tmp_path: Path) ->
 
 
 def test_example_heatmap(s3: FakeS3, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
 
     from histoprompt.client.commands import heatmap as heatmap_cmd
 
     _store_result(s3)
     source = _tiff(Path("src.tiff"), shape=(600, 900))
     s3.objects[("histoprompt-slides", "uploads/x/slide.svs")] = source.read_bytes()
-    monkeypatch.setattr(heatmap_cmd, "tile_scores", lambda s, emb, gs, **kw: emb.sum(axis=1))
+
+    def fake(settings: Any, emb: Any, gs: Any, **kw: Any) -> Any:
+        scores = np.asarray(emb, dtype=float).sum(axis=1)
+        return scores, np.linspace(30.0, 70.0, len(scores))  # against the reference
+
+    monkeypatch.setattr(heatmap_cmd, "score_tiles", fake)
     res = run("histoprompt heatmap 0123456789abcdef --gene-set HYPOXIA --out hypoxia.png")
     assert res.exit_code == 0, res.output
+    with Image.open("hypoxia.png") as im:
+        assert im.text["Units"] == "percentile vs the reference cohort"
     img = _heatmap_map("hypoxia.png")
     assert abs(img.shape[1] / img.shape[0] - 900 / 600) < 0.01  # the source slide's ratio
     assert len(np.unique(img.reshape(-1, 3), axis=0)) > 50
@@ -533,11 +541,11 @@ def test_heatmap_writes_tiles_parquet_and_geojson_regions(
     _store_result(s3)
     seen: dict[str, Any] = {}
 
-    def fake(settings: Any, emb: Any, gs: Any, **kw: Any) -> np.ndarray:
+    def fake(settings: Any, emb: Any, gs: Any, **kw: Any) -> Any:
         seen.update(kw)
-        return np.asarray(emb, dtype=float).sum(axis=1)
+        return np.asarray(emb, dtype=float).sum(axis=1), None  # no reference percentiles
 
-    monkeypatch.setattr(heatmap_cmd, "tile_scores", fake)
+    monkeypatch.setattr(heatmap_cmd, "score_tiles", fake)
     res = runner.invoke(
         app,
         shlex.split(
@@ -555,6 +563,7 @@ def test_heatmap_writes_tiles_parquet_and_geojson_regions(
     assert sum(f["properties"]["n_tiles"] for f in doc["features"]) == 3  # >= P50 of 6
     with Image.open("h.png") as im:
         assert im.text["Title"].startswith("HALLMARK_HYPOXIA") and im.text["Method"] == "context"
+        assert im.text["Units"] == "percentile of this slide's tiles"
     assert "regions >= P50" in res.stderr
 
 

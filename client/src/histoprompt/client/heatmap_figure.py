@@ -15,9 +15,10 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
     from PIL import Image
 
-__all__ = ["Legend", "compose", "percentiles", "png_info"]
+__all__ = ["REFERENCE_UNITS", "UNITS", "Legend", "compose", "percentiles", "png_info"]
 
 UNITS = "percentile of this slide's tiles"
+REFERENCE_UNITS = "percentile vs the reference cohort"
 PANEL_BG = (255, 255, 255)
 TEXT = (20, 20, 20)
 

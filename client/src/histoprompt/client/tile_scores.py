@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from histoprompt.client.settings import ClientSettings
     from histoprompt.core.genesets import GeneSet
 
-__all__ = ["BATCH", "METHODS", "tile_scores"]
+__all__ = ["BATCH", "METHODS", "score_tiles", "tile_scores"]
 
 BATCH: Final = 256
 METHODS: Final = ("context", "one-tile-bag", "st-head")
@@ -32,9 +32,24 @@ def tile_scores(
     xy: NDArray[Any] | None = None,
     method: str = "context",
 ) -> NDArray[Any]:
-    """float64 [n_tiles] scores of `gene_set`, rows in `tile_embeddings` order.
+    """float64 [n_tiles] scores of `gene_set`, rows in `tile_embeddings` order."""
+    return score_tiles(settings, tile_embeddings, gene_set, xy=xy, method=method)[0]
+
+
+def score_tiles(
+    settings: ClientSettings,
+    tile_embeddings: NDArray[Any],
+    gene_set: GeneSet,
+    *,
+    xy: NDArray[Any] | None = None,
+    method: str = "context",
+) -> tuple[NDArray[Any], NDArray[Any] | None]:
+    """(scores [n_tiles], percentiles against the reference [n_tiles] or None).
 
     `xy` (level-0 top-left corners, [n_tiles, 2]) places tiles on the grid for `context`.
+    The percentiles are `pathway_query`'s PERCENTILE: where each tile's score falls among the
+    reference samples' raw ssGSEA scores of the set (None for `st-head`, whose mean-z units
+    have no reference distribution, or when the server gives none).
     """
     import numpy as np
 
@@ -44,7 +59,7 @@ def tile_scores(
 
     emb = np.asarray(tile_embeddings, dtype=np.float32)
     if method == "st-head":
-        return _st_head(settings, emb, gene_set)
+        return _st_head(settings, emb, gene_set), None
     if method == "context":
         if xy is None:
             raise InvalidInputError("method context needs the tiles' coordinates")
@@ -55,10 +70,12 @@ def tile_scores(
         raise InvalidInputError(f"unknown tile method {method!r}; one of {', '.join(METHODS)}")
     request = request_strings([gene_set], set(load_hallmark()))
     scores = np.empty(len(aligned), dtype=np.float64)
+    pct = np.empty(len(aligned), dtype=np.float64)
     for start in range(0, len(aligned), BATCH):
         chunk = aligned[start : start + BATCH]
-        scores[start : start + len(chunk)] = query_batch(settings, chunk, request)
-    return scores
+        got = query_batch(settings, chunk, request)
+        scores[start : start + len(chunk)], pct[start : start + len(chunk)] = got
+    return scores, (pct if np.isfinite(pct).all() else None)
 
 
 def _context_embeddings(
@@ -151,8 +168,11 @@ def _st_head(settings: ClientSettings, emb: NDArray[Any], gene_set: GeneSet) -> 
     return out
 
 
-def query_batch(settings: ClientSettings, embs: NDArray[Any], request: list[str]) -> NDArray[Any]:
-    """`pathway_query` on aligned rows [B, E]: the first set's scores [B]."""
+def query_batch(
+    settings: ClientSettings, embs: NDArray[Any], request: list[str]
+) -> tuple[NDArray[Any], NDArray[Any]]:
+    """`pathway_query` on aligned rows [B, E]: the first set's scores [B] and percentiles
+    against the reference [B] (NaN when the server has none)."""
     import numpy as np
     import tritonclient.grpc as grpcclient
 
@@ -172,5 +192,7 @@ def query_batch(settings: ClientSettings, embs: NDArray[Any], request: list[str]
     finally:
         client.close()
     scores = np.asarray(res.as_numpy(names.TENSOR_SCORES), dtype=np.float64)
-    out: NDArray[Any] = scores.reshape(embs.shape[0], -1)[:, 0]
-    return out
+    raw_pct = res.as_numpy(names.TENSOR_PERCENTILE)
+    pct = np.full(scores.shape, np.nan) if raw_pct is None else np.asarray(raw_pct, np.float64)
+    n = embs.shape[0]
+    return scores.reshape(n, -1)[:, 0], pct.reshape(n, -1)[:, 0]

@@ -52,6 +52,8 @@ TENSOR_GENE_SETS: Final = "GENE_SETS"
 TENSOR_METHOD: Final = "METHOD"
 TENSOR_SCORES: Final = "SCORES"
 TENSOR_COVERAGE: Final = "COVERAGE"
+# pathway_query: each score's percentile among the reference samples' raw ssGSEA scores
+TENSOR_PERCENTILE: Final = "PERCENTILE"
 # tile_context: [9, D] tile embeddings (the tile, then its 8 grid neighbours) -> [E]
 TENSOR_TILE_NEIGHBOURHOOD: Final = "TILE_NEIGHBOURHOOD"
 TENSOR_TILE_ALIGNED: Final = "TILE_ALIGNED"

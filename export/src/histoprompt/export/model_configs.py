@@ -243,7 +243,7 @@ def pathway_query(card: ModelCard, reference_uri: str) -> Config:
             Tensor(names.TENSOR_GENE_SETS, "TYPE_STRING", (-1,)),
             Tensor(names.TENSOR_METHOD, "TYPE_STRING", (1,), optional=True),
         ),
-        outputs=_score_outputs(),
+        outputs=(*_score_outputs(), Tensor(names.TENSOR_PERCENTILE, "TYPE_FP32", (-1, -1))),
         params={
             **common_params(card),
             "reference_uri": reference_uri,

@@ -143,7 +143,7 @@ class PathwayQuery:
 
     batched = False
     inputs = (names.TENSOR_SLIDE_EMBEDDING, names.TENSOR_GENE_SETS, names.TENSOR_METHOD)
-    outputs = (names.TENSOR_SCORES, names.TENSOR_COVERAGE)
+    outputs = (names.TENSOR_SCORES, names.TENSOR_COVERAGE, names.TENSOR_PERCENTILE)
 
     def __init__(self, ctx: ModelContext, engine: Any | None = None) -> None:
         self.dim = _fixed_dims(ctx, names.TENSOR_SLIDE_EMBEDDING)[-1]
@@ -184,9 +184,12 @@ class PathwayQuery:
         except (ValueError, KeyError) as err:
             raise RequestError(str(err)) from err
         scores, coverage = result[0], result[1]
+        pct = getattr(result, "percentiles", None)  # NaN: method not on the ssGSEA scale
+        pct = np.full(np.shape(scores), np.nan) if pct is None else pct
         return {
             names.TENSOR_SCORES: np.asarray(scores).astype(self.dtypes[names.TENSOR_SCORES]),
             names.TENSOR_COVERAGE: np.asarray(coverage).astype(self.dtypes[names.TENSOR_COVERAGE]),
+            names.TENSOR_PERCENTILE: np.asarray(pct).astype(self.dtypes[names.TENSOR_PERCENTILE]),
         }
 
 

@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from histoprompt.client.state import get_state
-from histoprompt.client.tile_scores import METHODS, tile_scores
+from histoprompt.client.tile_scores import METHODS, score_tiles
 
 if TYPE_CHECKING:
     import pandas as pd
     from numpy.typing import NDArray
 
-__all__ = ["heatmap", "tile_scores"]
+__all__ = ["heatmap", "score_tiles"]
 
 _METHOD_TEXT = {
     "context": "context: 3x3 tile neighbourhood bags (tile_context)",
@@ -73,6 +73,18 @@ def _extras(
         n = _write_geojson(geojson, tiles, pct, threshold, name or "attention")
         extras += f"; {n} regions >= P{threshold:g} in {geojson}"
     return extras
+
+
+def _values(
+    settings: Any, store: Any, slide_id: str, ver: str, tiles: pd.DataFrame, gs: Any, method: str
+) -> tuple[NDArray[Any], NDArray[Any] | None, str, str]:
+    """(values, percentiles against the reference or None, what, method shown)."""
+    if gs is None:
+        return tiles["attention"].to_numpy(), None, "attention", "attention"
+    xy = tiles[["x", "y"]].to_numpy()
+    emb = store.read_tile_embeddings(slide_id, ver)
+    values, ref_pct = score_tiles(settings, emb, gs, xy=xy, method=method)
+    return values, ref_pct, f"{gs.name} scores", method
 
 
 def _gene_set(settings: Any, name: str | None) -> Any:
@@ -143,13 +155,16 @@ def heatmap(
     alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Map opacity.")] = 0.5,
 ) -> None:
     """A PNG of the slide thumbnail with attention (or a gene set's tile scores) overlaid,
-    a colour bar (percentile of the slide's tiles) and a legend.
+    a colour bar (percentile against the reference cohort; of the slide's tiles for
+    attention and st-head) and a legend.
 
     \b
     Example: histoprompt heatmap 0123456789abcdef --gene-set HYPOXIA --out hypoxia.png
     """
+    from dataclasses import replace
+
     from histoprompt.client.commands.results import result_store
-    from histoprompt.client.heatmap_figure import percentiles
+    from histoprompt.client.heatmap_figure import REFERENCE_UNITS, percentiles
     from histoprompt.client.heatmap_render import render_heatmap
     from histoprompt.client.output import note
     from histoprompt.client.services import minio_client
@@ -166,19 +181,14 @@ def heatmap(
     tiles = store.read_tiles(slide_id, ver)
     if tiles.empty:
         raise InvalidInputError(f"slide {slide_id} has no tiles to draw")
-    if gs is None:
-        values, what, how = tiles["attention"].to_numpy(), "attention", "attention"
-    else:
-        xy = tiles[["x", "y"]].to_numpy()
-        emb = store.read_tile_embeddings(slide_id, ver)
-        values, what = tile_scores(settings, emb, gs, xy=xy, method=method), f"{gs.name} scores"
-        how = method
-    pct = percentiles(values)
+    values, ref_pct, what, how = _values(settings, store, slide_id, ver, tiles, gs, method)
+    pct = percentiles(values) if ref_pct is None else ref_pct
     geometry, thumb = slide_view(minio_client(settings), manifest.source, tiles)
     image = render_heatmap(
         tiles, pct, geometry, thumb, max_side=size, alpha=alpha, value_range=(0, 100)
     )
     legend = _legend(gs.name if gs else "Attention", how, slide_id, ver, tiles, manifest)
+    legend = legend if ref_pct is None else replace(legend, units=REFERENCE_UNITS)
     path = out or Path(f"heatmap-{slide_id}.png")
     figure = _save_figure(image, legend, path)
     extras = _extras(tiles_out, geojson, tiles, values, pct, threshold, gs.name if gs else "")
