@@ -42,11 +42,13 @@ def test_demo_bundle_learns_exports_and_is_cached(tmp_path: Path) -> None:
         names.MODEL_TILE_ENCODER,
         names.MODEL_SLIDE_EMBED,
         names.MODEL_RNA_EMBED,
+        names.MODEL_TILE_CONTEXT,  # derived from the alignment weights (export.tile_context)
         "predictor",
     }
     assert all(r["passed"] for r in bundle.parity.values())
     repo = bundle.model_repository
-    for model in (names.MODEL_TILE_ENCODER, names.MODEL_SLIDE_EMBED, names.MODEL_RNA_EMBED):
+    models = (names.MODEL_TILE_ENCODER, names.MODEL_SLIDE_EMBED, names.MODEL_RNA_EMBED)
+    for model in (*models, names.MODEL_TILE_CONTEXT):
         assert (repo / model / "1" / "model.onnx").is_file()
         parse_config((repo / model / "config.pbtxt").read_text())
     # the served predictor and the model card travel with pathway_query

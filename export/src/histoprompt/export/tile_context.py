@@ -60,6 +60,7 @@ def ensure_tile_context(bundle_dir: Path) -> Path | None:
 
     path = bundle_dir / FILE
     if path.is_file():
+        _card_lists(bundle_dir, path)
         return path
     if not (bundle_dir / "alignment").is_dir():
         return None
@@ -71,4 +72,47 @@ def ensure_tile_context(bundle_dir: Path) -> Path | None:
     if not record.passed:
         path.unlink(missing_ok=True)
         raise ParityError(f"ONNX parity failed for {record.model}; see {parity_file}")
+    _record_in_card(bundle_dir, record, path)
     return path
+
+
+def _card_lists(bundle_dir: Path, path: Path) -> None:
+    """A bundle whose file predates the card entry: record it from parity.json."""
+    from histoprompt.core.modelspec import ModelCard
+    from histoprompt.export.model_card import MODEL_CARD_FILE
+
+    card_path, parity_file = bundle_dir / MODEL_CARD_FILE, bundle_dir / "parity.json"
+    if not (card_path.is_file() and parity_file.is_file()):
+        return
+    card = ModelCard.model_validate_json(card_path.read_text())
+    if any(p.model == names.MODEL_TILE_CONTEXT for p in card.parity):
+        return
+    doc = json.loads(parity_file.read_text()).get(names.MODEL_TILE_CONTEXT)
+    if doc is not None:
+        _record_in_card(bundle_dir, ParityRecord.model_validate(doc), path)
+
+
+def _record_in_card(bundle_dir: Path, record: ParityRecord, path: Path) -> None:
+    """The bundle's model card lists the file (sha256) and its parity like every network."""
+    from histoprompt.core.modelspec import ModelCard, ParityResult, WeightFile
+    from histoprompt.export.model_card import MODEL_CARD_FILE, sha256_file
+
+    card_path = bundle_dir / MODEL_CARD_FILE
+    if not card_path.is_file():
+        return
+    card = ModelCard.model_validate_json(card_path.read_text())
+    parity = ParityResult(
+        model=record.model,
+        max_abs_err=record.max_abs_err,
+        min_cosine=record.min_cosine,
+        passed=record.passed,
+    )
+    weight = WeightFile(
+        role=f"onnx:{names.MODEL_TILE_CONTEXT}", name=path.stem, file=FILE, sha256=sha256_file(path)
+    )
+    update = {
+        "parity": (*(p for p in card.parity if p.model != record.model), parity),
+        "weights": (*(w for w in card.weights if w.file != FILE), weight),
+    }
+    full = ModelCard.model_validate(card.model_copy(update=update).model_dump())
+    card_path.write_text(full.model_dump_json(indent=1))
