@@ -4,8 +4,8 @@
   chance (k / N) and against an unaligned baseline; the aligned / baseline ratio is the
   seed paper's "retrieval gain".
 * Pathways: per-set R^2, Pearson and Spearman of out-of-fold predictions, 5-fold CV split
-  by patient, for Soft-kNN (reference = the training folds' RNA embeddings and scores) and
-  the trained predictors.
+  by patient, for Soft-kNN (reference = the training folds' RNA embeddings and scores, at the
+  served k and temperature, `SoftKnnConfig()`) and the trained predictors.
 
 Plotting and file formats live in `histoprompt.export.evaluation_report`.
 """
@@ -23,7 +23,7 @@ from scipy.stats import pearsonr, spearmanr
 
 from histoprompt.core.errors import InvalidInputError
 from histoprompt.core.predictors import PredictorConfig, cross_validated_predictions
-from histoprompt.core.softknn import unit_rows
+from histoprompt.core.softknn import SoftKnnConfig, unit_rows
 
 __all__ = [
     "DEFAULT_KS",
@@ -37,6 +37,8 @@ __all__ = [
 ]
 
 DEFAULT_KS = (1, 5, 10)
+# Soft-kNN is evaluated at the settings pathway_query serves (one config for both).
+SERVED = SoftKnnConfig()
 
 
 def _pair_check(a: NDArray[Any], b: NDArray[Any]) -> tuple[NDArray[Any], NDArray[Any]]:
@@ -125,8 +127,8 @@ def softknn_cv_predictions(
     targets: pd.DataFrame,
     groups: Sequence[str],
     *,
-    k: int = 16,
-    temperature: float = 0.05,
+    k: int = SERVED.k,
+    temperature: float = SERVED.temperature,
     n_splits: int = 5,
 ) -> NDArray[Any]:
     """Out-of-fold Soft-kNN: test slides query the training folds' RNA embeddings/scores."""
@@ -157,8 +159,8 @@ def pathway_cv_table(
     *,
     methods: Sequence[str] = ("soft_knn", "ridge", "mlp"),
     n_splits: int = 5,
-    k: int = 16,
-    temperature: float = 0.05,
+    k: int = SERVED.k,
+    temperature: float = SERVED.temperature,
 ) -> pd.DataFrame:
     """Long table: gene_set, method, r2, pearson, spearman (5-fold CV by patient)."""
     frames = []

@@ -7,8 +7,8 @@ samples keyed like patient_ids) from which the Hallmark ssGSEA targets are compu
 `--synthetic` evaluates SYNTHETIC numpy pairs instead (histoprompt.core.evaluation_metrics), and
 `--report DIR` runs the evaluation protocol on SYNTHETIC site cohorts instead (protocol_report).
 `--bundle DIR` the demo bundle of `histoprompt-export demo-bundle` on its SYNTHETIC cohort:
-retrieval on the patients held out from alignment training, the untrained alignment module
-(same seed) as the unaligned baseline, per-Hallmark CV over all patients.
+retrieval and per-Hallmark CV on the patients held out from alignment training, the
+untrained alignment module (same seed) as the unaligned baseline.
 
 Example:
 
@@ -197,7 +197,7 @@ def bundle_inputs(bundle: Path, seed: int = 0) -> EvalInputs:
         synthetic=True,
         source=(
             f"demo bundle {card.version} (SYNTHETIC cohort, UNTRAINED tile encoder); retrieval "
-            f"on the {int(held_out.sum())} patients held out from alignment training"
+            f"and CV on the {int(held_out.sum())} patients held out from alignment training"
         ),
         retrieval_rows=held_out,
     )
@@ -251,11 +251,12 @@ def run_evaluation(inputs: EvalInputs, methods: list[str], n_splits: int = 5) ->
         baseline_slide=pick(inputs.baseline_slide),
         baseline_rna=pick(inputs.baseline_rna),
     )
+    # Only rows the alignment never saw: CV within them (the protocol retrains per fold).
     pathways = pathway_cv_table(
-        inputs.slide,
-        inputs.rna,
-        inputs.targets,
-        inputs.patient_ids,
+        inputs.slide[rows],
+        inputs.rna[rows],
+        inputs.targets.iloc[rows].reset_index(drop=True),
+        [inputs.patient_ids[i] for i in rows],
         methods=methods,
         n_splits=n_splits,
     )
@@ -304,7 +305,7 @@ def write_report(report: EvalReport, out: Path) -> list[Path]:
     md = [
         f"# {label}evaluation",
         "",
-        f"Source: {report.inputs.source}. N = {len(report.inputs.patient_ids)} pairs, "
+        f"Source: {report.inputs.source}. N = {int(report.retrieval['n'].iloc[0])} pairs, "
         f"{report.inputs.targets.shape[1]} Hallmark sets, 5-fold CV split by patient.",
         "",
         "## Retrieval",
