@@ -240,9 +240,9 @@ def report_markdown(rep: ProtocolReport, settings: ProtocolSettings) -> list[str
         "",
         "`linear_probe`: ridge on the frozen encoder's mean-pooled tile embeddings, the same "
         "test folds. A planted set below 0.5 for the aligned model but not for the probe is "
-        "information the frozen features hold and the contrastive alignment (trained on "
+        "information the frozen features hold and the contrastive alignment (on "
         f"{len(rep.sites[0].patient_ids) * (settings.n_splits - 1) // settings.n_splits} "
-        "patients per fold) does not keep.",
+        "non-test patients per fold, a quarter of them for early stopping) does not keep.",
         "",
         "## Median per-Hallmark R2: out-of-fold, 95 % bootstrap CI (patients resampled)",
         "",
