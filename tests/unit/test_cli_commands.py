@@ -207,7 +207,12 @@ def _group(*members: dict[str, Any]) -> consumers.GroupState:
     return consumers.parse_group("histoprompt-ingest", described)
 
 
-def _store_result(s3: FakeS3, n_tiles: int = 6, source_key: str = "uploads/x/slide.svs") -> None:
+def _store_result(
+    s3: FakeS3,
+    n_tiles: int = 6,
+    source_key: str = "uploads/x/slide.svs",
+    pathways: dict[str, PathwayScore] | None = None,
+) -> None:
     """A SYNTHETIC result written with the core ResultStore (what ingest would write)."""
     rng = np.random.default_rng(1)
     xs, ys = np.meshgrid(np.arange(3) * 256, np.arange(2) * 256)
@@ -225,7 +230,8 @@ def _store_result(s3: FakeS3, n_tiles: int = 6, source_key: str = "uploads/x/sli
         tiles=tiles,
         tile_embeddings=rng.normal(size=(n_tiles, 8)).astype(np.float32),
         slide_embedding=emb / np.linalg.norm(emb),
-        pathways={
+        pathways=pathways
+        or {
             "HALLMARK_HYPOXIA": PathwayScore(score=0.1, method="soft-knn", coverage=0.9),
             "HALLMARK_E2F_TARGETS": PathwayScore(score=0.7, method="soft-knn", coverage=0.95),
             "HALLMARK_APOPTOSIS": PathwayScore(score=-0.3, method="soft-knn", coverage=0.8),
@@ -421,6 +427,23 @@ def test_example_results_csv(s3: FakeS3) -> None:
     assert rows[0]["method"] == "soft-knn" and float(rows[0]["coverage"]) == 0.95
 
 
+def test_results_show_readable_scores_when_stored(s3: FakeS3) -> None:
+    _store_result(s3)
+    res = runner.invoke(app, ["results", SID, "--format", "csv", "--out", "plain.csv"])
+    assert res.exit_code == 0, res.output
+    assert Path("plain.csv").read_text().splitlines()[0] == "gene_set,score,method,coverage"
+    readable = {
+        "HALLMARK_HYPOXIA": PathwayScore(
+            score=0.1, method="soft_knn", coverage=0.9, percentile=90.0, z=1.25
+        )
+    }
+    _store_result(s3, pathways=readable)
+    res = runner.invoke(app, ["results", SID, "--format", "csv", "--out", "readable.csv"])
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(io.StringIO(Path("readable.csv").read_text())))
+    assert float(rows[0]["percentile"]) == 90.0 and float(rows[0]["z"]) == 1.25
+
+
 def test_results_json_parquet_and_unknown_slide(s3: FakeS3, tmp_path: Path) -> None:
     _store_result(s3)
     body = json.loads(runner.invoke(app, ["--json", "results", SID]).stdout)
@@ -463,7 +486,8 @@ def triton(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
         sizes = [len(json.loads(g)["genes"]) if g.startswith("{") else 200 for g in gene_sets]
         base = float(np.sum(embedding))
         used = (method or "soft-knn").replace("-", "_")
-        return np.array([base * n for n in sizes]), np.array([0.8] * len(gene_sets)), used
+        pct = np.array([62.5] + [np.nan] * (len(gene_sets) - 1))  # NaN: off the ssGSEA scale
+        return np.array([base * n for n in sizes]), np.array([0.8] * len(gene_sets)), used, pct
 
     monkeypatch.setattr(pathway_query, "run_pathway_query", fake)
     monkeypatch.setattr(pathway_query, "reference_genes", lambda s: ("CD3E", "CD8A", "GZMB"))
@@ -482,7 +506,8 @@ def test_example_query(s3: FakeS3, triton: list[list[str]]) -> None:
     }
     rows = {ln.split("\t")[0]: ln.split("\t") for ln in res.stdout.splitlines()[1:]}
     assert rows["custom"][-1] == "PRF1,IFNG"  # unknown genes against the reference
-    assert rows["custom"][4] == "4/5" and rows["HALLMARK_E2F_TARGETS"][4] == "160/200"
+    assert rows["custom"][5] == "4/5" and rows["HALLMARK_E2F_TARGETS"][5] == "160/200"
+    assert rows["HALLMARK_E2F_TARGETS"][4] == "62.5" and rows["custom"][4] == "-"  # percentile
     assert rows["custom"][2] == "soft_knn"
 
 

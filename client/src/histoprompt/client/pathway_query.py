@@ -25,6 +25,9 @@ class QueryRow:
     coverage: float
     genes: int
     unknown: tuple[str, ...] | None
+    # where the score falls among the reference samples' scores of the set (0-100; None when
+    # the method is not on the reference's ssGSEA scale or the server predates PERCENTILE)
+    percentile: float | None = None
 
     @property
     def found(self) -> int:
@@ -37,6 +40,7 @@ class QueryRow:
             "score": self.score,
             "method": self.method,
             "coverage": self.coverage,
+            "percentile": self.percentile,
             "genes": self.genes,
             "found": self.found,
             "unknown": None if self.unknown is None else list(self.unknown),
@@ -56,8 +60,9 @@ def run_pathway_query(
     embedding: NDArray[Any],
     gene_sets: list[str],
     method: str | None,
-) -> tuple[NDArray[Any], NDArray[Any], str]:
-    """SCORES [K], COVERAGE [K] for one slide embedding [E], and the method that scored.
+) -> tuple[NDArray[Any], NDArray[Any], str, NDArray[Any]]:
+    """SCORES [K], COVERAGE [K] for one slide embedding [E], the method that scored, and
+    PERCENTILE [K] (each score among the reference's scores of its set; NaN off that scale).
 
     The CLI spells methods with a dash (soft-knn), the server with an underscore (soft_knn).
     """
@@ -82,6 +87,7 @@ def run_pathway_query(
     outputs = [
         grpcclient.InferRequestedOutput(names.TENSOR_SCORES),
         grpcclient.InferRequestedOutput(names.TENSOR_COVERAGE),
+        grpcclient.InferRequestedOutput(names.TENSOR_PERCENTILE),
     ]
     client = triton_client(settings)
     try:
@@ -107,7 +113,8 @@ def run_pathway_query(
             f"{names.MODEL_PATHWAY_QUERY} returned {scores.shape[0]} scores for "
             f"{len(gene_sets)} gene sets"
         )
-    return scores, coverage, wire
+    pct = np.asarray(result.as_numpy(names.TENSOR_PERCENTILE), dtype=np.float64).reshape(-1)
+    return scores, coverage, wire, pct
 
 
 def _params(config: dict[str, Any]) -> dict[str, str]:

@@ -22,7 +22,7 @@ class Method(StrEnum):
     prototype = "prototype"
 
 
-COLUMNS = ["gene_set", "score", "method", "coverage", "genes", "unknown"]
+COLUMNS = ["gene_set", "score", "method", "coverage", "percentile", "genes", "unknown"]
 
 
 def collect_gene_sets(
@@ -99,7 +99,7 @@ def query(
     sets = collect_gene_sets(settings, gene_set or [], genes or [], gmt)
     embedding = result_store(settings).read_slide_embedding(slide_id, version)
     bundled = set(load_hallmark())
-    scores, coverage, used = run_pathway_query(
+    scores, coverage, used, pct = run_pathway_query(
         settings, embedding, request_strings(sets, bundled), method.value if method else None
     )
     ref = reference_genes(settings)
@@ -112,8 +112,9 @@ def query(
             coverage=float(c),
             genes=len(gs.genes),
             unknown=None if known is None else tuple(g for g in gs.genes if g not in known),
+            percentile=float(p) if p == p else None,  # NaN: not on the ssGSEA scale
         )
-        for gs, s, c in zip(sets, scores, coverage, strict=True)
+        for gs, s, c, p in zip(sets, scores, coverage, pct, strict=True)
     ]
     rows.sort(key=lambda r: r.score, reverse=True)
     out = state.output(as_json)
@@ -121,6 +122,7 @@ def query(
         {
             **r.as_dict(),
             "genes": f"{r.found}/{r.genes}",
+            "percentile": "-" if r.percentile is None else f"{r.percentile:.1f}",
             "unknown": "-" if r.unknown is None else ",".join(r.unknown) or "none",
         }
         for r in rows

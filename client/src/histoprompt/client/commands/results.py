@@ -24,6 +24,8 @@ class Format(StrEnum):
 
 
 COLUMNS = ["gene_set", "score", "method", "coverage"]
+# Readable scores (core.readable_scores): shown when the stored result has them.
+READABLE = ["percentile", "z"]
 
 
 def result_store(settings: ClientSettings) -> ResultStore:
@@ -44,7 +46,14 @@ def pathway_rows(slide_id: str, settings: ClientSettings, version: str | None) -
         raise InvalidInputError(f"slide {slide_id} failed in ingest ({why}); it has no scores")
     pathways = store.read_pathways(slide_id, ver)
     rows = [
-        {"gene_set": name, "score": p.score, "method": p.method, "coverage": p.coverage}
+        {
+            "gene_set": name,
+            "score": p.score,
+            "method": p.method,
+            "coverage": p.coverage,
+            "percentile": p.percentile,
+            "z": p.z,
+        }
         for name, p in sorted(pathways.items(), key=lambda kv: kv[1].score, reverse=True)
     ]
     return {
@@ -84,17 +93,19 @@ def results(
         raise typer.BadParameter("parquet is binary: give --out FILE", param_hint="--format")
     data = pathway_rows(slide_id, state.settings(), version)
     rows: list[dict[str, Any]] = data["pathways"]
+    columns = COLUMNS + [c for c in READABLE if any(r.get(c) is not None for r in rows)]
+    rows = [{k: r[k] for k in columns} for r in rows]
     if chosen is Format.parquet:
         import pandas as pd
 
         assert out is not None
-        pd.DataFrame(rows, columns=COLUMNS).to_parquet(out, index=False)
+        pd.DataFrame(rows, columns=columns).to_parquet(out, index=False)
     elif chosen is Format.csv:
         import csv
         import io
 
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
         _emit(buf.getvalue(), out)
@@ -103,14 +114,14 @@ def results(
 
         _emit(json.dumps(data, indent=2) + "\n", out)
     elif out is not None:
-        _emit("\t".join(COLUMNS) + "\n" + "".join(_tsv(r) for r in rows), out)
+        _emit("\t".join(columns) + "\n" + "".join(_tsv(r) for r in rows), out)
     else:
         synthetic = " [synthetic]" if data["synthetic"] else ""
         title = (
             f"slide {slide_id} · model {data['model']['name']} {data['model']['version']}"
             f" · {data['n_tiles']} tiles{synthetic}"
         )
-        state.output().table(rows, COLUMNS, title=title)
+        state.output().table(rows, columns, title=title)
     if out is not None:
         from histoprompt.client.output import note
 
@@ -120,7 +131,7 @@ def results(
 def _tsv(row: dict[str, Any]) -> str:
     from histoprompt.client.output import plain_value
 
-    return "\t".join(plain_value(row[c]) for c in COLUMNS) + "\n"
+    return "\t".join(plain_value(v) for v in row.values()) + "\n"
 
 
 def _emit(text: str, out: Path | None) -> None:
