@@ -107,12 +107,11 @@ def embedding_plot(rep: ProtocolReport, path: Path) -> Path:
     """t-SNE of slide and RNA embeddings before (frozen) and after alignment, by cohort."""
     from sklearn.manifold import TSNE
 
-    from histoprompt.export.alignment_training import TrainConfig
     from histoprompt.export.evaluation_curves import overall_model
     from histoprompt.export.evaluation_protocol import embed_aligned
 
     plt = _plt()
-    model, _ = overall_model(rep.sites[0], TrainConfig())
+    model, _ = overall_model(rep.sites[0], rep.train)
     frozen = [(s.pooled(), s.rna) for s in rep.sites]
     aligned = [embed_aligned(model, s) for s in rep.sites]
     fig, axes = plt.subplots(2, 2, figsize=(9, 8))
