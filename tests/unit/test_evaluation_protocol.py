@@ -3,6 +3,8 @@ fold, no test patient reaches training, early stopping or a reference; a planted
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -106,3 +108,48 @@ def test_site_cohorts_share_biology_but_not_batch() -> None:
     raw = [s.tiles for s in make_site_cohorts(cfg, 1, sizes=(12,))[0].slides]
     assert np.array_equal(a.slides[0].tiles, raw[0])
     assert not np.array_equal(b.slides[0].tiles, raw[len(a.slides)])
+
+
+def test_report_writes_markdown_and_plots_from_held_out_figures(tmp_path: Path) -> None:
+    from histoprompt.export.evaluation_curves import adaptation_curve, overall_model
+    from histoprompt.export.protocol_report import (
+        ProtocolReport,
+        ProtocolSettings,
+        bootstrap_median_r2,
+        planted_table,
+        retrieval_summary,
+        wilcoxon_tests,
+        write_protocol_report,
+    )
+
+    sites = [_cohort("A", 40, 3), _cohort("B", 12, 4), _cohort("C", 12, 5)]
+    res = run_folds(sites[0], sites[1:], TRAIN, n_splits=2)
+    model, _ = overall_model(sites[0], TRAIN)
+    adapt_ret, adapt_r2 = adaptation_curve(model, sites[:2], sites[2], TRAIN, fractions=(0, 1))
+    r2 = res.pathways.groupby(["gene_set", "method"])["r2"].mean().unstack()
+    sd = res.pathways.groupby(["gene_set", "method"])["r2"].std().unstack()
+    settings = ProtocolSettings(sizes=(40, 12, 12), n_splits=2, n_boot=20)
+    rep = ProtocolReport(
+        result=res,
+        retrieval=retrieval_summary(res.retrieval),
+        r2=r2,
+        r2_sd=sd,
+        planted=planted_table(r2, sd),
+        tests=wilcoxon_tests(res),
+        boot=bootstrap_median_r2(res, settings.n_boot, 0),
+        adapt_retrieval=adapt_ret,
+        adapt_r2=adapt_r2,
+        sites=sites,
+        seconds={"folds": 0.0},
+        train=TRAIN,
+    )
+    files = write_protocol_report(rep, settings, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert text.startswith("# SYNTHETIC") and "No-leak check passed on 2 folds" in text
+    assert all(f.is_file() and f.stat().st_size > 0 for f in files)
+    assert {f.name for f in files} >= {"retrieval_vs_k.png", "embeddings_tsne.png"}
+    assert set(adapt_ret["fraction"]) == {0, 1}
+    # the planted table reads the aligned methods only, never the baselines
+    assert set(rep.planted["best_method"]) <= {
+        "soft_knn_in_cohort", "soft_knn_cross_cohort", "ridge", "mlp"
+    }  # fmt: skip
