@@ -14,12 +14,14 @@ import time
 from pathlib import Path
 
 from histoprompt.export.bundle import demo_config, ensure_bundle
+from histoprompt.export.protocol_report import write_spatial_section
 from histoprompt.export.spatial_eval import run_validation, summarise
 from tests.perf._report import write_section
 
 TRAIN = (101, 102)
 TEST = (1, 2, 3, 4, 5, 6)
 FIGURES = Path(__file__).resolve().parents[2] / "docs" / "images"
+EVALUATION = Path(__file__).resolve().parents[2] / "docs" / "evaluation"
 
 
 def write_figures(bundle: Path, head_dir: Path | None = None) -> list[Path]:
@@ -139,6 +141,8 @@ def main() -> int:
         "`tile_context` + ceil(N/256) `pathway_query`.",
     ]
     write_section("Spatial pathway maps (SYNTHETIC)", lines)
+    # The same table as CSV and a section in the evaluation report (docs/evaluation/report.md).
+    print(f"written: {write_spatial_section(table, EVALUATION)}", flush=True)
     for path in write_figures(bundle):
         print(f"written: {path}", flush=True)
     return 0

@@ -291,10 +291,80 @@ def write_protocol_report(rep: ProtocolReport, settings: ProtocolSettings, out: 
     rep.adapt_retrieval.to_csv(out / "adaptation_retrieval.csv", index=False)
     rep.adapt_r2.to_csv(out / "adaptation_pathways.csv", index=False)
     pngs = write_plots(rep, out)
-    md = report_markdown(rep, settings)
+    md = report_markdown(rep, settings) + spatial_markdown(out)
     md += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in pngs] + [""]
     (out / "report.md").write_text("\n".join(md))
     return [out / "report.md", *pngs]
+
+
+SPATIAL_TITLE = "## Spatial pathway maps (SYNTHETIC)"
+SPATIAL_CSV, SPATIAL_SUMMARY_CSV = "spatial_validation.csv", "spatial_summary.csv"
+
+
+def spatial_markdown(out: Path, table: pd.DataFrame | None = None) -> list[str]:
+    """The report's spatial section from `run_validation`'s table (or `out`'s CSV written by
+    tests/perf/bench_spatial.py); [] when neither is there."""
+    from histoprompt.export.spatial_eval import summarise
+
+    if table is None:
+        if not (out / SPATIAL_CSV).is_file():
+            return []
+        table = pd.read_csv(out / SPATIAL_CSV)
+    summary = summarise(table).rename(columns=lambda c: f"mean_{c}")
+    summary["slides"] = table.groupby("method")["slide"].nunique()
+    n = table.drop_duplicates("slide")["n_tiles"]
+    per_program = [
+        table.pivot_table(index="program", columns="method", values=v, aggfunc="mean")
+        .reindex(columns=list(summary.index))
+        .reset_index()
+        for v in ("spearman", "auroc")
+    ]
+    return [
+        SPATIAL_TITLE,
+        "",
+        "Tile-level maps of each planted program's first Hallmark set on SYNTHETIC planted "
+        "slides (`histoprompt.export.spatial_eval.run_validation`), held out by slide: scored "
+        f"on {table['slide'].nunique()} slides ({int(n.min())}-{int(n.max())} tissue tiles "
+        "each) that the ST head was not trained on. Spearman against the planted per-tile "
+        "field, AUROC of region membership (field > 0). Methods: `one_tile_bag` (baseline), "
+        "`context` (served, `tile_context`), `st_head` (ST-trained tile head). Tables: "
+        f"[{SPATIAL_CSV}]({SPATIAL_CSV}), [{SPATIAL_SUMMARY_CSV}]({SPATIAL_SUMMARY_CSV}).",
+        "",
+        _md(summary.reset_index()),
+        "",
+        "Mean Spearman per program:",
+        "",
+        _md(per_program[0]),
+        "",
+        "Mean AUROC per program:",
+        "",
+        _md(per_program[1]),
+        "",
+    ]
+
+
+def write_spatial_section(table: pd.DataFrame, out: Path) -> Path:
+    """Write the spatial CSVs to `out` and put the section into `out`/report.md in place
+    (before `## Plots` the first time), other sections kept as they are."""
+    import re
+
+    from histoprompt.export.spatial_eval import summarise
+
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / SPATIAL_CSV, index=False)
+    summarise(table).to_csv(out / SPATIAL_SUMMARY_CSV)
+    section = "\n".join(spatial_markdown(out, table)) + "\n"
+    path = out / "report.md"
+    doc = path.read_text() if path.is_file() else "# SYNTHETIC evaluation protocol\n\n"
+    pattern = re.compile(rf"^{re.escape(SPATIAL_TITLE)}[ \t]*\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(doc):
+        doc = pattern.sub(lambda _: section, doc, count=1)
+    elif "\n## Plots\n" in doc:
+        doc = doc.replace("\n## Plots\n", "\n" + section + "## Plots\n", 1)
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + section
+    path.write_text(doc)
+    return path
 
 
 def protocol_command(out: Path, seed: int = 0) -> int:
