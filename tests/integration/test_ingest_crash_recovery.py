@@ -45,31 +45,10 @@ from histoprompt.stack.feed import (
     results_of,
     skip_group_to_end,
 )
-from histoprompt.stack.ingest_demo import load_demo_model, running_service
+from histoprompt.stack.ingest_demo import running_service
 from histoprompt.stack.ports import free_port
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def served_model(stack, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001, ANN201
-    return load_demo_model(
-        stack.triton_grpc, stack.model_repository, tmp_path_factory.mktemp("demo")
-    )
-
-
-@pytest.fixture
-def dlq(stack) -> Iterator[TopicWatcher]:  # noqa: ANN001
-    w = TopicWatcher(stack.settings, names.TOPIC_DLQ)
-    yield w
-    w.close()
-
-
-@pytest.fixture
-def results(stack) -> Iterator[TopicWatcher]:  # noqa: ANN001
-    w = TopicWatcher(stack.settings, names.TOPIC_RESULTS)
-    yield w
-    w.close()
 
 
 class Worker:

@@ -44,20 +44,12 @@ from histoprompt.stack.feed import (
     skip_group_to_end,
     upload_series,
 )
-from histoprompt.stack.ingest_demo import load_demo_model, running_service
+from histoprompt.stack.ingest_demo import running_service
 
 pytestmark = pytest.mark.integration
 
 PHI = {"PatientName": "DOE^JANE^SYNTH", "PatientID": "MRN-99812345", "PatientBirthDate": "19610407"}
 TIMEOUT_S = 180.0
-
-
-@pytest.fixture(scope="module")
-def served_model(stack, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001, ANN201
-    """The demo bundle (tiny UNTRAINED encoder, SYNTHETIC alignment) loaded in Triton."""
-    return load_demo_model(
-        stack.triton_grpc, stack.model_repository, tmp_path_factory.mktemp("demo")
-    )
 
 
 @pytest.fixture(scope="module")
@@ -125,20 +117,6 @@ def producer(stack):  # noqa: ANN001, ANN201
     p = make_producer(stack.settings)
     yield p
     p.close()
-
-
-@pytest.fixture
-def results(stack) -> Iterator[TopicWatcher]:  # noqa: ANN001
-    w = TopicWatcher(stack.settings, names.TOPIC_RESULTS)
-    yield w
-    w.close()
-
-
-@pytest.fixture
-def dlq(stack) -> Iterator[TopicWatcher]:  # noqa: ANN001
-    w = TopicWatcher(stack.settings, names.TOPIC_DLQ)
-    yield w
-    w.close()
 
 
 def _prefix() -> str:

@@ -11,12 +11,10 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from histoprompt.core import names
 from histoprompt.core.results import ResultStore
 from histoprompt.core.s3 import make_minio
 from histoprompt.export.synthetic_tiff import write_tiff
@@ -29,23 +27,8 @@ from histoprompt.stack.feed import (
     results_of,
     skip_group_to_end,
 )
-from histoprompt.stack.ingest_demo import load_demo_model
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def served_model(stack, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001, ANN201
-    return load_demo_model(
-        stack.triton_grpc, stack.model_repository, tmp_path_factory.mktemp("demo")
-    )
-
-
-@pytest.fixture
-def results(stack) -> Iterator[TopicWatcher]:  # noqa: ANN001
-    w = TopicWatcher(stack.settings, names.TOPIC_RESULTS)
-    yield w
-    w.close()
 
 
 def _wait_results(watcher: TopicWatcher, ids: set[str], timeout: float) -> None:

@@ -165,17 +165,6 @@ def ingest_settings_minio(minio_stack: StackHandle) -> IngestSettings:
 
 
 @pytest.fixture(scope="module")
-def served_model(stack: StackHandle, tmp_path_factory: pytest.TempPathFactory) -> object:
-    """The demo model in the session stack's Triton (before any test changes the cwd: the
-    demo bundle cache is relative to it)."""
-    from histoprompt.stack.ingest_demo import load_demo_model
-
-    return load_demo_model(
-        stack.triton_grpc, stack.model_repository, tmp_path_factory.mktemp("demo")
-    )
-
-
-@pytest.fixture(scope="module")
 def ingest_on_minio(
     minio_stack: StackHandle,
     stack: StackHandle,

@@ -14,7 +14,6 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +53,7 @@ from histoprompt.stack.feed import (
     results_of,
     skip_group_to_end,
 )
-from histoprompt.stack.ingest_demo import load_demo_model, running_service
+from histoprompt.stack.ingest_demo import running_service
 from histoprompt.wsi.instance_header import series_key_for
 from histoprompt.wsi.triton import TritonClient
 
@@ -62,14 +61,6 @@ pytestmark = pytest.mark.integration
 
 SETTLE_S = 1.5
 TIMEOUT_S = 90.0
-
-
-@pytest.fixture(scope="module")
-def served_model(stack, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001, ANN201
-    """The demo bundle (tiny UNTRAINED encoder, SYNTHETIC alignment) loaded in Triton."""
-    return load_demo_model(
-        stack.triton_grpc, stack.model_repository, tmp_path_factory.mktemp("demo")
-    )
 
 
 def _settings(stack, **kw: object) -> IngestSettings:  # noqa: ANN001
@@ -101,13 +92,6 @@ def producer(stack):  # noqa: ANN001, ANN201
     p = make_producer(stack.settings)
     yield p
     p.close()
-
-
-@pytest.fixture
-def results(stack) -> Iterator[TopicWatcher]:  # noqa: ANN001
-    w = TopicWatcher(stack.settings, names.TOPIC_RESULTS)
-    yield w
-    w.close()
 
 
 class GatewaySeries:
