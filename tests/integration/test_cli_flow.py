@@ -141,6 +141,9 @@ def test_results_then_query_agree(stack: StackHandle, submitted: dict[str, str])
     for name in ("HALLMARK_HYPOXIA", "HALLMARK_E2F_TARGETS"):
         np.testing.assert_allclose(got[name]["score"], stored[name]["score"], rtol=1e-4, atol=1e-4)
         assert got[name]["coverage"] == pytest.approx(stored[name]["coverage"])
+        # readable scores stored by ingest (slide_to_pathways' PERCENTILE / ZSCORE)
+        assert 0 <= stored[name]["percentile"] <= 100 and np.isfinite(stored[name]["z"])
+        assert got[name]["percentile"] == pytest.approx(stored[name]["percentile"], abs=1e-3)
     custom = got["custom"]
     assert custom["genes"] == 6 and custom["found"] <= 5 and 0 < custom["coverage"] < 1
     assert custom["unknown"] is None  # the served reference lives inside Triton's repository

@@ -193,6 +193,8 @@ def test_series_and_svs_give_results_and_events(
         pathways = store.read_pathways(sid, version)
         assert set(pathways) == hallmarks
         assert all(np.isfinite(p.score) and 0 <= p.coverage <= 1 for p in pathways.values())
+        assert all(p.percentile is not None and 0 <= p.percentile <= 100 for p in pathways.values())
+        assert all(p.z is not None and np.isfinite(p.z) for p in pathways.values())
     # JPEG DICOM and lossless sparse J2K of the same picture give the same tile grid
     a = store.read_tiles(series.slide_id, version)
     b = store.read_tiles(sparse.slide_id, version)

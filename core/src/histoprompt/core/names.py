@@ -54,6 +54,10 @@ TENSOR_SCORES: Final = "SCORES"
 TENSOR_COVERAGE: Final = "COVERAGE"
 # pathway_query: each score's percentile among the reference samples' raw ssGSEA scores
 TENSOR_PERCENTILE: Final = "PERCENTILE"
+# pathway_query: each score's z against the same reference scores ((score - mean) / sd)
+TENSOR_ZSCORE: Final = "ZSCORE"
+# slide_to_pathways' optional outputs: a repository older than them serves neither
+READABLE_OUTPUTS: Final = (TENSOR_PERCENTILE, TENSOR_ZSCORE)
 # tile_context: [9, D] tile embeddings (the tile, then its 8 grid neighbours) -> [E]
 TENSOR_TILE_NEIGHBOURHOOD: Final = "TILE_NEIGHBOURHOOD"
 TENSOR_TILE_ALIGNED: Final = "TILE_ALIGNED"

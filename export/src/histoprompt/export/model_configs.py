@@ -233,6 +233,11 @@ def rna_embed(card: ModelCard, flavor: Flavor) -> Config:
     )
 
 
+def _readable_outputs() -> tuple[Tensor, ...]:
+    """PERCENTILE and ZSCORE [B, K]: each score against the reference's scores of its set."""
+    return tuple(Tensor(t, "TYPE_FP32", (-1, -1)) for t in names.READABLE_OUTPUTS)
+
+
 def pathway_query(card: ModelCard, reference_uri: str) -> Config:
     """Python in both flavours, wraps histoprompt.core.pathway_engine."""
     cfg = _config(
@@ -243,7 +248,7 @@ def pathway_query(card: ModelCard, reference_uri: str) -> Config:
             Tensor(names.TENSOR_GENE_SETS, "TYPE_STRING", (-1,)),
             Tensor(names.TENSOR_METHOD, "TYPE_STRING", (1,), optional=True),
         ),
-        outputs=(*_score_outputs(), Tensor(names.TENSOR_PERCENTILE, "TYPE_FP32", (-1, -1))),
+        outputs=(*_score_outputs(), *_readable_outputs()),
         params={
             **common_params(card),
             "reference_uri": reference_uri,
@@ -262,7 +267,7 @@ def slide_to_pathways(card: ModelCard) -> Config:
             _tile_embedding(card, per_slide=True),
             Tensor(names.TENSOR_GENE_SETS, "TYPE_STRING", (-1,)),
         ),
-        outputs=(*_slide_outputs(card), *_score_outputs()),
+        outputs=(*_slide_outputs(card), *_score_outputs(), *_readable_outputs()),
         params=common_params(card),
     )
     emb, slide, att = (
@@ -271,11 +276,12 @@ def slide_to_pathways(card: ModelCard) -> Config:
         names.TENSOR_ATTENTION,
     )
     sets, scores, cov = names.TENSOR_GENE_SETS, names.TENSOR_SCORES, names.TENSOR_COVERAGE
+    query_out = {scores: scores, cov: cov, **{t: t for t in names.READABLE_OUTPUTS}}
     return _ensemble(
         cfg,
         [
             (names.MODEL_SLIDE_EMBED, {emb: emb}, {slide: slide, att: att}),
-            (names.MODEL_PATHWAY_QUERY, {slide: slide, sets: sets}, {scores: scores, cov: cov}),
+            (names.MODEL_PATHWAY_QUERY, {slide: slide, sets: sets}, query_out),
         ],
     )
 

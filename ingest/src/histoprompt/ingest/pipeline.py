@@ -42,7 +42,41 @@ from histoprompt.wsi.sources import OpenedSlide, open_instances, open_slide
 from histoprompt.wsi.triton import ServedModel, TritonClient
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import Any
+
     from minio import Minio
+    from numpy.typing import NDArray
+
+
+def pathway_scores(
+    out: Mapping[str, NDArray[Any]], gene_sets: Sequence[str], method: str
+) -> dict[str, PathwayScore]:
+    """`pathways.json` entries from slide_to_pathways' outputs. percentile and z come from
+    PERCENTILE / ZSCORE; they stay None where the served ensemble lacks the output (an older
+    repository) or the value is NaN (a method off the reference's ssGSEA scale)."""
+    from histoprompt.core import names
+
+    scores = out[names.TENSOR_SCORES].reshape(-1)
+    coverage = out[names.TENSOR_COVERAGE].reshape(-1)
+    pct, z = (out.get(t) for t in (names.TENSOR_PERCENTILE, names.TENSOR_ZSCORE))
+
+    def readable(values: NDArray[Any] | None, i: int) -> float | None:
+        if values is None:
+            return None
+        v = float(np.asarray(values).reshape(-1)[i])
+        return v if np.isfinite(v) else None
+
+    return {
+        name: PathwayScore(
+            score=float(scores[i]),
+            method=method,
+            coverage=float(coverage[i]),
+            percentile=readable(pct, i),
+            z=readable(z, i),
+        )
+        for i, name in enumerate(gene_sets)
+    }
 
 
 @dataclass
@@ -238,16 +272,7 @@ class SlideProcessor:
         if norm > 0:
             slide_emb = slide_emb / norm
         attention = scored.attention
-        scores = out[names.TENSOR_SCORES].reshape(-1)
-        coverage = out[names.TENSOR_COVERAGE].reshape(-1)
-        pathways = {
-            name: PathwayScore(
-                score=float(scores[i]),
-                method=self.served.pathway_method,
-                coverage=float(coverage[i]),
-            )
-            for i, name in enumerate(self.gene_sets)
-        }
+        pathways = pathway_scores(out, self.gene_sets, self.served.pathway_method)
         tiles = pd.DataFrame(
             {
                 "level": np.zeros(plan.n_tiles, dtype=np.int32),

@@ -143,7 +143,12 @@ class PathwayQuery:
 
     batched = False
     inputs = (names.TENSOR_SLIDE_EMBEDDING, names.TENSOR_GENE_SETS, names.TENSOR_METHOD)
-    outputs = (names.TENSOR_SCORES, names.TENSOR_COVERAGE, names.TENSOR_PERCENTILE)
+    outputs = (
+        names.TENSOR_SCORES,
+        names.TENSOR_COVERAGE,
+        names.TENSOR_PERCENTILE,
+        names.TENSOR_ZSCORE,
+    )
 
     def __init__(self, ctx: ModelContext, engine: Any | None = None) -> None:
         self.dim = _fixed_dims(ctx, names.TENSOR_SLIDE_EMBEDDING)[-1]
@@ -186,10 +191,13 @@ class PathwayQuery:
         scores, coverage = result[0], result[1]
         pct = getattr(result, "percentiles", None)  # NaN: method not on the ssGSEA scale
         pct = np.full(np.shape(scores), np.nan) if pct is None else pct
+        z = getattr(result, "zscores", None)
+        z = np.full(np.shape(scores), np.nan) if z is None else z
         return {
             names.TENSOR_SCORES: np.asarray(scores).astype(self.dtypes[names.TENSOR_SCORES]),
             names.TENSOR_COVERAGE: np.asarray(coverage).astype(self.dtypes[names.TENSOR_COVERAGE]),
             names.TENSOR_PERCENTILE: np.asarray(pct).astype(self.dtypes[names.TENSOR_PERCENTILE]),
+            names.TENSOR_ZSCORE: np.asarray(z).astype(self.dtypes[names.TENSOR_ZSCORE]),
         }
 
 

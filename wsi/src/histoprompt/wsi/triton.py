@@ -51,6 +51,12 @@ def _params(config: dict[str, Any]) -> dict[str, str]:
     return {k: str(v.get("string_value", "")) for k, v in raw.items()}
 
 
+def served_outputs(config: dict[str, Any], wanted: Sequence[str]) -> tuple[str, ...]:
+    """Those of `wanted` that a model config (get_model_config as_json) lists as outputs."""
+    have = {str(o.get("name", "")) for o in _config(config).get("output", [])}
+    return tuple(n for n in wanted if n in have)
+
+
 def served_model_from_config(
     config: dict[str, Any], pathway_config: dict[str, Any], patch_embed_config: dict[str, Any]
 ) -> ServedModel:
@@ -140,6 +146,7 @@ class TritonClient:
         self._timeout = timeout_s
         self._attempts = attempts
         self._base = base_s
+        self._readable: tuple[str, ...] | None = None  # slide_to_pathways' readable outputs
 
     async def close(self) -> None:
         await self._client.close()
@@ -181,10 +188,28 @@ class TritonClient:
             call, attempts=self._attempts, base_s=self._base, what=names.MODEL_PATCH_EMBED
         )
 
+    async def readable_outputs(self) -> tuple[str, ...]:
+        """names.READABLE_OUTPUTS the served slide_to_pathways has (none in an older repository),
+        read once from its config."""
+        if self._readable is None:
+
+            async def fetch() -> dict[str, Any]:
+                cfg: dict[str, Any] = await self._client.get_model_config(
+                    names.MODEL_SLIDE_TO_PATHWAYS, as_json=True
+                )
+                return cfg
+
+            cfg = await with_retries(
+                fetch, attempts=self._attempts, base_s=self._base, what="model config"
+            )
+            self._readable = served_outputs(cfg, names.READABLE_OUTPUTS)
+        return self._readable
+
     async def slide_to_pathways(
         self, embeddings: NDArray[Any], gene_sets: Sequence[str]
     ) -> dict[str, NDArray[Any]]:
-        """[N, D] tile embeddings of one slide -> slide embedding, attention, scores, coverage."""
+        """[N, D] tile embeddings of one slide -> slide embedding, attention, scores, coverage,
+        and PERCENTILE / ZSCORE where the served ensemble has them."""
         from tritonclient.grpc import InferInput, InferRequestedOutput
 
         emb = InferInput(names.TENSOR_TILE_EMBEDDING, list(embeddings.shape), "FP32")
@@ -196,6 +221,7 @@ class TritonClient:
             names.TENSOR_ATTENTION,
             names.TENSOR_SCORES,
             names.TENSOR_COVERAGE,
+            *await self.readable_outputs(),
         )
         outs = [InferRequestedOutput(n) for n in wanted]
 
