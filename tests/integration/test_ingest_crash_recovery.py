@@ -204,8 +204,9 @@ def test_slide_longer_than_liveness_and_max_poll_is_neither_killed_nor_redeliver
     )
     skip_group_to_end(settings, group)
     minio = make_minio(settings)
-    # ~600 tissue tiles: 4-8 s at the 80-150 tiles/s one-tile requests reach on 2 cores
-    path = write_tiff(tmp_path / "long.svs", 5120, 5120, levels=2, tile=512)
+    # ~1200 tissue tiles: one-tile requests reach 80-210 tiles/s on 2 cores, so the slide
+    # runs 6-15 s, well past MAX_POLL_S + 1 even on a quiet machine (600 tiles once took 3.0 s)
+    path = write_tiff(tmp_path / "long.svs", 7168, 7168, levels=2, tile=512)
     up = put_file(minio, settings.slides_bucket, f"ingest-long/{uuid.uuid4().hex[:12]}/l.svs", path)
     producer = make_producer(settings)
     health: list[int] = []
