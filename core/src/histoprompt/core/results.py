@@ -34,18 +34,18 @@ from histoprompt.core.errors import (
     PermissionDeniedError,
     ServiceUnavailableError,
 )
-from histoprompt.core.s3 import put_if_absent, put_if_match
+from histoprompt.core.s3 import (
+    AUTH_ERROR_CODES,
+    MISSING_ERROR_CODES,
+    put_if_absent,
+    put_if_match,
+)
 from histoprompt.core.schemas import PathwayScore, ResultManifest, utcnow
 
 if TYPE_CHECKING:
     from minio import Minio
 
     from histoprompt.core.settings import ConnectionSettings
-
-_AUTH_CODES = frozenset(
-    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken"}
-)
-_MISSING_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NoSuchObject"})
 
 
 @contextmanager
@@ -57,9 +57,9 @@ def s3_errors(what: str) -> Iterator[None]:
     try:
         yield
     except S3Error as err:
-        if err.code in _MISSING_CODES:
+        if err.code in MISSING_ERROR_CODES:
             raise NotFoundError(f"{what}: not found in S3 ({err.code})") from err
-        if err.code in _AUTH_CODES:
+        if err.code in AUTH_ERROR_CODES:
             raise PermissionDeniedError(
                 f"{what}: S3 refused the credentials ({err.code}); "
                 "check HISTOPROMPT_S3_ACCESS_KEY / HISTOPROMPT_S3_SECRET_KEY"

@@ -14,6 +14,12 @@ if TYPE_CHECKING:
 
 _POOL_CONNECTIONS = 16
 
+# S3 error codes every S3 caller maps the same way (results store, slide reads).
+AUTH_ERROR_CODES = frozenset(
+    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken"}
+)
+MISSING_ERROR_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NoSuchObject"})
+
 
 def make_minio(
     settings: ConnectionSettings,

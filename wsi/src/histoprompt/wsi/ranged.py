@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from histoprompt.core.errors import TransientError
+from histoprompt.core.s3 import AUTH_ERROR_CODES, MISSING_ERROR_CODES
 from histoprompt.wsi.errors import ObjectMissingError, StoreDeniedError, TruncatedReadError
 
 if TYPE_CHECKING:
@@ -36,11 +37,9 @@ __all__ = [
     "read_ranges",
 ]
 
-_AUTH_CODES = frozenset(
-    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken"}
-)
-_STAT_MISSING = frozenset({"NoSuchKey", "NoSuchObject", "NoSuchBucket"})
-_GET_MISSING = frozenset({"NoSuchKey", "NoSuchObject"})
+# A ranged GET of an object that was just stat'ed: a vanished bucket is not the object's
+# absence, so it stays a store failure (retried), as it always was.
+_GET_MISSING = MISSING_ERROR_CODES - {"NoSuchBucket"}
 
 
 class ByteSource(Protocol):
@@ -90,7 +89,7 @@ def _s3_call(what: str, missing: frozenset[str]) -> Iterator[None]:
     except S3Error as err:
         if err.code in missing:
             raise ObjectMissingError(f"{what}: not found in S3 ({err.code})") from err
-        if err.code in _AUTH_CODES:
+        if err.code in AUTH_ERROR_CODES:
             raise StoreDeniedError(
                 f"{what}: S3 refused the credentials ({err.code}); "
                 "check HISTOPROMPT_S3_ACCESS_KEY / HISTOPROMPT_S3_SECRET_KEY"
@@ -115,7 +114,7 @@ class S3Object:
         self.size = size if size is not None else self._stat()
 
     def _stat(self) -> int:
-        with _s3_call("S3 stat", _STAT_MISSING):
+        with _s3_call("S3 stat", MISSING_ERROR_CODES):
             return int(self._client.stat_object(self.bucket, self.key).size or 0)
 
     def read_range(self, offset: int, length: int) -> bytes:
