@@ -1,5 +1,6 @@
 """Fixtures the ingest integration modules share: the demo model in the session stack's
-Triton, and watchers on the results and DLQ topics."""
+Triton, an S3 client and a Kafka producer on it, and watchers on the results and DLQ
+topics."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from histoprompt.core import names
-from histoprompt.stack.feed import TopicWatcher
+from histoprompt.core.s3 import make_minio
+from histoprompt.stack.feed import TopicWatcher, make_producer
 from histoprompt.stack.handle import StackHandle
 
 
@@ -35,3 +37,15 @@ def dlq(stack: StackHandle) -> Iterator[TopicWatcher]:
     watcher = TopicWatcher(stack.settings, names.TOPIC_DLQ)
     yield watcher
     watcher.close()
+
+
+@pytest.fixture(scope="module")
+def minio(stack: StackHandle) -> object:
+    return make_minio(stack.settings)
+
+
+@pytest.fixture(scope="module")
+def producer(stack: StackHandle) -> Iterator[object]:
+    p = make_producer(stack.settings)
+    yield p
+    p.close()

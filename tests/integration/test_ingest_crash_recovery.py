@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -29,12 +28,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from helpers.ingest_logs import capture_ingest_logs
 
 from histoprompt.core import names
 from histoprompt.core.s3 import make_minio
 from histoprompt.export.synthetic_tiff import write_tiff
 from histoprompt.ingest.deliveries import PREFIX as DELIVERIES_PREFIX
-from histoprompt.ingest.logs import JsonFormatter
 from histoprompt.ingest.settings import IngestSettings
 from histoprompt.stack.feed import (
     TopicWatcher,
@@ -165,14 +164,8 @@ def test_crash_looping_message_reaches_dlq_as_crash_loop_across_restarts(
 
 @pytest.fixture
 def log_capture() -> Iterator[io.StringIO]:
-    buf = io.StringIO()
-    handler = logging.StreamHandler(buf)
-    handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger("histoprompt.ingest")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield buf
-    logger.removeHandler(handler)
+    with capture_ingest_logs() as buf:
+        yield buf
 
 
 LIVENESS_S = 1.5

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,10 +13,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from helpers.ingest_logs import capture_ingest_logs
 
 from histoprompt.core import names
 from histoprompt.core.results import ResultStore
-from histoprompt.core.s3 import make_minio
 from histoprompt.core.schemas import DlqEvent
 from histoprompt.export.synthetic_tiff import write_tiff
 from histoprompt.export.synthetic_tiles import blank_tiles
@@ -27,7 +26,6 @@ from histoprompt.export.synthetic_wsi import (
     write_dicom_series,
     write_non_wsi_dicom,
 )
-from histoprompt.ingest.logs import JsonFormatter
 from histoprompt.ingest.service import IngestService
 from histoprompt.ingest.settings import IngestSettings
 from histoprompt.stack.feed import (
@@ -35,7 +33,6 @@ from histoprompt.stack.feed import (
     Uploaded,
     dlq_of,
     event_bytes,
-    make_producer,
     publish,
     publish_upload,
     put_bytes,
@@ -75,14 +72,8 @@ def settings(stack, served_model) -> IngestSettings:  # noqa: ANN001
 
 @pytest.fixture(scope="module")
 def log_capture() -> Iterator[io.StringIO]:
-    buf = io.StringIO()
-    handler = logging.StreamHandler(buf)
-    handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger("histoprompt.ingest")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield buf
-    logger.removeHandler(handler)
+    with capture_ingest_logs() as buf:
+        yield buf
 
 
 @pytest.fixture(scope="module")
@@ -105,18 +96,6 @@ def _skipped_duplicates(service: IngestService) -> float:
     )
     assert value is not None, "the slides counter has no skipped_duplicate sample"
     return value
-
-
-@pytest.fixture(scope="module")
-def minio(stack):  # noqa: ANN001, ANN201
-    return make_minio(stack.settings)
-
-
-@pytest.fixture(scope="module")
-def producer(stack):  # noqa: ANN001, ANN201
-    p = make_producer(stack.settings)
-    yield p
-    p.close()
 
 
 def _prefix() -> str:

@@ -23,7 +23,7 @@ import pytest
 from histoprompt.core import names
 from histoprompt.core.genesets import load_hallmark
 from histoprompt.core.results import ResultAlreadyCommitted, ResultStore, SlideResult
-from histoprompt.core.s3 import make_minio, put_if_absent, put_if_match
+from histoprompt.core.s3 import put_if_absent, put_if_match
 from histoprompt.core.schemas import (
     PathwayScore,
     ResultManifest,
@@ -46,7 +46,6 @@ from histoprompt.stack.feed import (
     TopicWatcher,
     Uploaded,
     event_bytes,
-    make_producer,
     publish,
     put_bytes,
     put_file,
@@ -80,18 +79,6 @@ def _settings(stack, **kw: object) -> IngestSettings:  # noqa: ANN001
     s = IngestSettings.load(stack.env_file, **values)
     skip_group_to_end(s, group)
     return s
-
-
-@pytest.fixture(scope="module")
-def minio(stack):  # noqa: ANN001, ANN201
-    return make_minio(stack.settings)
-
-
-@pytest.fixture(scope="module")
-def producer(stack):  # noqa: ANN001, ANN201
-    p = make_producer(stack.settings)
-    yield p
-    p.close()
 
 
 class GatewaySeries:
