@@ -24,6 +24,7 @@ from histoprompt.wsi.errors import SlideError
 from histoprompt.wsi.limits import ReadLimits
 from histoprompt.wsi.ranged import ByteSource, RangedFile, read_ranges
 from histoprompt.wsi.slide import BACKGROUND, Level, Region, paste
+from histoprompt.wsi.stage_clock import CPU_STAGES
 
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 _ITEM = 0xE000FFFE  # (FFFE,E000) read as one little-endian uint32
@@ -222,20 +223,12 @@ class DicomInstance:
             table = self.frame_ranges()
             ranges = {i: (int(table[i, 0]), int(table[i, 1])) for i in missing}
             wanted = list(ranges.values())
-            blobs = read_ranges(
-                self._src, wanted, self._limits.coalesce_gap, self._limits.max_range
-            )
-            if self._gpu is not None and self.syntax == JPEG_BASELINE and self.samples == 3:
-                decoded = self._gpu.decode([blobs[ranges[i]] for i in missing])
-                for i, arr in zip(missing, decoded, strict=True):
-                    if arr.shape != (self.rows, self.cols, 3):
-                        raise SlideError(
-                            "GPU-decoded frame has the wrong shape", code="corrupt_frame"
-                        )
-                    out[i] = arr
-            else:
-                for i in missing:
-                    out[i] = self._decode(blobs[ranges[i]])
+            with CPU_STAGES.stage("read"):
+                blobs = read_ranges(
+                    self._src, wanted, self._limits.coalesce_gap, self._limits.max_range
+                )
+            with CPU_STAGES.stage("decode"):
+                self._decode_into(out, missing, [blobs[ranges[i]] for i in missing])
             if not cache:
                 return out
             with self._frames_lock:
@@ -245,7 +238,24 @@ class DicomInstance:
                     self._frames.popitem(last=False)
         return out
 
+    def _decode_into(
+        self, out: dict[int, NDArray[Any]], indices: Sequence[int], data: Sequence[bytes]
+    ) -> None:
+        if self._gpu is not None and self.syntax == JPEG_BASELINE and self.samples == 3:
+            decoded = self._gpu.decode(list(data))
+            for i, arr in zip(indices, decoded, strict=True):
+                if arr.shape != (self.rows, self.cols, 3):
+                    raise SlideError("GPU-decoded frame has the wrong shape", code="corrupt_frame")
+                out[i] = arr
+        else:
+            for i, blob in zip(indices, data, strict=True):
+                out[i] = self._decode(blob)
+
     def read_regions(self, regions: Sequence[Region], cache: bool = True) -> list[NDArray[Any]]:
+        with CPU_STAGES.stage("tiles"):
+            return self._read_regions(regions, cache)
+
+    def _read_regions(self, regions: Sequence[Region], cache: bool) -> list[NDArray[Any]]:
         needed = sorted({i for r in regions for i in self.frames_for(r)})
         frames = self.load_frames(needed, cache)
         out = []

@@ -17,6 +17,7 @@ from numpy.typing import NDArray
 from histoprompt.core.modelspec import EncoderSpec
 from histoprompt.wsi.errors import SlideError
 from histoprompt.wsi.slide import Level, Region, SlideReader
+from histoprompt.wsi.stage_clock import CPU_STAGES
 from histoprompt.wsi.tissue import area_fractions, tissue_mask
 
 
@@ -123,6 +124,13 @@ def plan_tiles(
     mpp_tolerance: float = 0.1,
 ) -> TilePlan:
     """Grid at spec.target_mpp over level 0, keeping tiles with enough tissue."""
+    with CPU_STAGES.stage("mask"):
+        return _plan_tiles(slide, spec, min_tissue, mask_max_px, mpp_tolerance)
+
+
+def _plan_tiles(
+    slide: SlideReader, spec: EncoderSpec, min_tissue: float, mask_max_px: int, mpp_tolerance: float
+) -> TilePlan:
     levels = slide.levels
     level0 = levels[0]
     li = pick_level(levels, float(spec.target_mpp), mpp_tolerance)
@@ -165,8 +173,9 @@ def plan_tiles(
 
 def read_tiles(slide: SlideReader, plan: TilePlan, start: int, stop: int) -> NDArray[Any]:
     """uint8 [n, tile_px, tile_px, 3] for tiles [start, stop) of the plan."""
-    crops = slide.read_regions(plan.level, plan.regions(start, stop))
-    out = np.empty((len(crops), plan.tile_px, plan.tile_px, 3), dtype=np.uint8)
-    for i, crop in enumerate(crops):
-        out[i] = resize(crop, plan.tile_px)
-    return out
+    with CPU_STAGES.stage("tiles"):
+        crops = slide.read_regions(plan.level, plan.regions(start, stop))
+        out = np.empty((len(crops), plan.tile_px, plan.tile_px, 3), dtype=np.uint8)
+        for i, crop in enumerate(crops):
+            out[i] = resize(crop, plan.tile_px)
+        return out
