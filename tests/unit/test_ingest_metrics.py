@@ -16,6 +16,7 @@ NAMES = (
     "histoprompt_ingest_slide_seconds_count",
     "histoprompt_ingest_inflight_slides",
     "histoprompt_ingest_consumer_lag",
+    'histoprompt_ingest_stage_cpu_seconds_total{stage="decode"}',
 )
 
 
@@ -43,3 +44,17 @@ def test_metrics_endpoint_and_health() -> None:
         server.close()
     # the process-wide default registry is untouched
     assert REGISTRY.get_sample_value("histoprompt_ingest_tiles_total") is None
+
+
+def test_stage_cpu_counter_reads_the_wsi_clock_when_scraped() -> None:
+    from histoprompt.wsi.stage_clock import CPU_STAGES
+
+    registry = CollectorRegistry()
+    make_metrics(registry)
+    name = "histoprompt_ingest_stage_cpu_seconds_total"
+    before = registry.get_sample_value(name, {"stage": "mask"})
+    assert before is not None
+    with CPU_STAGES.stage("mask"):
+        sum(i * i for i in range(300_000))  # some CPU
+    after = registry.get_sample_value(name, {"stage": "mask"})
+    assert after is not None and after > before

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from histoprompt.wsi.stage_clock import CPU_STAGES
 
 STATUSES = ("done", "failed", "dlq", "skipped_duplicate")
 STAGES = ("read", "tile", "infer", "write")
@@ -21,6 +26,21 @@ class IngestMetrics:
     slide_seconds: Histogram
     inflight: Gauge
     consumer_lag: Gauge
+
+
+class StageCpuCollector(Collector):
+    """histoprompt_ingest_stage_cpu_seconds_total{stage}: the process's CPU seconds per
+    data-path stage (histoprompt.wsi.stage_clock), read when scraped."""
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "histoprompt_ingest_stage_cpu_seconds",
+            "CPU seconds per data-path stage (read, decode, mask, tiles), all slides",
+            labels=["stage"],
+        )
+        for stage, seconds in CPU_STAGES.totals().items():
+            family.add_metric([stage], seconds)
+        yield family
 
 
 def make_metrics(registry: CollectorRegistry) -> IngestMetrics:
@@ -42,6 +62,7 @@ def make_metrics(registry: CollectorRegistry) -> IngestMetrics:
     )
     for name in STAGES:
         stage.labels(stage=name)
+    registry.register(StageCpuCollector())
     return IngestMetrics(
         registry=registry,
         slides=slides,
