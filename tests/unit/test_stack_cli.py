@@ -16,7 +16,7 @@ from histoprompt.stack.ports import free_port
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", ["up", "down", "status"])
+@pytest.mark.parametrize("command", ["up", "down", "status", "stop-service", "start-service"])
 def test_every_command_has_help_with_an_example(command: str) -> None:
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0
@@ -30,6 +30,13 @@ def test_status_without_a_stack_exits_1(tmp_path: Path) -> None:
     as_json = runner.invoke(app, ["status", "--state-dir", str(tmp_path), "--json"])
     assert as_json.exit_code == 1
     assert json.loads(as_json.output)["services"] == []
+
+
+@pytest.mark.parametrize("command", ["stop-service", "start-service"])
+def test_one_service_without_a_stack_exits_1(command: str, tmp_path: Path) -> None:
+    result = runner.invoke(app, [command, "kafka", "--state-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "error: no running stack in" in result.output
 
 
 def test_down_without_a_stack_is_a_no_op(tmp_path: Path) -> None:

@@ -1,8 +1,11 @@
-"""`histoprompt stack up|down|status` (a Typer sub-app; also `python -m histoprompt.stack`).
+"""`histoprompt stack up|down|status|stop-service|start-service` (a Typer sub-app; also
+`python -m histoprompt.stack`).
 
 Examples:
     histoprompt stack up                     # start everything, write ./stack.env
     histoprompt stack status                 # exit code 1 when a service is unhealthy
+    histoprompt stack stop-service kafka     # one service down, ports and data kept
+    histoprompt stack start-service kafka
     histoprompt stack down
 """
 
@@ -111,3 +114,42 @@ def status(
         Console().print(status_table(result, attach(result.state_dir)))
     if not result.healthy:
         raise typer.Exit(1)
+
+
+ServiceArg = Annotated[
+    str, typer.Argument(help="kafka, triton, prometheus, or the S3 server (minio or seaweed)")
+]
+
+
+@app.command("stop-service")
+def stop_service(name: ServiceArg, state_dir: StateDir = None) -> None:
+    """Stop one service of the running stack; its ports and data are kept for start-service.
+
+    Example: histoprompt stack stop-service kafka
+    """
+    from histoprompt.stack.errors import StackError
+    from histoprompt.stack.services import stop_service as stop_one
+
+    try:
+        killed = stop_one(_state_dir(state_dir), name)
+    except StackError as err:
+        typer.echo(f"error: {str(err).splitlines()[0]}", err=True)
+        raise typer.Exit(1) from err
+    typer.echo(f"{name} stopped" + (" (killed)" if killed else ""))
+
+
+@app.command("start-service")
+def start_service(name: ServiceArg, state_dir: StateDir = None) -> None:
+    """Start a stopped service again on its old ports and data; Triton reloads its models.
+
+    Example: histoprompt stack start-service kafka
+    """
+    from histoprompt.stack.errors import StackError
+    from histoprompt.stack.services import start_service as start_one
+
+    try:
+        seconds = start_one(_state_dir(state_dir), name, die_with_parent=False)
+    except StackError as err:
+        typer.echo(f"error: {str(err).splitlines()[0]}", err=True)
+        raise typer.Exit(1) from err
+    typer.echo(f"{name} healthy after {seconds:.1f} s")

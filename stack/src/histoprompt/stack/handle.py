@@ -18,7 +18,7 @@ class StackHandle:
     def __init__(self, state: StackState) -> None:
         self._state = state
         # Validated from the stack's values only: the caller's environment must not leak in.
-        self._settings = ConnectionSettings.model_validate(_fields(state.env))
+        self._settings = ConnectionSettings.model_validate(connection_fields(state.env))
 
     @property
     def state(self) -> StackState:
@@ -75,6 +75,29 @@ class StackHandle:
     def log_path(self, service: str) -> Path:
         return self._state.processes[service].log_path
 
+    def stop_service(self, name: str) -> bool:
+        """Stop one service, keeping its ports and data; True if it had to be killed."""
+        from histoprompt.stack.services import stop_service
+
+        killed = stop_service(self.state_dir, name)
+        self._refresh()
+        return killed
+
+    def start_service(self, name: str) -> float:
+        """Start a stopped service again (Triton reloads its models); seconds to healthy."""
+        from histoprompt.stack.services import start_service
+
+        seconds = start_service(self.state_dir, name)
+        self._refresh()
+        return seconds
+
+    def _refresh(self) -> None:
+        from histoprompt.stack.state import read_state
+
+        state = read_state(self.state_dir)
+        if state is not None:
+            self._state = state
+
     def down(self) -> None:
         """Stop every service of this stack."""
         from histoprompt.stack.launcher import down
@@ -86,7 +109,7 @@ class StackHandle:
         return f"StackHandle(state_dir={str(self.state_dir)!r}, services={services})"
 
 
-def _fields(env: dict[str, str]) -> dict[str, str]:
+def connection_fields(env: dict[str, str]) -> dict[str, str]:
     """`HISTOPROMPT_S3_ENDPOINT=...` -> `s3_endpoint=...` for ConnectionSettings fields."""
     prefix = "HISTOPROMPT_"
     names = set(ConnectionSettings.model_fields)

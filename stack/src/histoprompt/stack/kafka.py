@@ -55,6 +55,19 @@ def cluster_id() -> str:
             return value
 
 
+def stored_cluster_id(data_dir: Path) -> str | None:
+    """The cluster id in formatted storage (meta.properties), None when unformatted."""
+    try:
+        lines = (data_dir / "meta.properties").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        key, _, value = line.partition("=")
+        if key.strip() == "cluster.id":
+            return value.strip()
+    return None
+
+
 def server_properties(ports: StackPorts, data_dir: Path) -> str:
     """server.properties of a single combined broker/controller on 127.0.0.1."""
     props = {
@@ -178,7 +191,8 @@ def prepare(settings: StackSettings, state_dir: Path, ports: StackPorts) -> Proc
         "kafka.tools.StorageTool",
         "format",
         "--cluster-id",
-        cluster_id(),
+        # A restarted broker (stack.services) keeps its data: its own id, or format refuses.
+        stored_cluster_id(data) or cluster_id(),
         "--config",
         str(config),
         "--ignore-formatted",

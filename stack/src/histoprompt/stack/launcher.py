@@ -177,6 +177,7 @@ def up(settings: StackSettings | None = None) -> StackHandle:
         env=env,
         started_at=datetime.now(UTC),
         kafka_class_archive=kafka.class_archive(settings) if "kafka" in services else None,
+        launch=settings.model_dump(mode="json", include=settings.launch_fields()),
     )
     startup = _Startup(settings, state)
     try:

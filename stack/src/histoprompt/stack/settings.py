@@ -113,6 +113,12 @@ class StackSettings(ConnectionSettings):
         services = self.services()
         return self.stack_s3_server == "minio" and "minio" in services and "kafka" in services
 
+    def launch_fields(self) -> set[str]:
+        """The fields that say how services start (no connection secrets among them)."""
+        return {n for n in type(self).model_fields if n.startswith("stack_")} | {
+            "ingest_metrics_port"
+        }
+
     def project_path(self, path: Path) -> Path:
         """`path` as given when absolute or present under the cwd, else under the checkout.
 

@@ -6,6 +6,7 @@ import json
 import os
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -34,6 +35,11 @@ class StackState(BaseModel):
     ready: bool = False
     # Where down() keeps the Kafka class archive the broker dumps at exit (None: keep none).
     kafka_class_archive: Path | None = None
+    # The StackSettings `stack_*` values up() ran with: start_service() prepares a service
+    # the same way (the S3 keys are in `env`).
+    launch: dict[str, Any] = Field(default_factory=dict)
+    # Triton models that were loaded when stop_service("triton") ran: loaded again at start.
+    triton_models: list[str] = Field(default_factory=list)
 
 
 def state_path(state_dir: Path) -> Path:
