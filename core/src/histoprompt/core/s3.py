@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from histoprompt.core.errors import ConfigError
 
@@ -40,18 +40,27 @@ def make_minio(
     except ImportError as err:  # pragma: no cover - every part that calls this depends on minio
         raise ConfigError("the minio package is missing: pip install minio") from err
     http = None
-    if connect_timeout is not None or retries is not None:
+    # A CA file of our own (the test CA of the stack's TLS mode, a private PKI) needs a pool
+    # that trusts it; the SDK's default pool trusts only certifi's bundle.
+    tls: dict[str, Any] = {}
+    if settings.s3_secure and settings.s3_ca_file:
+        tls = {"cert_reqs": "CERT_REQUIRED", "ca_certs": settings.s3_ca_file}
+    if connect_timeout is not None or retries is not None or tls:
         http = urllib3.PoolManager(
             # As many kept-alive connections as the SDK's own default client keeps: ranged
             # reads run in worker threads, and a pool of one (urllib3's default) reconnects
             # on every concurrent GET and logs "Connection pool is full".
             maxsize=_POOL_CONNECTIONS,
             timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+            **tls,
             retries=(
                 False
                 if retries == 0
                 else urllib3.Retry(
-                    total=retries or 1, backoff_factor=0.2, status_forcelist=[502, 503, 504]
+                    # With only a CA file: the SDK's own default of 5 tries.
+                    total=retries or (5 if connect_timeout is None and retries is None else 1),
+                    backoff_factor=0.2,
+                    status_forcelist=[502, 503, 504],
                 )
             ),
         )

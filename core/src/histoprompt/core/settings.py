@@ -152,18 +152,27 @@ class ConnectionSettings(BaseSettings):
     kafka_sasl_mechanism: str | None = Field(None, description="e.g. SCRAM-SHA-512")
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
-    kafka_ssl_cafile: str | None = None
+    kafka_ssl_cafile: str | None = Field(
+        None, description="CA bundle (PEM) that signs the brokers' certificates"
+    )
 
     s3_endpoint: str = Field("127.0.0.1:8333", description="S3 endpoint host:port")
     s3_access_key: SecretStr = Field(SecretStr("histoprompt"), description="S3 access key")
     s3_secret_key: SecretStr = Field(SecretStr("histoprompt-secret"), description="S3 secret")
     s3_secure: bool = Field(False, description="use https for S3")
+    s3_ca_file: str | None = Field(
+        None, description="CA bundle (PEM) that signs the S3 endpoint's certificate"
+    )
     s3_region: str = "us-east-1"
     slides_bucket: str = "histoprompt-slides"
     results_bucket: str = "histoprompt-results"
     models_bucket: str = "histoprompt-models"
 
     triton_url: str = Field("127.0.0.1:8001", description="Triton gRPC host:port")
+    triton_ssl: bool = Field(False, description="gRPC over TLS to Triton")
+    triton_ssl_root_cert: str | None = Field(
+        None, description="CA bundle (PEM) that signs Triton's gRPC certificate"
+    )
     triton_http_url: str = Field("127.0.0.1:8000", description="Triton HTTP host:port")
     triton_metrics_url: str = Field("http://127.0.0.1:8002/metrics")
     prometheus_url: str = Field("http://127.0.0.1:9090", description="Prometheus base URL")
@@ -244,6 +253,12 @@ class ConnectionSettings(BaseSettings):
         if self.kafka_ssl_cafile:
             cfg["ssl_cafile"] = self.kafka_ssl_cafile
         return cfg
+
+    def triton_grpc_options(self) -> dict[str, Any]:
+        """tritonclient gRPC keyword arguments for TLS (none when plaintext)."""
+        if not self.triton_ssl:
+            return {}
+        return {"ssl": True, "root_certificates": self.triton_ssl_root_cert}
 
 
 _REGISTERED.update(ConnectionSettings.env_names())
