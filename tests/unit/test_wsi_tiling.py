@@ -156,3 +156,15 @@ def test_no_tissue_raises() -> None:
     with pytest.raises(SlideError) as info:
         plan_tiles(slide, SPEC, min_tissue=0.25)
     assert info.value.code == "no_tissue"
+
+
+def test_box_mean_floor_equals_the_float32_mean_it_replaced() -> None:
+    from histoprompt.wsi.tiling import box_mean_floor
+
+    rng = np.random.default_rng(3)
+    for f in (1, 2, 3, 4, 5, 8, 16):
+        band = rng.integers(0, 256, (f * 9, f * 13, 3), dtype=np.uint8)
+        ref = band.reshape(9, f, 13, f, 3).mean(axis=(1, 3), dtype=np.float32).astype(np.uint8)
+        got = box_mean_floor(band, f)
+        assert got.dtype == np.uint8
+        np.testing.assert_array_equal(got, ref)

@@ -91,6 +91,28 @@ class TilePlan:
         ]
 
 
+def box_mean_floor(band: NDArray[Any], f: int) -> NDArray[Any]:
+    """uint8 [h, w, 3] (h, w multiples of f) -> the f x f box means, rounded down, as uint8.
+
+    Sums f*f strided views in uint32 (each a fast contiguous-row pass) instead of a
+    reduction over two inner axes, which numpy runs element by element. Equal to the float32
+    `mean(...).astype(uint8)` it replaced: sums below 2**24 are exact in float32, and a mean
+    k - j/(f*f) is never rounded up to k at float32 precision below 256 unless f*f > 2**17.
+    """
+    if f == 1:
+        return band
+    if f * f > 1 << 16:  # not reached below 16M-px-wide mask levels; keep the exact formula
+        mean = band.reshape(band.shape[0] // f, f, -1, f, 3).mean(axis=(1, 3), dtype=np.float32)
+        return mean.astype(np.uint8)
+    acc = band[::f, ::f].astype(np.uint32)
+    for dy in range(f):
+        for dx in range(f):
+            if dy or dx:
+                acc += band[dy::f, dx::f]
+    acc //= f * f
+    return acc.astype(np.uint8)
+
+
 def read_mask(
     slide: SlideReader, max_px: int, strip_px: int = 2_000_000
 ) -> tuple[NDArray[Any], float]:
@@ -107,8 +129,8 @@ def read_mask(
         h = min(rows_per, out_h * f - y)
         (band,) = slide.read_regions(li, [Region(0, y, out_w * f, h)], cache=False)
         band = band[: (h // f) * f, : out_w * f]
-        small = band.reshape(h // f, f, out_w, f, 3).mean(axis=(1, 3), dtype=np.float32)
-        thumb[y // f : y // f + small.shape[0]] = small.astype(np.uint8)
+        small = box_mean_floor(band, f)
+        thumb[y // f : y // f + small.shape[0]] = small
         del band, small
     level0 = slide.levels[0]
     scale = (lvl.mpp / level0.mpp) * f
