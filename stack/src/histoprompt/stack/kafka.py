@@ -21,8 +21,9 @@ from histoprompt.core.names import ALL_TOPICS, TOPIC_INCOMING
 from histoprompt.core.settings import ConnectionSettings
 from histoprompt.stack.errors import StackError
 from histoprompt.stack.ports_layout import StackPorts
-from histoprompt.stack.settings import StackSettings
+from histoprompt.stack.settings import SCRAM_MECHANISM, StackSettings
 from histoprompt.stack.supervisor import ProcessSpec, log_tail
+from histoprompt.stack.tls import TlsFiles
 
 if TYPE_CHECKING:
     from kafka.admin import KafkaAdminClient
@@ -55,6 +56,38 @@ def cluster_id() -> str:
             return value
 
 
+def tls_properties(ports: StackPorts, files: TlsFiles) -> dict[str, str]:
+    """The TLS mode's listeners: SASL_SSL with SCRAM-SHA-512 on `kafka` (what clients use),
+    SSL on `kafka_ssl` (between brokers, and for clients without SASL), the controller on
+    plaintext loopback. The keystore (made by keytool) also holds the CA as trusted."""
+    password = files.keystore_password()
+    return {
+        "listeners": (
+            f"SASL_SSL://127.0.0.1:{ports.kafka},SSL://127.0.0.1:{ports.kafka_ssl},"
+            f"CONTROLLER://127.0.0.1:{ports.kafka_controller}"
+        ),
+        "advertised.listeners": (
+            f"SASL_SSL://127.0.0.1:{ports.kafka},SSL://127.0.0.1:{ports.kafka_ssl}"
+        ),
+        "inter.broker.listener.name": "SSL",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL",
+        "sasl.enabled.mechanisms": SCRAM_MECHANISM,
+        # The broker side of SCRAM checks against the credentials in the metadata log; the
+        # login module needs no user of its own.
+        f"listener.name.sasl_ssl.{SCRAM_MECHANISM.lower()}.sasl.jaas.config": (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        ),
+        "ssl.keystore.type": "PKCS12",
+        "ssl.keystore.location": str(files.keystore),
+        "ssl.keystore.password": password,
+        "ssl.key.password": password,
+        "ssl.truststore.type": "PKCS12",
+        "ssl.truststore.location": str(files.keystore),
+        "ssl.truststore.password": password,
+        "ssl.client.auth": "none",
+    }
+
+
 def stored_cluster_id(data_dir: Path) -> str | None:
     """The cluster id in formatted storage (meta.properties), None when unformatted."""
     try:
@@ -68,7 +101,7 @@ def stored_cluster_id(data_dir: Path) -> str | None:
     return None
 
 
-def server_properties(ports: StackPorts, data_dir: Path) -> str:
+def server_properties(ports: StackPorts, data_dir: Path, tls: TlsFiles | None = None) -> str:
     """server.properties of a single combined broker/controller on 127.0.0.1."""
     props = {
         "process.roles": "broker,controller",
@@ -99,6 +132,8 @@ def server_properties(ports: StackPorts, data_dir: Path) -> str:
         "log.retention.hours": "24",
         "log.segment.bytes": str(64 * 1024 * 1024),
     }
+    if tls is not None:
+        props |= tls_properties(ports, tls)
     return "".join(f"{k}={v}\n" for k, v in props.items())
 
 
@@ -172,7 +207,9 @@ def prepare(settings: StackSettings, state_dir: Path, ports: StackPorts) -> Proc
     data = home / "data"
     data.mkdir(parents=True, exist_ok=True)
     config = home / "server.properties"
-    config.write_text(server_properties(ports, data))
+    tls = TlsFiles.at(state_dir) if settings.stack_tls else None
+    config.write_text(server_properties(ports, data, tls))
+    config.chmod(0o600)  # the keystore password
     log4j = home / "log4j2.properties"
     log4j.write_text(_LOG4J2)
     log_path = state_dir / "logs" / f"{NAME}.log"
@@ -196,6 +233,7 @@ def prepare(settings: StackSettings, state_dir: Path, ports: StackPorts) -> Proc
         "--config",
         str(config),
         "--ignore-formatted",
+        *_scram_args(settings),
         cds=use_archive,
     )
     with log_path.open("ab") as log:
@@ -224,6 +262,23 @@ def prepare(settings: StackSettings, state_dir: Path, ports: StackPorts) -> Proc
         env={"KAFKA_LOG4J_OPTS": "", "LOG_DIR": str(home)},
         stop_timeout=20.0,
     )
+
+
+def _scram_args(settings: StackSettings) -> tuple[str, ...]:
+    """`--add-scram` for the TLS mode's SASL user: KRaft keeps SCRAM credentials in its
+    metadata log, so they are written when the storage is formatted."""
+    if not settings.stack_tls:
+        return ()
+    user = settings.kafka_sasl_username
+    secret = settings.kafka_sasl_password
+    if not user or secret is None:
+        raise StackError("TLS mode needs a Kafka SASL user and password", service=NAME)
+    # Kafka parses the value as key=value pairs; a quoted password may hold any character
+    # but the quote itself.
+    password = secret.get_secret_value()
+    if '"' in password:
+        raise StackError("the Kafka SASL password may not contain '\"'", service=NAME)
+    return ("--add-scram", f'{SCRAM_MECHANISM}=[name={user},password="{password}"]')
 
 
 def _admin(conn: ConnectionSettings) -> KafkaAdminClient:

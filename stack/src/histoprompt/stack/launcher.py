@@ -41,6 +41,7 @@ from histoprompt.stack.supervisor import (
     stop_all,
     wait_until_healthy,
 )
+from histoprompt.stack.tls import TlsFiles, make_tls
 
 PROBES: dict[ServiceName, Callable[[ConnectionSettings], None]] = {
     "seaweed": seaweed.probe,
@@ -111,7 +112,25 @@ def connection_env(
         "STACK_STATE_DIR": str(state_dir),
         "STACK_MODEL_REPOSITORY": str(model_repository),
     }
+    if settings.stack_tls:
+        values |= tls_connection_env(settings, TlsFiles.at(state_dir))
     return {ENV_PREFIX + k: v for k, v in values.items()}
+
+
+def tls_connection_env(settings: StackSettings, files: TlsFiles) -> dict[str, str]:
+    """The TLS mode's client settings: every service trusts only the stack's test CA."""
+    password = settings.kafka_sasl_password
+    return {
+        "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "KAFKA_SASL_MECHANISM": settings.kafka_sasl_mechanism or "",
+        "KAFKA_SASL_USERNAME": settings.kafka_sasl_username or "",
+        "KAFKA_SASL_PASSWORD": password.get_secret_value() if password else "",
+        "KAFKA_SSL_CAFILE": str(files.ca_cert),
+        "S3_SECURE": "true",
+        "S3_CA_FILE": str(files.ca_cert),
+        "TRITON_SSL": "true",
+        "TRITON_SSL_ROOT_CERT": str(files.ca_cert),
+    }
 
 
 def _prepare(
@@ -146,7 +165,8 @@ def up(settings: StackSettings | None = None) -> StackHandle:
     Raises StackError naming the first service that fails, with its log's tail; every
     process started so far is stopped again before it raises.
     """
-    settings = settings or StackSettings()
+    # TLS mode: the SCRAM user is fixed before anything starts (broker, MinIO, stack.env).
+    settings = (settings or StackSettings()).with_tls_credentials()
     t_up = time.monotonic()
     state_dir = settings.stack_state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -165,6 +185,8 @@ def up(settings: StackSettings | None = None) -> StackHandle:
         # Before anything starts: a missing install fails fast, with the fixing command.
         CHECKS[name](settings)
     _fresh_dirs(state_dir, services)
+    if settings.stack_tls:
+        make_tls(state_dir, settings.stack_keytool)
     model_repository = (settings.stack_model_repository or state_dir / "model_repository").resolve()
     ports = StackPorts.allocate(ingest_metrics=settings.ingest_metrics_port)
     env = connection_env(settings, ports, state_dir, model_repository)

@@ -11,6 +11,7 @@ still starting) wait in a queue directory and are sent when the broker is reacha
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from histoprompt.core import names
@@ -20,6 +21,7 @@ from histoprompt.stack.errors import StackError
 from histoprompt.stack.ports_layout import StackPorts
 from histoprompt.stack.settings import StackSettings
 from histoprompt.stack.supervisor import ProcessSpec
+from histoprompt.stack.tls import TlsFiles
 
 NAME = "minio"
 # The pinned server (deploy/install/minio.sh and the Makefile's MINIO_VERSION).
@@ -44,15 +46,38 @@ def check_installed(settings: StackSettings) -> Path:
     return binary
 
 
-def notify_env(kafka_bootstrap: str, queue_dir: Path) -> dict[str, str]:
-    """MinIO's Kafka notification target: brokers, topic, and a queue for undelivered events."""
+def notify_env(
+    kafka_bootstrap: str, queue_dir: Path, settings: StackSettings | None = None
+) -> dict[str, str]:
+    """MinIO's Kafka notification target: brokers, topic, and a queue for undelivered events;
+    in TLS mode over SASL_SSL as the stack's SCRAM user (MinIO trusts the CAs in
+    `<certs dir>/CAs`)."""
     suffix = f"_{TARGET_ID}"
-    return {
+    env = {
         f"MINIO_NOTIFY_KAFKA_ENABLE{suffix}": "on",
         f"MINIO_NOTIFY_KAFKA_BROKERS{suffix}": kafka_bootstrap,
         f"MINIO_NOTIFY_KAFKA_TOPIC{suffix}": names.TOPIC_INCOMING,
         f"MINIO_NOTIFY_KAFKA_QUEUE_DIR{suffix}": str(queue_dir),
     }
+    if settings is not None and settings.stack_tls and settings.kafka_sasl_password:
+        env |= {
+            f"MINIO_NOTIFY_KAFKA_TLS{suffix}": "on",
+            f"MINIO_NOTIFY_KAFKA_SASL{suffix}": "on",
+            f"MINIO_NOTIFY_KAFKA_SASL_MECHANISM{suffix}": "sha512",
+            f"MINIO_NOTIFY_KAFKA_SASL_USERNAME{suffix}": settings.kafka_sasl_username or "",
+            f"MINIO_NOTIFY_KAFKA_SASL_PASSWORD{suffix}": (
+                settings.kafka_sasl_password.get_secret_value()
+            ),
+        }
+    return env
+
+
+def install_certs(certs: Path, files: TlsFiles) -> None:
+    """MinIO's TLS layout: public.crt / private.key serve https, CAs/ holds what it trusts."""
+    (certs / "CAs").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(files.server_cert, certs / "public.crt")
+    shutil.copyfile(files.server_key, certs / "private.key")
+    shutil.copyfile(files.ca_cert, certs / "CAs" / "ca.crt")
 
 
 def prepare(
@@ -64,6 +89,8 @@ def prepare(
     data = home / "data"
     data.mkdir(parents=True, exist_ok=True)
     (home / "certs").mkdir(exist_ok=True)
+    if settings.stack_tls:
+        install_certs(home / "certs", TlsFiles.at(state_dir))
     env = {
         "MINIO_ROOT_USER": settings.s3_access_key.get_secret_value(),
         "MINIO_ROOT_PASSWORD": settings.s3_secret_key.get_secret_value(),
@@ -76,7 +103,7 @@ def prepare(
     if notify:
         queue = home / "events"
         queue.mkdir(exist_ok=True)
-        env |= notify_env(f"127.0.0.1:{ports.kafka}", queue)
+        env |= notify_env(f"127.0.0.1:{ports.kafka}", queue, settings)
     argv = [
         str(binary),
         "server",

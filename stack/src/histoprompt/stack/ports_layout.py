@@ -14,6 +14,7 @@ class StackPorts(BaseModel):
 
     kafka: int
     kafka_controller: int
+    kafka_ssl: int  # the TLS mode's SSL listener (SASL_SSL is on `kafka`)
     s3: int
     s3_grpc: int
     s3_console: int  # MinIO's console address (the console itself is switched off)

@@ -6,11 +6,12 @@ given; hosts and ports are replaced by the free loopback ports the stack picks).
 
 from __future__ import annotations
 
+import secrets
 import sys
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from histoprompt.core.settings import ConnectionSettings
 
@@ -21,6 +22,8 @@ ServiceEntry = Literal["s3", "seaweed", "minio", "triton", "prometheus", "kafka"
 # Start order (Kafka last: formatting its storage blocks); `s3` is the chosen S3 server.
 ALL_SERVICES: tuple[ServiceEntry, ...] = ("s3", "triton", "prometheus", "kafka")
 S3_SERVERS: tuple[S3ServerName, ...] = ("seaweed", "minio")
+# The TLS mode's Kafka SASL mechanism (the broker's only enabled one).
+SCRAM_MECHANISM = "SCRAM-SHA-512"
 # Where deploy/install/minio.sh puts the pinned MinIO server: outside any clone, so a
 # fresh clone finds it built (the Makefile passes the same directory).
 DEFAULT_MINIO = Path.home() / ".cache" / "histoprompt" / "minio" / "bin" / "minio"
@@ -80,6 +83,14 @@ class StackSettings(ConnectionSettings):
         default=False,
         description="kill the services when the starting process dies (test fixtures)",
     )
+    stack_tls: bool = Field(
+        default=False,
+        description=(
+            "TLS mode: a fresh test CA; S3 over https, Kafka over SASL_SSL (SCRAM-SHA-512) and "
+            "SSL, Triton gRPC over TLS"
+        ),
+    )
+    stack_keytool: str = Field(default="keytool", description="makes Kafka's TLS keystore")
     ingest_metrics_port: int | None = Field(
         default=None,
         description="port Prometheus scrapes as job histoprompt-ingest (default: free)",
@@ -100,6 +111,23 @@ class StackSettings(ConnectionSettings):
                 "service `s3`, or set the server"
             )
         return self
+
+    def with_tls_credentials(self) -> StackSettings:
+        """In TLS mode, the SCRAM user the broker is formatted with: the configured Kafka
+        SASL user and password, else `histoprompt` and a fresh random password."""
+        if not self.stack_tls:
+            return self
+        password = self.kafka_sasl_password or SecretStr(secrets.token_urlsafe(18))
+        return self.model_copy(
+            update={
+                "kafka_security_protocol": "SASL_SSL",
+                "kafka_sasl_mechanism": SCRAM_MECHANISM,
+                "kafka_sasl_username": self.kafka_sasl_username or "histoprompt",
+                "kafka_sasl_password": password,
+                "s3_secure": True,
+                "triton_ssl": True,
+            }
+        )
 
     def services(self) -> tuple[ServiceName, ...]:
         """What to start, in start order, with `s3` resolved to the chosen server."""

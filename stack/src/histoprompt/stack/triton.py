@@ -28,6 +28,7 @@ from histoprompt.stack.errors import StackError
 from histoprompt.stack.ports_layout import StackPorts
 from histoprompt.stack.settings import StackSettings
 from histoprompt.stack.supervisor import ProcessSpec
+from histoprompt.stack.tls import TlsFiles
 
 NAME = "triton"
 PY_STUB_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -133,6 +134,14 @@ def prepare(
         "--exit-timeout-secs=5",
         "--log-verbose=0",
     ]
+    if settings.stack_tls:
+        files = TlsFiles.at(state_dir)
+        argv += [
+            "--grpc-use-ssl=true",
+            f"--grpc-server-cert={files.server_cert}",
+            f"--grpc-server-key={files.server_key}",
+            f"--grpc-root-cert={files.ca_cert}",
+        ]
     env = {
         **(connection_env or {}),
         "PATH": venv_path_env(),
