@@ -1,18 +1,18 @@
 # syntax=docker/dockerfile:1
 # Triton for histoprompt: the NGC tritonserver image plus what the python-backend models in
 # model_repository/ import (histoprompt.core, histoprompt.serving, onnxruntime, numpy<2).
-#   docker build -f deploy/docker/triton.Dockerfile -t histoprompt-triton:24.04 .
+#   docker build -f deploy/docker/triton.Dockerfile -t histoprompt-triton:24.05 .
 # Build context: the repository root. Never built in this repository's CI (no Docker
 # engine there); checked statically with hadolint by tests/unit/test_dockerfiles.py.
 #
 # The NGC image's python backend embeds Python 3.10; histoprompt needs 3.11. As in the
 # local stack (stack/src/histoprompt/stack/triton.py), the python backend gets the 3.11
-# stub that nvidia-pytriton ships for the same Triton release (pytriton 0.5.7 = Triton 2.45
-# = NGC 24.04), and the stub's embedded CPython finds the venv through the `python3` first on
+# stub that nvidia-pytriton ships for the same Triton release (pytriton 0.5.8 = Triton 2.46
+# = NGC 24.05), and the stub's embedded CPython finds the venv through the `python3` first on
 # PATH. Keep TRITON_IMAGE and PYTRITON_VERSION on the same Triton release.
-ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:24.04-py3
+ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:24.05-py3
 ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.9
-ARG PYTRITON_VERSION=0.5.7
+ARG PYTRITON_VERSION=0.5.8
 ARG ONNXRUNTIME_GPU_VERSION=1.20.1
 
 FROM ${UV_IMAGE} AS uv
@@ -37,7 +37,7 @@ COPY export/pyproject.toml export/pyproject.toml
 COPY ingest/pyproject.toml ingest/pyproject.toml
 COPY client/pyproject.toml client/pyproject.toml
 COPY stack/pyproject.toml stack/pyproject.toml
-# histoprompt-core's locked dependencies, onnxruntime on CUDA, numpy<2 (the 2.45 stub's
+# histoprompt-core's locked dependencies, onnxruntime on CUDA, numpy<2 (the 2.46 stub's
 # pybind11 predates numpy 2's ABI).
 RUN uv venv /opt/histoprompt/venv --python /usr/bin/python3.11 \
  && uv export --frozen --no-dev --no-emit-workspace --no-hashes \

@@ -542,13 +542,6 @@ def test_tensorrt_version_is_the_triton_release_s() -> None:
     assert values["modelBuild"]["tensorrtVersion"] == NGC_TENSORRT[release]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="E5 open: Triton 24.04 ships TensorRT 8.6.3, which has no tensorrt-cu12 wheel; "
-    "export's gpu extra locks tensorrt-cu12 11.x, so its plans do not load in the chart's "
-    "Triton. Fixing it means moving Triton, its image, pytriton and this pin to one NGC "
-    "release whose TensorRT has a wheel; then this test passes and the marker goes.",
-)
 def test_export_tensorrt_pin_is_the_triton_release_s() -> None:
     from packaging.requirements import Requirement
 
@@ -562,7 +555,26 @@ def test_export_tensorrt_pin_is_the_triton_release_s() -> None:
     ]
     locked = re.search(rf'name = "{req.name}"\nversion = "([^"]+)"', (ROOT / "uv.lock").read_text())
     assert locked, f"{req.name} not in uv.lock"
-    assert locked.group(1).startswith(trt + "."), (req, locked.group(1), trt)
+    assert locked.group(1) == trt or locked.group(1).startswith(trt + "."), (req, locked.group(1))
+
+
+# The Triton server inside each nvidia-pytriton wheel (its tritonclient pin names it) and the
+# NGC release of that server (NVIDIA's frameworks support matrix).
+PYTRITON_TRITON = {"0.5.7": "2.45", "0.5.8": "2.46", "0.5.9": "2.46", "0.5.10": "2.48"}
+NGC_TRITON = {"24.04": "2.45", "24.05": "2.46", "24.06": "2.47", "24.07": "2.48"}
+
+
+def test_local_stack_triton_is_the_chart_s_release() -> None:
+    """The local stack (pytriton's tritonserver and python-backend stub, also copied into the
+    Triton image) runs the Triton release the chart deploys, whose TensorRT export pins."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    release = values["triton"]["image"]["tag"].split("-")[0]
+    locked = re.search(r'name = "nvidia-pytriton"\nversion = "([^"]+)"', (ROOT / "uv.lock").read_text())
+    assert locked, "nvidia-pytriton not in uv.lock"
+    assert PYTRITON_TRITON[locked.group(1)] == NGC_TRITON[release], (locked.group(1), release)
+    dockerfile = (ROOT / "deploy" / "docker" / "triton.Dockerfile").read_text()
+    assert f"ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:{release}-py3" in dockerfile
+    assert f"ARG PYTRITON_VERSION={locked.group(1)}" in dockerfile
 
 
 def test_plans_are_one_off_jobs_per_gpu_type_not_upgrade_hooks(render: Render) -> None:
@@ -580,8 +592,8 @@ def test_plans_are_one_off_jobs_per_gpu_type_not_upgrade_hooks(render: Render) -
         "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"
     }
     plans = [j["metadata"]["annotations"]["histoprompt.io/plan"] for j in jobs]
-    assert re.fullmatch(r"model\.sm89\.trt8\.6\.3\.[0-9a-f]{12}\.plan", plans[0]), plans
-    assert re.fullmatch(r"model\.sm80\.trt8\.6\.3\.[0-9a-f]{12}\.plan", plans[1]), plans
+    assert re.fullmatch(r"model\.sm89\.trt10\.0\.1\.[0-9a-f]{12}\.plan", plans[0]), plans
+    assert re.fullmatch(r"model\.sm80\.trt10\.0\.1\.[0-9a-f]{12}\.plan", plans[1]), plans
     for job, plan in zip(jobs, plans, strict=True):
         env = _env(_containers(job["spec"]["template"]["spec"])["publish"])
         assert env["PLAN"]["value"] == plan
