@@ -644,7 +644,9 @@ class FakeTriton:
 
     calls: list[tuple[str, Any]] = []
 
-    def __init__(self, url: str, timeout_s: float, attempts: int, base_s: float) -> None:
+    def __init__(
+        self, url: str, timeout_s: float, attempts: int, base_s: float, tls: Any = None
+    ) -> None:
         return None
 
     async def served_model(self) -> Any:

@@ -35,7 +35,8 @@ app = typer.Typer(
     ),
     epilog=(
         "Settings: flags > env HISTOPROMPT_* > --config TOML > stack.env > defaults. "
-        "Exit codes: 0 ok, 1 usage, 2 not found, 3 service unavailable, 4 invalid input."
+        "Exit codes: 0 ok, 1 usage, 2 not found, 3 service unavailable, 4 invalid input or "
+        "refused (credentials, TLS certificate)."
     ),
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,

@@ -6,10 +6,12 @@
 | 1 | usage error (bad flag, missing argument), or an unexpected failure |
 | 2 | not found: unknown slide_id, gene-set name, object or model |
 | 3 | service unavailable: Kafka, S3, Triton or Prometheus unreachable or not ready |
-| 4 | invalid input: not a slide, empty or malformed gene list, bad config, **wrong credentials** |
+| 4 | invalid input: not a slide, bad gene list, bad config; **refused**: credentials, TLS |
 
-Wrong credentials are 4, not 3: the service is up, and retrying will not help until the
-user fixes HISTOPROMPT_S3_ACCESS_KEY / _SECRET_KEY (or the Kafka SASL settings).
+Refusals are 4, not 3: the service is up, and retrying will not help until the user fixes
+HISTOPROMPT_S3_ACCESS_KEY / _SECRET_KEY, the Kafka SASL settings, or a CA file
+(HISTOPROMPT_S3_CA_FILE, HISTOPROMPT_KAFKA_SSL_CAFILE, HISTOPROMPT_TRITON_SSL_ROOT_CERT).
+`histoprompt-ingest run` exits 4 for the same refusals.
 """
 
 from __future__ import annotations
@@ -90,6 +92,14 @@ def translate(exc: BaseException) -> HistopromptError | None:
     """A project error for a foreign exception that escaped its call site, else None."""
     if isinstance(exc, HistopromptError):
         return exc
+    from histoprompt.core.preflight import tls_refused
+
+    if tls_refused(exc):
+        # Any client (urllib3 for S3, gRPC for Triton): we refused the service's certificate.
+        return PermissionDeniedError(
+            "a service's TLS certificate is not trusted; check HISTOPROMPT_S3_CA_FILE, "
+            f"HISTOPROMPT_KAFKA_SSL_CAFILE, HISTOPROMPT_TRITON_SSL_ROOT_CERT ({_first_line(exc)})"
+        )
     if isinstance(exc, ConnectionError) or (
         isinstance(exc, OSError) and exc.errno in {errno.ECONNREFUSED, errno.EHOSTUNREACH}
     ):
@@ -98,3 +108,8 @@ def translate(exc: BaseException) -> HistopromptError | None:
     if module.split(".")[0] in _SERVICE_MODULES:
         return ServiceUnavailableError(f"{module.split('.')[0]}: {type(exc).__name__}: {exc}")
     return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

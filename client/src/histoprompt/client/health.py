@@ -36,16 +36,20 @@ class Check:
     ok: bool
     detail: str
     figures: dict[str, Any] = field(default_factory=dict)
+    # The service refused our credentials, or we its certificate (exit 4, not 3).
+    refused: bool = False
 
 
 def _guard(service: str, fn: Callable[[], Check]) -> Check:
     from histoprompt.client.errors import translate
+    from histoprompt.core.errors import PermissionDeniedError
 
     try:
         return fn()
     except Exception as exc:
         err = translate(exc)
-        return Check(service, False, err.message if err else f"{type(exc).__name__}: {exc}")
+        detail = err.message if err else f"{type(exc).__name__}: {exc}"
+        return Check(service, False, detail, refused=isinstance(err, PermissionDeniedError))
 
 
 def check_triton(settings: ClientSettings) -> Check:

@@ -55,7 +55,13 @@ async def _predict(
 
     t0 = time.perf_counter()
     opened = await asyncio.to_thread(open_local, list(slide.files), ReadLimits())
-    triton = TritonClient(settings.triton_url, timeout_s=300.0, attempts=2, base_s=0.2)
+    triton = TritonClient(
+        settings.triton_url,
+        timeout_s=300.0,
+        attempts=2,
+        base_s=0.2,
+        tls=settings.triton_grpc_options(),
+    )
     try:
         served = await triton.served_model()
         wanted = gene_sets or {n: n for n in load_hallmark()}

@@ -48,6 +48,7 @@ def kafka_errors(settings: ClientSettings, what: str) -> Iterator[None]:
     try:
         yield
     except (kerr.KafkaConnectionError, kerr.BrokerNotAvailableError) as err:
+        _raise_if_refused(settings, err)
         raise ServiceUnavailableError(
             f"{what}: Kafka unreachable at {settings.kafka_bootstrap}; {_HINT}"
         ) from err
@@ -57,11 +58,25 @@ def kafka_errors(settings: ClientSettings, what: str) -> Iterator[None]:
             "check HISTOPROMPT_KAFKA_SASL_USERNAME / _PASSWORD"
         ) from err
     except kerr.KafkaTimeoutError as err:
+        # kafka-python reports a refused certificate or SCRAM login as a timeout too.
+        _raise_if_refused(settings, err)
         raise ServiceUnavailableError(
             f"{what}: Kafka unreachable or too slow at {settings.kafka_bootstrap}; {_HINT}"
         ) from err
     except kerr.KafkaError as err:
         raise ServiceUnavailableError(f"{what}: Kafka error {type(err).__name__}: {err}") from err
+
+
+def _raise_if_refused(settings: ClientSettings, err: Exception) -> None:
+    """The PermissionDeniedError behind a failed Kafka connection, if that is what it was."""
+    from histoprompt.core.preflight import check_kafka
+
+    try:
+        check_kafka(settings)
+    except PermissionDeniedError as refused:
+        raise refused from err
+    except ServiceUnavailableError:
+        return
 
 
 def _kafka_common(settings: ClientSettings) -> dict[str, Any]:
@@ -98,7 +113,7 @@ def triton_client(settings: ClientSettings) -> InferenceServerClient:
         import tritonclient.grpc as grpcclient
     except ImportError as err:  # pragma: no cover - a client dependency
         raise HistopromptError("tritonclient is missing: pip install 'tritonclient[grpc]'") from err
-    return grpcclient.InferenceServerClient(settings.triton_url)
+    return grpcclient.InferenceServerClient(settings.triton_url, **settings.triton_grpc_options())
 
 
 @contextmanager
@@ -106,11 +121,18 @@ def triton_errors(settings: ClientSettings, what: str) -> Iterator[None]:
     """Triton status codes as project errors: bad request 4, unknown model 2, down 3."""
     from tritonclient.utils import InferenceServerException
 
+    from histoprompt.core.preflight import tls_refused
+
     try:
         yield
     except InferenceServerException as err:
         status = str(err.status() or "")
         message = (err.message() or str(err)).strip()
+        if tls_refused(err):
+            raise PermissionDeniedError(
+                f"{what}: Triton's TLS certificate at {settings.triton_url} is not trusted; "
+                "check HISTOPROMPT_TRITON_SSL_ROOT_CERT"
+            ) from err
         if "UNAVAILABLE" in status or "DEADLINE" in status:
             raise ServiceUnavailableError(
                 f"{what}: Triton unreachable at {settings.triton_url}; {_HINT}"

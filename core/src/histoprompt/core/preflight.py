@@ -184,8 +184,13 @@ def check_triton_tls(settings: ConnectionSettings) -> None:
 
 
 def check_all(settings: ConnectionSettings, services: Iterable[str]) -> None:
-    """The checks of `services` (kafka, s3, triton), in that order."""
-    checks = {"kafka": check_kafka, "s3": check_s3_tls, "triton": check_triton_tls}
+    """The checks of `services` (kafka: certificate and SCRAM login; s3: certificate and
+    keys, on the results bucket; triton: certificate), in that order."""
+    checks = {
+        "kafka": check_kafka,
+        "s3": lambda s: check_s3_login(s, s.results_bucket),
+        "triton": check_triton_tls,
+    }
     for name in services:
         checks[name](settings)
 

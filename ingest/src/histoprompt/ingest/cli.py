@@ -3,6 +3,11 @@
 histoprompt-ingest run                       # consume until SIGTERM
 histoprompt-ingest run --concurrency 2       # two slides in flight
 histoprompt-ingest settings                  # print the effective settings (no secrets)
+
+Exit codes: 0 stopped (SIGTERM/SIGINT); 2 a bad setting; 4 refused: a service rejected our
+credentials (Kafka SASL, S3 keys) or we rejected its TLS certificate (the CA files), found
+before anything is consumed. Each failure is one `error: ...` line on stderr. The same code 4
+means the same in the `histoprompt` CLI.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+
+# A service refused us, or we refused its certificate: the CLI's code for it too.
+EXIT_REFUSED = 4
 
 EnvFile = Annotated[
     Path | None,
@@ -67,9 +75,16 @@ def run(
         overrides["ingest_concurrency"] = concurrency
     if metrics_port is not None:
         overrides["ingest_metrics_port"] = metrics_port
+    from histoprompt.core.errors import PermissionDeniedError
+
     configure(log_level.upper())
     settings = _load(env_file, **overrides)
-    raise typer.Exit(IngestService(settings).run())
+    try:
+        code = IngestService(settings).run()
+    except PermissionDeniedError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(EXIT_REFUSED) from None
+    raise typer.Exit(code)
 
 
 @app.command("settings")

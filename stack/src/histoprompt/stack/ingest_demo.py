@@ -44,15 +44,21 @@ MODELS_IN_ORDER = (
 )
 
 
-def load_demo_model(triton_grpc: str, model_repository: Path, work_dir: Path) -> Any:
+def load_demo_model(
+    triton_grpc: str,
+    model_repository: Path,
+    work_dir: Path,
+    grpc_options: dict[str, Any] | None = None,
+) -> Any:
     """Write the demo bundle (tiny UNTRAINED encoder, SYNTHETIC alignment) into the served
-    repository and load it in Triton (explicit model control). Returns the DemoBundle."""
+    repository and load it in Triton (explicit model control). Returns the DemoBundle.
+    `grpc_options`: ConnectionSettings.triton_grpc_options() of a TLS stack."""
     import tritonclient.grpc as grpcclient
 
     from histoprompt.export.bundle import build_demo_bundle
 
     bundle = build_demo_bundle(work_dir, seed=0, repo_dir=model_repository)
-    client = grpcclient.InferenceServerClient(triton_grpc)
+    client = grpcclient.InferenceServerClient(triton_grpc, **(grpc_options or {}))
     try:
         if _already_served(client, bundle.card.version):
             return bundle

@@ -10,7 +10,7 @@ service builds its client with one try per call: it retries whole deliveries ins
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -139,10 +139,20 @@ class TritonClient:
     """One aio gRPC channel per service; requests from many slides share it, balanced
     round-robin over the addresses the URL resolves to (see channel_args)."""
 
-    def __init__(self, url: str, timeout_s: float, attempts: int, base_s: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout_s: float,
+        attempts: int,
+        base_s: float,
+        tls: Mapping[str, Any] | None = None,
+    ) -> None:
+        """`tls`: ConnectionSettings.triton_grpc_options() (ssl, root_certificates)."""
         import tritonclient.grpc.aio as grpcaio
 
-        self._client: Any = grpcaio.InferenceServerClient(url, channel_args=channel_args())
+        self._client: Any = grpcaio.InferenceServerClient(
+            url, channel_args=channel_args(), **(tls or {})
+        )
         self._timeout = timeout_s
         self._attempts = attempts
         self._base = base_s

@@ -17,14 +17,15 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
 ) -> None:
     """Triton models, Kafka topics, lag and the ingest workers (consumer-group members, their
-    hosts and partitions), S3 buckets and Prometheus figures; exit 3 if a service is down.
+    hosts and partitions), S3 buckets and Prometheus figures; exit 3 if a service is down, 4 if
+    one refused our credentials or we its TLS certificate.
 
     \b
     Example: histoprompt status --json
     """
     from dataclasses import asdict
 
-    from histoprompt.client.errors import EXIT_UNAVAILABLE
+    from histoprompt.client.errors import EXIT_INVALID, EXIT_UNAVAILABLE
     from histoprompt.client.health import run_checks
     from histoprompt.client.output import plain_value
 
@@ -54,6 +55,8 @@ def status(
         )
         if models:
             out.line("models: " + ", ".join(f"{n}@{plain_value(v)}" for n, v in models.items()))
+    if any(c.refused for c in checks):
+        raise typer.Exit(EXIT_INVALID)
     if not all(c.ok for c in checks):
         raise typer.Exit(EXIT_UNAVAILABLE)
 
