@@ -162,7 +162,9 @@ def test_corrupt_offset_table_is_caught(tmp_path: Path) -> None:
 def test_tiff_reader_over_ranged_file(tmp_path: Path) -> None:
     path = write_tiff(tmp_path / "s.svs", W, H, levels=2, tile=128, compression="zlib")
     src = CountingSource(path.read_bytes())
-    reader = TiffSlideReader(RangedFile(src, block_size=8192, blocks=4), max_pixels=10**9)
+    reader = TiffSlideReader(
+        RangedFile(src, block_size=8192, blocks=4), ReadLimits(max_pixels=10**9)
+    )
     assert [(lv.width, lv.height) for lv in reader.levels] == [(W, H), (W // 2, H // 2)]
     (got,) = reader.read_regions(0, [Region(130, 140, 100, 90)])
     np.testing.assert_array_equal(got, synthetic_tissue(W, H)(0, 130, 140, 100, 90))

@@ -27,6 +27,14 @@ JPEG2000 = (
 JPEGLS = ("1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81")
 NATIVE = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
 SUPPORTED = (JPEG_BASELINE, JPEG_EXTENDED, *JPEG_LOSSLESS, *JPEG2000, *JPEGLS, *NATIVE)
+CODECS: dict[str, str] = {
+    JPEG_BASELINE: "jpeg8_decode",
+    JPEG_EXTENDED: "jpeg8_decode",
+    **dict.fromkeys(JPEG_LOSSLESS, "ljpeg_decode"),
+    **dict.fromkeys(JPEG2000, "jpeg2k_decode"),
+    **dict.fromkeys(JPEGLS, "jpegls_decode"),
+}
+"""imagecodecs decoder of each compressed transfer syntax."""
 
 
 def _to_rgb(array: NDArray[Any], rows: int, cols: int) -> NDArray[Any]:
@@ -56,14 +64,12 @@ def decode_frame(
                 raise SlideError("frame shorter than its header says", code="truncated")
             arr = np.frombuffer(data, dtype=np.uint8, count=need)
             arr = arr.reshape(rows, cols, samples) if samples > 1 else arr.reshape(rows, cols)
-        elif syntax in (JPEG_BASELINE, JPEG_EXTENDED):
-            arr = imagecodecs.jpeg8_decode(data)
-        elif syntax in JPEG_LOSSLESS:
-            arr = imagecodecs.ljpeg_decode(data)
-        elif syntax in JPEG2000:
-            arr = imagecodecs.jpeg2k_decode(data)
-        elif syntax in JPEGLS:
-            arr = imagecodecs.jpegls_decode(data)
+        elif syntax in CODECS:
+            # Decoded into a frame of the header's size: the codecs check the stream's own
+            # size against it before decoding, so a frame claiming 65535^2 px allocates
+            # nothing (the decompression-bomb guard below ReadLimits.max_frame_pixels).
+            out = np.empty((rows, cols, 3) if samples > 1 else (rows, cols), dtype=np.uint8)
+            arr = getattr(imagecodecs, CODECS[syntax])(data, out=out)
         else:
             raise SlideError(f"transfer syntax {syntax} is not supported", code="unsupported")
     except SlideError:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import struct
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,8 @@ _SEQ_END = 0xE0DDFFFE
 
 
 def _item(buf: bytes, at: int = 0) -> tuple[int, int]:
+    if len(buf) < at + 8:
+        raise SlideError("pixel data ends inside an item header", code="truncated")
     tag, length = struct.unpack_from("<II", buf, at)
     return tag, length
 
@@ -45,28 +48,32 @@ class DicomInstance:
         self._src = source
         self._gpu = gpu_decoder
         self._limits = limits
-        self._file = RangedFile(source, limits.block_size, limits.block_cache_blocks)
+        self._file = RangedFile(
+            source, limits.block_size, limits.block_cache_blocks, max_read=limits.max_range
+        )
         ds = read_header(self._file)
-        self.image_type = tuple(str(v).upper() for v in (ds.get("ImageType") or ()))
-        self.flavor = self.image_type[2] if len(self.image_type) > 2 else "VOLUME"
-        self.syntax = str(ds.file_meta.TransferSyntaxUID)
-        self.rows = int(ds.Rows)
-        self.cols = int(ds.Columns)
-        self.samples = int(ds.get("SamplesPerPixel", 1))
-        self.photometric = str(ds.get("PhotometricInterpretation", "RGB"))
-        self.width = int(ds.get("TotalPixelMatrixColumns", self.cols))
-        self.height = int(ds.get("TotalPixelMatrixRows", self.rows))
-        self.n_frames = int(ds.get("NumberOfFrames", 1))
-        self.mpp = _mpp(ds, self.width)
         self._pixel_pos = self._file.tell()
-        self._ds_eot = ds.get("ExtendedOffsetTable")
-        self._ds_eotl = ds.get("ExtendedOffsetTableLengths")
-        self._check(ds)
-        # numpy, not dicts of tuples: a 50k^2 px level has ~40k frames
-        self.positions = _frame_positions(ds, self)
+        with header_values():
+            self.image_type = tuple(str(v).upper() for v in (ds.get("ImageType") or ()))
+            self.flavor = self.image_type[2] if len(self.image_type) > 2 else "VOLUME"
+            self.syntax = str(ds.file_meta.TransferSyntaxUID)
+            self.rows = int(ds.Rows)
+            self.cols = int(ds.Columns)
+            self.samples = int(ds.get("SamplesPerPixel", 1))
+            self.photometric = str(ds.get("PhotometricInterpretation", "RGB"))
+            self.width = int(ds.get("TotalPixelMatrixColumns", self.cols))
+            self.height = int(ds.get("TotalPixelMatrixRows", self.rows))
+            self.n_frames = int(ds.get("NumberOfFrames", 1))
+            self._ds_eot = ds.get("ExtendedOffsetTable")
+            self._ds_eotl = ds.get("ExtendedOffsetTableLengths")
+            self._check(ds)
+            self.mpp = _mpp(ds, self.width)
+            # numpy, not dicts of tuples: a 50k^2 px level has ~40k frames
+            self.positions = _frame_positions(ds, self)
         cols_n, rows_n = self.grid
         self._index = np.full((rows_n, cols_n), -1, dtype=np.int32)
-        ok = (self.positions[:, 0] < cols_n) & (self.positions[:, 1] < rows_n)
+        pos = self.positions
+        ok = (pos[:, 0] >= 0) & (pos[:, 1] >= 0) & (pos[:, 0] < cols_n) & (pos[:, 1] < rows_n)
         valid = np.nonzero(ok)[0]
         self._index[self.positions[valid, 1], self.positions[valid, 0]] = valid
         self._ranges: NDArray[Any] | None = None
@@ -89,12 +96,21 @@ class DicomInstance:
                 f"{self._limits.max_pixels} px (HISTOPROMPT_INGEST_MAX_PIXELS)",
                 code="too_large",
             )
+        if self.width <= 0 or self.height <= 0:
+            raise SlideError("DICOM-WSI header has an empty pixel matrix", code="corrupt_header")
         if self.rows * self.cols > self._limits.max_frame_pixels or self.rows * self.cols == 0:
             raise SlideError(
                 f"frame size {self.rows}x{self.cols} is out of range", code="too_large"
             )
         if self.n_frames <= 0:
             raise SlideError("instance has no frames", code="corrupt_header")
+        cols_n, rows_n = self.grid
+        if max(self.n_frames, cols_n * rows_n) > self._limits.max_frames:
+            raise SlideError(
+                f"{self.n_frames} frames in a {cols_n}x{rows_n} grid, over the limit of "
+                f"{self._limits.max_frames} frames",
+                code="too_large",
+            )
 
     # -- frame locations -------------------------------------------------------------------
 
@@ -132,13 +148,13 @@ class DicomInstance:
             )
         first = start + 8 + bot_len
         if self._ds_eot is not None and self._ds_eotl is not None:
-            offs = np.frombuffer(bytes(self._ds_eot), dtype="<u8")
-            lens = np.frombuffer(bytes(self._ds_eotl), dtype="<u8")
+            offs = _table(self._ds_eot, "<u8")
+            lens = _table(self._ds_eotl, "<u8")
             if len(offs) != self.n_frames or len(lens) != self.n_frames:
                 raise SlideError("extended offset table length mismatch", code="corrupt_header")
             ranges = [(first + int(o) + 8, int(n)) for o, n in zip(offs, lens, strict=True)]
         elif bot_len:
-            offs = np.frombuffer(self._file.pread(start + 8, bot_len), dtype="<u4")
+            offs = _table(self._file.pread(start + 8, bot_len), "<u4")
             if len(offs) != self.n_frames:
                 raise SlideError("basic offset table length mismatch", code="corrupt_header")
             ranges = [
@@ -274,6 +290,27 @@ class DicomInstance:
         return out
 
 
+def _table(raw: object, dtype: str) -> NDArray[Any]:
+    """An offset table's values; its byte length must be a whole number of entries."""
+    if not isinstance(raw, bytes | bytearray) or len(raw) % np.dtype(dtype).itemsize:
+        raise SlideError("offset table has a bad length", code="corrupt_header")
+    return np.frombuffer(bytes(raw), dtype=dtype)
+
+
+@contextmanager
+def header_values() -> Iterator[None]:
+    """pydicom converts elements when they are first read: a corrupt value raises any type
+    there (ValueError, BytesLengthException, NotImplementedError for an unknown VR...)."""
+    try:
+        yield
+    except SlideError:
+        raise
+    except Exception as err:
+        raise SlideError(
+            f"DICOM-WSI header has a bad value: {type(err).__name__}", code="corrupt_header"
+        ) from err
+
+
 def read_header(fileobj: RangedFile) -> Any:
     """The data set up to the pixel data; leaves `fileobj` at the pixel data element."""
     from pydicom import dcmread
@@ -290,13 +327,14 @@ def read_header(fileobj: RangedFile) -> Any:
         raise SlideError(
             f"DICOM header does not parse: {type(err).__name__}", code="corrupt_header"
         ) from err
-    sop = str(ds.get("SOPClassUID", ""))
-    if sop != WSI_SOP_CLASS:
-        raise SlideError(
-            "DICOM object is not VL Whole Slide Microscopy Image Storage", code="not_wsi"
-        )
-    if "Rows" not in ds or "Columns" not in ds:
-        raise SlideError("DICOM-WSI header lacks Rows/Columns", code="corrupt_header")
+    with header_values():
+        sop = str(ds.get("SOPClassUID", ""))
+        if sop != WSI_SOP_CLASS:
+            raise SlideError(
+                "DICOM object is not VL Whole Slide Microscopy Image Storage", code="not_wsi"
+            )
+        if "Rows" not in ds or "Columns" not in ds:
+            raise SlideError("DICOM-WSI header lacks Rows/Columns", code="corrupt_header")
     return ds
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from histoprompt.wsi.dicom import read_header
+from histoprompt.wsi.dicom import header_values, read_header
+from histoprompt.wsi.errors import SlideError
 from histoprompt.wsi.ranged import ByteSource, RangedFile
 
 __all__ = ["InstanceHeader", "read_instance_header", "series_key_for"]
@@ -42,15 +43,17 @@ def read_instance_header(source: ByteSource) -> InstanceHeader:
     """The header of a VL Whole Slide Microscopy instance.
 
     Raises SlideError: `not_dicom`, `not_wsi` (another SOP class) or `corrupt_header`."""
-    from histoprompt.wsi.errors import SlideError
 
     ds = read_header(RangedFile(source, HEADER_BLOCK, HEADER_BLOCKS))
-    study, series = str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", ""))
-    if not study or not series:
-        raise SlideError("DICOM-WSI header lacks its study or series UID", code="corrupt_header")
-    image_type = tuple(str(v).upper() for v in (ds.get("ImageType") or ()))
-    rows, cols = int(ds.Rows), int(ds.Columns)
-    try:
+    with header_values():
+        study = str(ds.get("StudyInstanceUID", ""))
+        series = str(ds.get("SeriesInstanceUID", ""))
+        if not study or not series:
+            raise SlideError(
+                "DICOM-WSI header lacks its study or series UID", code="corrupt_header"
+            )
+        image_type = tuple(str(v).upper() for v in (ds.get("ImageType") or ()))
+        rows, cols = int(ds.Rows), int(ds.Columns)
         return InstanceHeader(
             series_key=series_key_for(study, series),
             flavor=image_type[2] if len(image_type) > 2 else "VOLUME",
@@ -58,5 +61,3 @@ def read_instance_header(source: ByteSource) -> InstanceHeader:
             height=int(ds.get("TotalPixelMatrixRows", rows)),
             n_frames=int(ds.get("NumberOfFrames", 1)),
         )
-    except (TypeError, ValueError) as err:
-        raise SlideError("DICOM-WSI header has a bad matrix size", code="corrupt_header") from err

@@ -22,6 +22,10 @@ class ReadLimits:
     max_pixels: int = 100_000 * 100_000
     """Decompression-bomb guard on level-0 pixels."""
     max_frame_pixels: int = 4096 * 4096
+    """Largest DICOM frame or TIFF tile; checked before a frame is decoded."""
+    max_frames: int = 1 << 21
+    """Frames (and tile-grid cells) of one DICOM instance: the frame index is allocated
+    from the header's counts, so they are bounded before it is."""
     coalesce_gap: int = 64 * 1024
     """Byte ranges closer than this are fetched in one GET."""
     max_range: int = 16 * 1024 * 1024

@@ -20,7 +20,12 @@ from typing import TYPE_CHECKING, Protocol
 
 from histoprompt.core.errors import TransientError
 from histoprompt.core.s3 import AUTH_ERROR_CODES, MISSING_ERROR_CODES
-from histoprompt.wsi.errors import ObjectMissingError, StoreDeniedError, TruncatedReadError
+from histoprompt.wsi.errors import (
+    ObjectMissingError,
+    SlideError,
+    StoreDeniedError,
+    TruncatedReadError,
+)
 
 if TYPE_CHECKING:
     from minio import Minio
@@ -173,14 +178,29 @@ def read_ranges(
     return out
 
 
-class RangedFile(io.RawIOBase):
-    """A seekable, read-only file object over a ByteSource with a small LRU block cache."""
+# Largest single read() a parser may ask of a RangedFile: a corrupt length field in a DICOM
+# header or a TIFF byte count must fail, not allocate gigabytes.
+MAX_PARSER_READ = 64 * 1024 * 1024
 
-    def __init__(self, source: ByteSource, block_size: int = 256 * 1024, blocks: int = 64) -> None:
+
+class RangedFile(io.RawIOBase):
+    """A seekable, read-only file object over a ByteSource with a small LRU block cache.
+
+    read() never allocates past the object's end nor past `max_read` (SlideError
+    `too_large`): parsers size their reads from lengths in the file, which may be corrupt."""
+
+    def __init__(
+        self,
+        source: ByteSource,
+        block_size: int = 256 * 1024,
+        blocks: int = 64,
+        max_read: int = MAX_PARSER_READ,
+    ) -> None:
         super().__init__()
         self._src = source
         self._block = block_size
         self._max_blocks = blocks
+        self._max_read = max_read
         self._cache: OrderedDict[int, bytes] = OrderedDict()
         self._pos = 0
         self._lock = threading.Lock()
@@ -242,10 +262,20 @@ class RangedFile(io.RawIOBase):
         self._pos += n
         return n
 
-    def readall(self) -> bytes:
-        data = self.pread(self._pos, self._src.size - self._pos)
+    def read(self, size: int | None = -1) -> bytes:
+        left = max(0, self._src.size - self._pos)
+        want = left if size is None or size < 0 else min(size, left)
+        if want > self._max_read:
+            raise SlideError(
+                f"a read of {want} bytes exceeds the parser limit of {self._max_read}",
+                code="too_large",
+            )
+        data = self.pread(self._pos, want)
         self._pos += len(data)
         return data
+
+    def readall(self) -> bytes:
+        return self.read(-1)
 
 
 class LocalFileSource:

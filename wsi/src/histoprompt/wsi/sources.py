@@ -33,6 +33,7 @@ __all__ = [
     "open_instances",
     "open_local",
     "open_slide",
+    "open_sources",
     "read_series_manifest",
     "sniff",
 ]
@@ -134,8 +135,10 @@ def _open_tiff(obj: ByteSource, limits: ReadLimits, local_path: Path | None = No
             tmp.write(obj.read_range(off, min(step, obj.size - off)))
         tmp.flush()
         return OpenedSlide(CucimReader(tmp.name), [obj], tmp)
-    fileobj = RangedFile(obj, limits.block_size, limits.tiff_block_cache_blocks)
-    return OpenedSlide(TiffSlideReader(fileobj, limits.max_pixels, limits.require_mpp), [obj])
+    fileobj = RangedFile(
+        obj, limits.block_size, limits.tiff_block_cache_blocks, max_read=limits.max_range
+    )
+    return OpenedSlide(TiffSlideReader(fileobj, limits), [obj])
 
 
 def open_slide(
@@ -191,8 +194,22 @@ def open_local(
     if not files:
         raise SlideError("no slide files given", code="missing_object")
     sources = [LocalFileSource(p) for p in files]
+    return open_sources(sources, limits, gpu_decoder, local_path=files[0])
+
+
+def open_sources(
+    sources: Sequence[ByteSource],
+    limits: ReadLimits,
+    gpu_decoder: GpuJpegDecoder | None = None,
+    local_path: Path | None = None,
+) -> OpenedSlide:
+    """A slide from byte sources already at hand (local files, bytes in memory): one TIFF/SVS
+    or DICOM object, or the instances of a series. `local_path` is the first source's file,
+    for cuCIM."""
+    if not sources:
+        raise SlideError("no slide objects given", code="missing_object")
     if len(sources) == 1 and sniff(sources[0]) == "tiff":
-        return _open_tiff(sources[0], limits, local_path=files[0])
+        return _open_tiff(sources[0], limits, local_path=local_path)
     for src in sources:
         if sniff(src) != "dicom":
             raise SlideError("a series member is not DICOM", code="not_dicom")

@@ -6,7 +6,9 @@ associated images, which this module never touches.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -14,6 +16,7 @@ from numpy.typing import NDArray
 
 from histoprompt.core.units import Mpp
 from histoprompt.wsi.errors import SlideError
+from histoprompt.wsi.limits import ReadLimits
 from histoprompt.wsi.ranged import RangedFile
 from histoprompt.wsi.slide import BACKGROUND, Level, Region, paste
 
@@ -23,33 +26,37 @@ class TiffSlideReader:
 
     format = "tiff"
 
-    def __init__(self, fileobj: RangedFile, max_pixels: int, require_mpp: bool = True) -> None:
+    def __init__(self, fileobj: RangedFile, limits: ReadLimits) -> None:
         import tiffslide
 
+        # tifffile parses lazily: a corrupt IFD raises (any type) when a property is first
+        # read, so every header read happens here, inside the guard.
         try:
             self._slide: Any = tiffslide.TiffSlide(fileobj)
+            props = dict(self._slide.properties)
+            dims = [(int(w), int(h)) for w, h in self._slide.level_dimensions]
+            self._ds = [float(d) for d in self._slide.level_downsamples]
+            series = self._slide.ts_tifffile.series[props["tiffslide.series-index"]]
+            pages = [_PageShape.of(level.keyframe) for level in series.levels]
         except Exception as err:  # tifffile raises many types on corrupt files
             raise SlideError(
                 f"TIFF does not open: {type(err).__name__}", code="corrupt_tiff"
             ) from err
-        props = self._slide.properties
+        if not dims or len(dims) != len(self._ds):
+            raise SlideError("TIFF has no pyramid levels", code="corrupt_tiff")
+        _check_sizes(dims, pages, limits)
         mpp0 = props.get("tiffslide.mpp-x")
-        if not mpp0 and not require_mpp:
+        if not mpp0 and not limits.require_mpp:
             mpp0 = 0.0  # unknown: fine for geometry and thumbnails, never for tiling
         elif not mpp0:
             raise SlideError("TIFF has no microns-per-pixel metadata", code="no_mpp")
-        w0, h0 = self._slide.dimensions
-        if w0 * h0 > max_pixels:
-            raise SlideError(
-                f"slide is {w0}x{h0} px, over the limit of {max_pixels} px", code="too_large"
-            )
-        self.levels = [
-            Level(int(w), int(h), Mpp(float(mpp0) * float(ds)))
-            for (w, h), ds in zip(
-                self._slide.level_dimensions, self._slide.level_downsamples, strict=True
-            )
-        ]
-        self._ds = list(self._slide.level_downsamples)
+        try:
+            self.levels = [
+                Level(w, h, Mpp(float(mpp0) * ds))
+                for (w, h), ds in zip(dims, self._ds, strict=True)
+            ]
+        except (TypeError, ValueError) as err:
+            raise SlideError("TIFF has a bad microns-per-pixel value", code="no_mpp") from err
 
     def read_regions(
         self, level: int, regions: Sequence[Region], cache: bool = True
@@ -74,6 +81,46 @@ class TiffSlideReader:
 
     def close(self) -> None:
         self._slide.close()
+
+
+@dataclass(frozen=True)
+class _PageShape:
+    """What a level's first page says of the arrays its reads allocate."""
+
+    samples: int
+    itemsize: int
+    chunk_elements: int
+
+    @classmethod
+    def of(cls, page: Any) -> _PageShape:
+        chunk = math.prod(int(n) for n in page.chunks)  # int(): corrupt tags read as tuples
+        return cls(int(page.samplesperpixel), int(page.dtype.itemsize), chunk)
+
+
+def _check_sizes(dims: list[tuple[int, int]], pages: list[_PageShape], limits: ReadLimits) -> None:
+    """Decompression-bomb guard before any pixel is read: every level within max_pixels (a
+    corrupt IFD can make a coarser level larger than level 0), 8-bit samples, at most four
+    per pixel, and every tile (or strip) within max_frame_pixels."""
+    for i, (w, h) in enumerate(dims):
+        if w <= 0 or h <= 0:
+            raise SlideError(f"TIFF level {i} is empty", code="corrupt_tiff")
+        if w * h > limits.max_pixels:
+            raise SlideError(
+                f"slide is {w}x{h} px, over the limit of {limits.max_pixels} px", code="too_large"
+            )
+    for page in pages:
+        if page.itemsize != 1 or not 1 <= page.samples <= 4:
+            raise SlideError(
+                f"TIFF has {page.samples} samples of {8 * page.itemsize} bits; 8-bit RGB(A) or "
+                "grey is supported",
+                code="unsupported",
+            )
+        if page.chunk_elements > limits.max_frame_pixels * page.samples:
+            raise SlideError(
+                f"a TIFF tile or strip of {page.chunk_elements} values is over the limit of "
+                f"{limits.max_frame_pixels} px",
+                code="too_large",
+            )
 
 
 class CucimReader:
