@@ -4,16 +4,14 @@ restarted service finishes it, and exactly one result event and one result exist
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
-import threading
 import time
 import uuid
 from pathlib import Path
 
 import pytest
+from helpers.ingest_process import read_until, spawn_worker
 
 from histoprompt.core.results import ResultStore
 from histoprompt.core.s3 import make_minio
@@ -37,39 +35,13 @@ def _wait_results(watcher: TopicWatcher, ids: set[str], timeout: float) -> None:
 
 
 def _spawn(stack, group: str, deadline_s: float) -> subprocess.Popen[str]:  # noqa: ANN001
-    # Inherited HISTOPROMPT_* (e.g. a sourced developer stack.env) would override stack.env.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HISTOPROMPT_")}
-    env.update(
-        HISTOPROMPT_ENV_FILE=str(stack.env_file),
-        HISTOPROMPT_INGEST_GROUP_ID=group,
-        HISTOPROMPT_INGEST_METRICS_PORT="0",
+    return spawn_worker(
+        stack.env_file,
+        group,
         HISTOPROMPT_INGEST_BATCH_SIZE="8",
         HISTOPROMPT_INGEST_MAX_INFLIGHT="1",
         HISTOPROMPT_INGEST_SHUTDOWN_DEADLINE_S=str(deadline_s),
     )
-    return subprocess.Popen(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "histoprompt.ingest", "run"],
-        env=env,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
-
-
-def _read_until(proc: subprocess.Popen[str], needle: str, timeout: float) -> list[str]:
-    lines: list[str] = []
-    found = threading.Event()
-
-    def reader() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.append(line)
-            if needle in line:
-                found.set()
-
-    threading.Thread(target=reader, daemon=True).start()
-    found.wait(timeout)
-    return lines
 
 
 def test_sigterm_mid_slide_then_restart_finishes_exactly_once(
@@ -91,7 +63,7 @@ def test_sigterm_mid_slide_then_restart_finishes_exactly_once(
     first = _spawn(stack, group, deadline_s=2.0)
     try:
         publish_upload(producer, up)
-        lines = _read_until(first, '"slide started"', timeout=180)
+        lines = read_until(first, '"slide started"', timeout=180)
         assert any(up.slide_id in ln and "slide started" in ln for ln in lines), lines[-20:]
         t0 = time.monotonic()
         first.send_signal(signal.SIGTERM)
@@ -109,7 +81,7 @@ def test_sigterm_mid_slide_then_restart_finishes_exactly_once(
     assert not any(e.slide_id == up.slide_id for e in results_of(seen))
     producer.close()
     second = _spawn(stack, group, deadline_s=10.0)
-    second_lines = _read_until(second, "never-logged", timeout=0)
+    second_lines = read_until(second, "never-logged", timeout=0)
     try:
         _wait_results(results, {up.slide_id}, timeout=300)
         time.sleep(3.0)

@@ -103,9 +103,13 @@ class MessageHandler:
         """`call`'s value and the tries it took; the last error is re-raised."""
         retrying = self._retrying()
         async for attempt in retrying:
+            # tenacity's attempt swallows the error and its iterator decides: retry, or
+            # re-raise it (a cancellation too). Only an attempt that succeeded returns.
             with attempt:
                 value = await call()
-            return value, attempt.retry_state.attempt_number
+            outcome = attempt.retry_state.outcome
+            if outcome is not None and not outcome.failed:
+                return value, attempt.retry_state.attempt_number
         raise AssertionError("unreachable")  # pragma: no cover - reraise=True
 
     async def handle(self, msg: Message) -> None:

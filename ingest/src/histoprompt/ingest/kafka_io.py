@@ -13,8 +13,12 @@ from histoprompt.ingest.logs import get_logger
 from histoprompt.ingest.ports import Message, commit_plan
 from histoprompt.ingest.settings import IngestSettings
 
+# Every client call is bounded: kafka-python's defaults wait 60 s for a send's metadata and
+# 30 s for a commit or an offset lookup, which a broker that is down spends in full.
 SEND_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 5.0
+COMMIT_TIMEOUT_S = 10.0
+LAG_TIMEOUT_S = 2.0
 
 
 def _rebalance_listener() -> Any:
@@ -111,7 +115,8 @@ class KafkaEventSource:
                     {
                         TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
                         for (t, p), o in plan.commit.items()
-                    }
+                    },
+                    timeout_ms=int(COMMIT_TIMEOUT_S * 1000),
                 )
                 committed = [
                     m for m in batch if m.offset < plan.commit.get((m.topic, m.partition), -1)
@@ -138,8 +143,11 @@ class KafkaEventSource:
                 # No partitions (lost in a rebalance): 0, so the gauge drops rather than
                 # keeping a stale value that sums across replicas would double-count.
                 return 0
-            ends = self._consumer.end_offsets(list(parts))
-            return int(sum(max(0, ends[tp] - self._consumer.position(tp)) for tp in parts))
+            ms = int(LAG_TIMEOUT_S * 1000)
+            ends = self._consumer.end_offsets(list(parts), timeout_ms=ms)
+            return int(
+                sum(max(0, ends[tp] - self._consumer.position(tp, timeout_ms=ms)) for tp in parts)
+            )
         except Exception as err:  # lag is best-effort; never stop consuming for it
             get_logger().debug("lag unavailable", extra={"code": type(err).__name__})
             return None
@@ -154,7 +162,12 @@ class KafkaResultSink:
     def __init__(self, settings: IngestSettings) -> None:
         from kafka import KafkaProducer
 
-        self._producer = KafkaProducer(acks="all", linger_ms=5, **settings.kafka_config())
+        self._producer = KafkaProducer(
+            acks="all",
+            linger_ms=5,
+            max_block_ms=int(SEND_TIMEOUT_S * 1000),
+            **settings.kafka_config(),
+        )
 
     def publish_result(self, event: ResultEvent) -> None:
         self._send(names.TOPIC_RESULTS, event.slide_id.encode(), event.to_json())

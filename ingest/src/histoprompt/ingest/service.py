@@ -16,8 +16,11 @@ redelivered.
 Liveness (/healthz): the event loop beats every second and every poll beats too, so a slide
 of any length keeps the worker alive and a wedged loop or consumer does not.
 
-SIGTERM/SIGINT: stop polling, give in-flight slides until the deadline to finish, release
-(cancel, do not commit) the rest, commit what finished, leave the group, exit 0.
+SIGTERM/SIGINT: stop polling, give in-flight slides until the deadline less a close budget
+to finish, release (cancel, do not commit) the rest, commit what finished, leave the group,
+exit 0. Every step after the release is bounded by what is left of the deadline, and calls
+still blocked on a dead service at the deadline are abandoned (histoprompt.ingest.shutdown):
+the process exits within HISTOPROMPT_INGEST_SHUTDOWN_DEADLINE_S whatever is down.
 """
 
 from __future__ import annotations
@@ -29,11 +32,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry
 
-from histoprompt.core.errors import TransientError
+from histoprompt.core.errors import ServiceUnavailableError, TransientError
 from histoprompt.core.genesets import load_hallmark
+from histoprompt.core.preflight import check_all
 from histoprompt.core.results import ResultStore
 from histoprompt.core.s3 import make_minio
 from histoprompt.ingest.deliveries import S3DeliveryLog
@@ -44,7 +49,10 @@ from histoprompt.ingest.metrics import IngestMetrics, make_metrics
 from histoprompt.ingest.pipeline import SlideProcessor
 from histoprompt.ingest.ports import DeliveryLog, EventSource, Message, Processor, ResultSink
 from histoprompt.ingest.settings import IngestSettings
+from histoprompt.ingest.shutdown import Watchdog, run_bounded
 from histoprompt.wsi.triton import ServedModel, TritonClient
+
+T = TypeVar("T")
 
 _LAG_EVERY_S = 5.0
 _BEAT_EVERY_S = 1.0
@@ -52,6 +60,11 @@ _KEEP_ALIVE_POLL_S = 0.1
 # One try per request: the handler's per-delivery retries are the only ones (handler.py).
 _ONE_TRY = 1
 _S3_CONNECT_TIMEOUT_S = 10.0
+# Of the shutdown deadline, what settling, leaving the group and closing the clients get
+# (at most half of it): in-flight slides are released this long before the deadline.
+_CLOSE_BUDGET_S = 5.0
+# The least time a shutdown step gets, even past the deadline (it may well be instant).
+_MIN_STEP_S = 0.1
 
 
 class IngestService:
@@ -75,6 +88,7 @@ class IngestService:
         self._stop_event: asyncio.Event | None = None
         self.served: ServedModel | None = None
         self.metrics_server: MetricsServer | None = None
+        self._watchdog: Watchdog | None = None
 
     # -- stopping ----------------------------------------------------------------------------
 
@@ -83,6 +97,8 @@ class IngestService:
         if not self._stopping.is_set():
             self._deadline = time.monotonic() + self.settings.ingest_shutdown_deadline_s
             self._stopping.set()
+            if self._watchdog is not None:
+                self._watchdog.arm(self._deadline)
         loop, ev = self._loop, self._stop_event
         if loop is not None and ev is not None and not loop.is_closed():
             loop.call_soon_threadsafe(ev.set)
@@ -104,10 +120,39 @@ class IngestService:
     # -- wiring ------------------------------------------------------------------------------
 
     def run(self, install_signals: bool = True) -> int:
+        """Serve until stopped. With `install_signals` (a process of its own) the exit is
+        forced at the deadline: in-process callers (tests) get their threads left instead."""
         if install_signals:
+            self._watchdog = Watchdog()
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
-        return asyncio.run(self.serve())
+        code = run_bounded(self.serve(), self._exit_by, hard_exit=install_signals)
+        if self._watchdog is not None:
+            self._watchdog.disarm()
+        return code
+
+    def _exit_by(self) -> float:
+        """When leaving must be done: the deadline once stopping, else a close budget away."""
+        if self._stopping.is_set():
+            return self._deadline
+        return time.monotonic() + self._close_budget()
+
+    def _close_budget(self) -> float:
+        return min(_CLOSE_BUDGET_S, self.settings.ingest_shutdown_deadline_s / 2)
+
+    async def _blocking(self, what: str, call: Callable[[], T]) -> T | None:
+        """`call()` in a thread; while stopping, bounded by what is left of the deadline
+        (then None, and the call is abandoned to the exit: see histoprompt.ingest.shutdown)."""
+        left = None
+        if self._stopping.is_set():
+            left = max(_MIN_STEP_S, self._deadline - time.monotonic())
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(call), left)
+        except TimeoutError:
+            self.log.warning(
+                "abandoned at the shutdown deadline", extra={"status": "abandoned", "code": what}
+            )
+            return None
 
     async def serve(self) -> int:
         """Wait for the served model, then consume Kafka until stopped. Returns the exit code."""
@@ -124,17 +169,27 @@ class IngestService:
         try:
             if self._stopping.is_set():
                 return 0
+            await self._refused_at_start()
             triton = TritonClient(
-                s.triton_url, s.ingest_triton_timeout_s, _ONE_TRY, s.ingest_retry_base_s
+                s.triton_url,
+                s.ingest_triton_timeout_s,
+                _ONE_TRY,
+                s.ingest_retry_base_s,
+                tls=s.triton_grpc_options(),
             )
             served = await self._wait_for_model(triton)
             if served is None:
                 return 0
             self.served = served
             minio = make_minio(s, connect_timeout=_S3_CONNECT_TIMEOUT_S, retries=0)
-            sink = await asyncio.to_thread(KafkaResultSink, s)
+            # A broker that is down holds each constructor for its bootstrap timeout (30 s).
+            sink = await self._unless_stopped(lambda: KafkaResultSink(s))
+            if sink is None:
+                return 0
             closers.append(sink.close)
-            source = await asyncio.to_thread(KafkaEventSource, s)
+            source = await self._unless_stopped(lambda: KafkaEventSource(s))
+            if source is None:
+                return 0
             closers.append(source.close)
             gene_sets = self.gene_sets if self.gene_sets is not None else list(load_hallmark())
             store = ResultStore(minio, s.results_bucket)
@@ -144,16 +199,42 @@ class IngestService:
             await self.consume(source, sink, processor, deliveries)
         finally:
             self.health.ready = False
+            if not self._stopping.is_set():  # a crash: leave within a deadline too
+                self.request_stop()
             # The consumer leaves its group first, so its partitions move to another replica
             # without waiting for this producer's flush.
             for close in reversed(closers):
-                await asyncio.to_thread(close)
+                await self._blocking("close", close)
             if triton is not None:
-                await triton.close()
+                with contextlib.suppress(TimeoutError):
+                    left = max(_MIN_STEP_S, self._deadline - time.monotonic())
+                    await asyncio.wait_for(triton.close(), left)
             if self.metrics_server is not None:
                 self.metrics_server.close()
             self.log.info("stopped", extra={"status": "stopped"})
         return 0
+
+    async def _refused_at_start(self) -> None:
+        """Raise PermissionDeniedError when a service refuses our credentials or we refuse its
+        certificate: no retry fixes that, so the process ends before it consumes anything.
+        An unreachable service is left to the usual waiting and retries."""
+        try:
+            await asyncio.to_thread(check_all, self.settings, ("kafka", "s3", "triton"))
+        except ServiceUnavailableError as err:
+            self.log.warning("start-up check inconclusive", extra={"code": err.code})
+
+    async def _unless_stopped(self, call: Callable[[], T]) -> T | None:
+        """`call()` in a thread, or None when a stop comes first (the call is abandoned)."""
+        stop = asyncio.create_task(self._bind_loop().wait())
+        work = asyncio.ensure_future(asyncio.to_thread(call))
+        try:
+            await asyncio.wait({stop, work}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if work.done():
+            return work.result()
+        work.cancel()
+        return None
 
     async def _wait_for_model(self, triton: TritonClient) -> ServedModel | None:
         """Readiness waits for the served model; liveness keeps beating meanwhile."""
@@ -198,7 +279,7 @@ class IngestService:
                 self.health.polled()
                 if msgs:
                     await self._run_batch(msgs, source, handler, deliveries)
-                if time.monotonic() - last_lag > _LAG_EVERY_S:
+                if not self._stopping.is_set() and time.monotonic() - last_lag > _LAG_EVERY_S:
                     lag = await asyncio.to_thread(source.lag)
                     if lag is not None:
                         self.metrics.consumer_lag.set(lag)
@@ -226,15 +307,13 @@ class IngestService:
         """Hold the partitions, handle the batch while polling on, settle, un-hold."""
         await asyncio.to_thread(source.hold)
         handled = await self._handle_batch(msgs, source, handler)
-        committed = await asyncio.to_thread(source.settle, msgs, handled)
+        committed = await self._blocking("settle", lambda: source.settle(msgs, handled)) or []
         # A delivery this process ends, committed or not, was no crash: only deliveries cut
         # short by the worker's death stay counted.
         done = {(m.partition, m.offset) for m in committed}
         released = [m for m in msgs if (m.partition, m.offset) not in done]
         try:
-            await asyncio.to_thread(log.forget, committed)
-            for m in released:
-                await asyncio.to_thread(log.release, m)
+            await self._blocking("delivery_count", lambda: _update(log, committed, released))
         except TransientError as err:  # a stale count costs at most an early crash_loop
             self.log.warning("delivery count not updated", extra={"code": err.code})
 
@@ -256,7 +335,7 @@ class IngestService:
         try:
             while pending:
                 if stop.done():
-                    left = self._deadline - time.monotonic() - 1.0
+                    left = self._deadline - time.monotonic() - self._close_budget()
                     if left <= 0:
                         break
                     wait_s = min(every, left)
@@ -290,3 +369,9 @@ class IngestService:
                     "message handler crashed", exc_info=task.exception(), extra={"code": "internal"}
                 )
         return handled
+
+
+def _update(log: DeliveryLog, committed: Sequence[Message], released: Sequence[Message]) -> None:
+    log.forget(committed)
+    for m in released:
+        log.release(m)
