@@ -17,13 +17,15 @@ PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
 .PHONY: help install install-python install-kafka install-prometheus install-helm install-minio \
-        test test-unit lint lint-check demo bench bench-models stack-up stack-down stack-status clean
+        test test-unit lint lint-check demo bench bench-models stack-up stack-down stack-status clean \
+        fuzz
 
 help:
 	@echo "make demo    install everything, start the local stack, run the main job"
 	@echo "make test    install everything and run the whole test suite"
 	@echo "make lint    ruff + mypy"
 	@echo "make bench   benchmarks (results in BENCHMARKS.md)"
+	@echo "make fuzz    long fuzz run of the slide readers (FUZZ_CASES, FUZZ_SEED)"
 
 install: install-python install-kafka install-prometheus install-helm install-minio
 
@@ -73,6 +75,14 @@ stack-status:
 
 bench: install
 	$(UV) run --frozen python -m tests.perf.run_all
+
+# Opt-in long fuzz run of the slide readers: FUZZ_CASES mutated SYNTHETIC slides of run seed
+# FUZZ_SEED (tests/unit/test_slide_fuzz.py; `make test` runs 3,000 of seed 17).
+FUZZ_CASES ?= 100000
+FUZZ_SEED ?= 1
+fuzz: install-python
+	FUZZ_CASES=$(FUZZ_CASES) FUZZ_SEED=$(FUZZ_SEED) $(UV) run --frozen pytest \
+		tests/unit/test_slide_fuzz.py -m fuzz -s $(PYTEST_ARGS)
 
 bench-models: install
 	$(UV) run --frozen python -m tests.perf.bench_models
