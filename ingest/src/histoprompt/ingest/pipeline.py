@@ -35,7 +35,7 @@ from histoprompt.ingest.logs import get_logger
 from histoprompt.ingest.metrics import IngestMetrics
 from histoprompt.ingest.series import KafkaEmitter, SeriesAssembler
 from histoprompt.ingest.settings import IngestSettings
-from histoprompt.wsi.codecs import gpu_decoder_or_none
+from histoprompt.wsi.decoders import select_decoder
 from histoprompt.wsi.errors import SlideError
 from histoprompt.wsi.scoring import ScoredSlide, ScoringOptions, score_slide
 from histoprompt.wsi.sources import OpenedSlide, open_instances, open_slide
@@ -116,8 +116,8 @@ class SlideProcessor:
         self.gene_sets = gene_sets
         self.metrics = metrics
         self.log = get_logger()
-        # One decoder per service: nvImageCodec on GPU nodes, None (imagecodecs) elsewhere.
-        self.gpu_decoder = gpu_decoder_or_none(settings.ingest_decoder)
+        # One decoder per service: nvImageCodec on GPU nodes, imagecodecs elsewhere.
+        self.gpu_decoder = select_decoder(settings.ingest_decoder, log=self.log)
         self.series = series
         self._ticker: asyncio.Task[None] | None = None
         if series is None and minio is not None:

@@ -1,13 +1,13 @@
-"""Frame decoding: imagecodecs on CPU (JPEG, JPEG 2000, JPEG-LS, raw), nvImageCodec on GPU.
-
-GPU decoding is optional (`histoprompt-ingest[gpu]`) and imported lazily; without it, or
-without a GPU, the CPU path is used.
+"""Frame decoding with imagecodecs on CPU (JPEG, JPEG 2000, JPEG-LS, raw), and the
+decoder-backend interface that histoprompt.wsi.decoders implements (the CPU default and
+nvImageCodec on GPU nodes).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -93,36 +93,35 @@ def ycbcr_to_rgb(arr: NDArray[Any]) -> NDArray[Any]:
     return rgb
 
 
-class GpuJpegDecoder:
-    """Batch JPEG decode on the GPU with nvImageCodec (imported lazily)."""
+@dataclass(frozen=True)
+class FrameFormat:
+    """What every frame of one DICOM instance is: transfer syntax and geometry."""
 
-    def __init__(self) -> None:
-        try:
-            from nvidia import nvimgcodec
-        except ImportError as err:
-            raise ImportError(
-                "GPU decode needs nvImageCodec: pip install 'histoprompt-ingest[gpu]'"
-            ) from err
-        self._nv: Any = nvimgcodec
-        self._decoder = nvimgcodec.Decoder()
+    syntax: str
+    rows: int
+    cols: int
+    samples: int
+    ycbcr_raw: bool = False
 
-    def decode(self, frames: Sequence[bytes]) -> list[NDArray[Any]]:
-        images = self._decoder.decode([bytes(f) for f in frames])
-        out = []
-        for img in images:
-            if img is None:
-                raise SlideError("frame does not decode on the GPU", code="corrupt_frame")
-            out.append(np.asarray(img.cpu()))
-        return out
+    @classmethod
+    def of(cls, syntax: str, rows: int, cols: int, samples: int, photometric: str) -> FrameFormat:
+        # Uncompressed YBR_FULL frames hold raw YCbCr; the codecs convert the others.
+        raw = syntax in NATIVE and photometric.startswith("YBR_FULL")
+        return cls(syntax, rows, cols, samples, raw and photometric != "YBR_FULL_422")
 
 
-def gpu_decoder_or_none(mode: str) -> GpuJpegDecoder | None:
-    """The GPU decoder for mode gpu/auto when nvImageCodec and a GPU exist; None for cpu."""
-    if mode == "cpu":
-        return None
-    try:
-        return GpuJpegDecoder()
-    except Exception:
-        if mode == "gpu":
-            raise
-        return None
+class FrameDecoder(Protocol):
+    """A decoder backend (histoprompt.wsi.decoders): frames of one format -> uint8
+    [rows, cols, 3] each, in order. `supports` says which formats it takes; the others go
+    to the CPU path."""
+
+    @property
+    def name(self) -> str: ...
+
+    def supports(self, fmt: FrameFormat) -> bool: ...
+
+    def decode(self, frames: Sequence[bytes], fmt: FrameFormat) -> list[NDArray[Any]]: ...
+
+
+GpuJpegDecoder = FrameDecoder
+"""The older name, still used in annotations."""

@@ -20,7 +20,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from histoprompt.core.units import Mpp
-from histoprompt.wsi.codecs import JPEG_BASELINE, SUPPORTED, GpuJpegDecoder, decode_frame
+from histoprompt.wsi.codecs import SUPPORTED, FrameDecoder, FrameFormat
+from histoprompt.wsi.decoders import backend_for
 from histoprompt.wsi.errors import SlideError
 from histoprompt.wsi.limits import ReadLimits
 from histoprompt.wsi.ranged import ByteSource, RangedFile, read_ranges
@@ -43,10 +44,9 @@ class DicomInstance:
     """One VOLUME instance: geometry, frame index and frame byte ranges (no PHI kept)."""
 
     def __init__(
-        self, source: ByteSource, limits: ReadLimits, gpu_decoder: GpuJpegDecoder | None = None
+        self, source: ByteSource, limits: ReadLimits, decoder: FrameDecoder | None = None
     ) -> None:
         self._src = source
-        self._gpu = gpu_decoder
         self._limits = limits
         self._file = RangedFile(
             source, limits.block_size, limits.block_cache_blocks, max_read=limits.max_range
@@ -70,6 +70,10 @@ class DicomInstance:
             self.mpp = _mpp(ds, self.width)
             # numpy, not dicts of tuples: a 50k^2 px level has ~40k frames
             self.positions = _frame_positions(ds, self)
+        self.frame_format = FrameFormat.of(
+            self.syntax, self.rows, self.cols, self.samples, self.photometric
+        )
+        self._decoder = backend_for(decoder, self.frame_format)
         cols_n, rows_n = self.grid
         self._index = np.full((rows_n, cols_n), -1, dtype=np.int32)
         pos = self.positions
@@ -215,14 +219,6 @@ class DicomInstance:
         out = [int(i) for i in block.ravel() if i >= 0]
         return out
 
-    def _decode(self, data: bytes) -> NDArray[Any]:
-        raw_ycbcr = self.syntax in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2") and (
-            self.photometric.startswith("YBR_FULL") and self.photometric != "YBR_FULL_422"
-        )
-        return decode_frame(
-            data, self.syntax, self.rows, self.cols, self.samples, ycbcr_raw=raw_ycbcr
-        )
-
     def load_frames(self, indices: Sequence[int], cache: bool = True) -> dict[int, NDArray[Any]]:
         """Decoded frames for `indices`: cached ones, plus missing ones in coalesced GETs."""
         out: dict[int, NDArray[Any]] = {}
@@ -257,15 +253,8 @@ class DicomInstance:
     def _decode_into(
         self, out: dict[int, NDArray[Any]], indices: Sequence[int], data: Sequence[bytes]
     ) -> None:
-        if self._gpu is not None and self.syntax == JPEG_BASELINE and self.samples == 3:
-            decoded = self._gpu.decode(list(data))
-            for i, arr in zip(indices, decoded, strict=True):
-                if arr.shape != (self.rows, self.cols, 3):
-                    raise SlideError("GPU-decoded frame has the wrong shape", code="corrupt_frame")
-                out[i] = arr
-        else:
-            for i, blob in zip(indices, data, strict=True):
-                out[i] = self._decode(blob)
+        decoded = self._decoder.decode(data, self.frame_format)
+        out.update(zip(indices, decoded, strict=True))
 
     def read_regions(self, regions: Sequence[Region], cache: bool = True) -> list[NDArray[Any]]:
         with CPU_STAGES.stage("tiles"):
@@ -381,11 +370,11 @@ class DicomSlide:
         self,
         sources: Sequence[ByteSource],
         limits: ReadLimits,
-        gpu_decoder: GpuJpegDecoder | None = None,
+        decoder: FrameDecoder | None = None,
     ) -> None:
         volumes: list[DicomInstance] = []
         for src in sources:
-            inst = DicomInstance(src, limits, gpu_decoder)
+            inst = DicomInstance(src, limits, decoder)
             if inst.flavor == "VOLUME" or (inst.flavor == "THUMBNAIL" and not volumes):
                 volumes.append(inst)
             # LABEL / OVERVIEW: header seen, pixels never fetched.

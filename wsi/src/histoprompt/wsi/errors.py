@@ -8,6 +8,7 @@ A backing store that is down is `histoprompt.core.errors.TransientError` (retry)
 from __future__ import annotations
 
 from histoprompt.core.errors import (
+    ConfigError,
     HistopromptError,
     NotFoundError,
     PermissionDeniedError,
@@ -15,6 +16,7 @@ from histoprompt.core.errors import (
 )
 
 __all__ = [
+    "DecoderUnavailableError",
     "ObjectMissingError",
     "SlideError",
     "StoreDeniedError",
@@ -52,3 +54,10 @@ class StoreDeniedError(TransientError, PermissionDeniedError):
     reported as an auth failure by the CLI."""
 
     code = "s3_error"
+
+
+class DecoderUnavailableError(WsiError, ConfigError):
+    """The decoder asked for (HISTOPROMPT_INGEST_DECODER=gpu) cannot run here: its extra is
+    not installed or no CUDA device is visible. A configuration error: never retried."""
+
+    code = "decoder_unavailable"

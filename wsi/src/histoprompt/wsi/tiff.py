@@ -1,4 +1,5 @@
-"""SVS / pyramidal TIFF: tiffslide over the ranged-read file object; cuCIM when installed.
+"""SVS / pyramidal TIFF: tiffslide over the ranged-read file object; cuCIM when installed
+(over S3 through histoprompt.wsi.rangecache's sparse local file).
 
 Only the pyramid levels are read; tiffslide exposes label and macro images as separate
 associated images, which this module never touches.
@@ -7,7 +8,7 @@ associated images, which this module never touches.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,11 +125,16 @@ def _check_sizes(dims: list[tuple[int, int]], pages: list[_PageShape], limits: R
 
 
 class CucimReader:
-    """cuCIM on GPU nodes (`histoprompt-ingest[gpu]`); it needs a local path."""
+    """cuCIM on GPU nodes (`histoprompt-wsi[gpu]`); it needs a local path. `prepare(level,
+    regions)` runs before each read: over S3 it is TiffRangeCache.ensure_regions, which
+    fetches the tiles those regions cover into the sparse local file cuCIM reads."""
 
     format = "tiff"
 
-    def __init__(self, path: str) -> None:
+    def __init__(
+        self, path: str, prepare: Callable[[int, Sequence[Region]], object] | None = None
+    ) -> None:
+        self._prepare = prepare
         try:
             from cucim import CuImage
         except ImportError as err:
@@ -150,6 +156,8 @@ class CucimReader:
     def read_regions(
         self, level: int, regions: Sequence[Region], cache: bool = True
     ) -> list[NDArray[Any]]:
+        if self._prepare is not None:
+            self._prepare(level, regions)
         out = []
         for reg in regions:
             loc = (int(reg.x * self._ds[level]), int(reg.y * self._ds[level]))
