@@ -7,7 +7,6 @@ Only headers are read on open; pixels are fetched as tiles ask for them.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -19,6 +18,7 @@ from histoprompt.wsi.codecs import GpuJpegDecoder
 from histoprompt.wsi.dicom import DicomSlide
 from histoprompt.wsi.errors import ObjectMissingError, SlideError
 from histoprompt.wsi.limits import ReadLimits
+from histoprompt.wsi.rangecache import TiffRangeCache
 from histoprompt.wsi.ranged import ByteSource, LocalFileSource, RangedFile, S3Object
 from histoprompt.wsi.slide import SlideReader
 from histoprompt.wsi.tiff import CucimReader, TiffSlideReader, cucim_available
@@ -128,13 +128,15 @@ def _open_tiff(obj: ByteSource, limits: ReadLimits, local_path: Path | None = No
     if backend == "cucim" or (backend == "auto" and cucim_available()):
         if local_path is not None:
             return OpenedSlide(CucimReader(str(local_path)), [obj])
-        # cuCIM reads local paths only: this is the one whole-object download.
-        tmp = tempfile.NamedTemporaryFile(suffix=".tiff")  # noqa: SIM115 - closed with the slide
-        step = 8 * 1024 * 1024
-        for off in range(0, obj.size, step):
-            tmp.write(obj.read_range(off, min(step, obj.size - off)))
-        tmp.flush()
-        return OpenedSlide(CucimReader(tmp.name), [obj], tmp)
+        # cuCIM opens paths only: a sparse local file holds the TIFF structure and, fetched
+        # before each read, the tiles that read covers; never the whole object.
+        cache = TiffRangeCache(obj, limits)
+        try:
+            reader = CucimReader(cache.path, prepare=cache.ensure_regions)
+        except BaseException:
+            cache.close()
+            raise
+        return OpenedSlide(reader, [obj], cache)
     fileobj = RangedFile(
         obj, limits.block_size, limits.tiff_block_cache_blocks, max_read=limits.max_range
     )
