@@ -144,7 +144,7 @@ def test_crash_looping_message_reaches_dlq_as_crash_loop_across_restarts(
         to_dlq_s = time.monotonic() - killed_at
         [event] = [e for e in dlq_of(seen) if e.error.code == "crash_loop"]
         assert event.attempts == 2
-        assert event.original["Records"][0]["s3"]["object"]["key"] == up.key
+        assert [(x.slide_id, x.key) for x in event.slides] == [(up.slide_id, up.key)]
         assert event.first_seen <= event.last_seen
         # the third delivery was not processed: no start logged for it
         assert last.wait_for("dead-lettered", "crash_loop", timeout=10)
@@ -271,7 +271,7 @@ def test_slide_past_its_deadline_is_dead_lettered_once(
         results.poll(1.0)
     [event] = [e for e in dlq_of(seen) if e.error.code == "deadline_exceeded"]
     assert event.attempts == 1 and "HISTOPROMPT_INGEST_SLIDE_DEADLINE_S" in event.error.message
-    assert event.original["Records"][0]["s3"]["object"]["key"] == up.key
+    assert [(x.slide_id, x.key) for x in event.slides] == [(up.slide_id, up.key)]
     assert not any(e.slide_id == up.slide_id for e in results_of(results.seen))
     starts = [ln for ln in log_capture.getvalue().splitlines() if "slide started" in ln]
     assert len([ln for ln in starts if up.slide_id in ln]) == 1  # not retried

@@ -121,9 +121,11 @@ def test_transient_errors_retry_then_dead_letter() -> None:
     assert len(proc.calls) == 3
     assert sink.results == [] and len(sink.dlq) == 1
     key, dlq = sink.dlq[0]
-    assert key == b"k"
+    [slide] = dlq.slides
+    assert key == slide.slide_id.encode()  # not the incoming key (it may be the object key)
     assert dlq.attempts == 3 and dlq.error.code == "triton_unavailable"
-    assert dlq.original["Records"][0]["s3"]["bucket"]["name"] == "b"
+    assert (slide.bucket, slide.key, slide.etag) == ("b", "x/slide.svs", "e")
+    assert dlq.incoming is not None and (dlq.incoming.partition, dlq.incoming.offset) == (0, 0)
     assert source.committed == {(TOPIC, 0): 1}
     assert _slides(svc, "dlq") == 1
 
@@ -169,8 +171,11 @@ def test_poison_goes_to_dlq_at_once_with_its_reason(value: bytes | None, code: s
     source, sink, proc = InMemoryEventSource([_msg(value)]), InMemoryResultSink(), FakeProcessor()
     _consume_until(svc, source, sink, proc, lambda: bool(source.committed))
     assert proc.calls == []
-    [(_, dlq)] = sink.dlq
+    [(key, dlq)] = sink.dlq
     assert dlq.error.code == code and dlq.attempts == 1
+    # Nothing of a refused message is kept but its fingerprint: no slides, no key.
+    assert dlq.slides == [] and key is None
+    assert dlq.incoming is not None and dlq.incoming.size == len(value or b"")
     assert source.committed == {(TOPIC, 0): 1}
 
 
@@ -269,7 +274,8 @@ def test_a_message_whose_workers_died_goes_to_dlq_as_crash_loop_without_processi
     _consume_until(svc, source, sink, proc, lambda: bool(source.committed), deliveries=deliveries)
     assert proc.calls == []
     [(key, dlq)] = sink.dlq
-    assert key == b"k" and dlq.error.code == "crash_loop" and dlq.attempts == 2
+    assert key == dlq.slides[0].slide_id.encode()
+    assert dlq.error.code == "crash_loop" and dlq.attempts == 2
     assert deliveries.counts == {}  # committed: forgotten
     assert _slides(svc, "dlq") == 1
 

@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from histoprompt.core.errors import InvalidInputError
 
 SCHEMA_VERSION = 1
+# The DLQ record dropped the message as received for its slides and a fingerprint (issue 17).
+DLQ_SCHEMA_VERSION = 2
 
 
 def slide_id_for(bucket: str, key: str, etag: str) -> str:
@@ -149,15 +151,40 @@ class ResultEvent(_Frozen):
         return self.model_dump_json(by_alias=True).encode()
 
 
-class DlqEvent(_Frozen):
-    """Value on `histoprompt.slides.dlq`: the original value as received, plus why."""
+class IncomingRef(_Frozen):
+    """Where a dead-lettered message was on the incoming topic, and a fingerprint of its
+    value: the value itself is not kept (it may carry anything, including patient data)."""
 
-    schema_: int = Field(SCHEMA_VERSION, alias="schema")
-    original: Any
+    topic: str
+    partition: int
+    offset: int
+    size: int = Field(ge=0, description="bytes of the value")
+    sha256: str = Field(description="hex sha256 of the value (of b'' for an empty one)")
+
+
+class DlqSlide(_Frozen):
+    """One slide of a dead-lettered message: what `histoprompt dlq replay` sends again."""
+
+    slide_id: str
+    bucket: str
+    key: str = Field(description="the object key (the manifest's for a series); see DlqEvent")
+    etag: str
+    size: int = 0
+    series: SeriesReady | None = Field(None, description="an assembled series: sent as is")
+
+
+class DlqEvent(_Frozen):
+    """Value on `histoprompt.slides.dlq` (DLQ_SCHEMA_VERSION 2): why a message could not be
+    handled, its slides (bucket, key, etag: what a replay needs) and where it was, never
+    the message as received. Malformed or refused messages have no slides."""
+
+    schema_: int = Field(DLQ_SCHEMA_VERSION, alias="schema")
     error: ErrorInfo
     attempts: int
     first_seen: str
     last_seen: str
+    incoming: IncomingRef | None = None
+    slides: list[DlqSlide] = []
 
     def to_json(self) -> bytes:
         return self.model_dump_json(by_alias=True).encode()

@@ -195,7 +195,9 @@ class MessageHandler:
     ) -> None:
         """Publish the DLQ event, retried like everything else; the error is logged by code."""
         await self._retried(
-            lambda: asyncio.to_thread(dead_letter, self.sink, msg, error, attempts, first_seen)
+            lambda: asyncio.to_thread(
+                dead_letter, self.sink, msg, error, attempts, first_seen, self.settings
+            )
         )
         self.metrics.slides.labels(status="dlq").inc()
         self.log.warning(

@@ -279,8 +279,8 @@ class IngestService:
                 self.health.polled()
                 if msgs:
                     await self._run_batch(msgs, source, handler, deliveries)
-                if not self._stopping.is_set() and time.monotonic() - last_lag > _LAG_EVERY_S:
-                    lag = await asyncio.to_thread(source.lag)
+                if time.monotonic() - last_lag > _LAG_EVERY_S:
+                    lag = await self._blocking("lag", source.lag)
                     if lag is not None:
                         self.metrics.consumer_lag.set(lag)
                     last_lag = time.monotonic()
