@@ -7,7 +7,8 @@
   instance joins its series there, anything else is a single-file slide;
 - a `SeriesReady` value (published by series assembly) is an `instances` job: exactly the
   series' instances, opened together;
-- buckets and key prefixes outside the allow-list are rejected (dead-lettered).
+- buckets and key prefixes outside the allow-list, and keys that are path tricks
+  (histoprompt.core.object_keys), are rejected (dead-lettered).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pydantic import ValidationError
 
 from histoprompt.core import names
 from histoprompt.core.errors import InvalidInputError
+from histoprompt.core.object_keys import key_problem
 from histoprompt.core.schemas import (
     NON_VOLUME_FLAVORS,
     S3Event,
@@ -69,13 +71,16 @@ class Skip:
 
 
 def _check_source(bucket: str, key: str, settings: IngestSettings) -> None:
+    """Before any GET: the bucket and prefix allow-lists, then the key itself (path tricks
+    that would step out of an allowed prefix once some tool treats the key as a path)."""
     if bucket not in settings.allowed_buckets():
         raise SourceRejectedError("bucket is not in the allow-list", code="forbidden_source")
+    problem = key_problem(key)
+    if problem is not None:
+        raise SourceRejectedError(f"object key refused: {problem}", code="unsafe_key")
     prefixes = settings.ingest_allowed_prefixes
     if prefixes and not any(key.startswith(p) for p in prefixes):
         raise SourceRejectedError("key prefix is not in the allow-list", code="forbidden_source")
-    if not key or key.endswith("/") or ".." in key.split("/"):
-        raise SourceRejectedError("object key is not a file", code="malformed_event")
 
 
 def series_job(ready: SeriesReady, settings: IngestSettings) -> SlideJob:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 from pydantic import ValidationError
 
+from histoprompt.core.object_keys import key_problem
 from histoprompt.core.schemas import SeriesManifest
 from histoprompt.wsi.codecs import GpuJpegDecoder
 from histoprompt.wsi.dicom import DicomSlide
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "OpenedSlide",
     "SlideFormat",
+    "manifest_member_key",
     "SlideObject",
     "open_instances",
     "open_local",
@@ -106,11 +108,27 @@ class OpenedSlide:
         self.close()
 
 
+def manifest_member_key(manifest_key: str, member: str) -> str:
+    """The object key of a series manifest's instance: a bare name lies next to the
+    manifest. A manifest may name only objects in its own folder, so one uploaded under an
+    allowed prefix cannot pull objects from elsewhere (SlideError `unsafe_key`)."""
+    folder = manifest_key.rsplit("/", 1)[0] + "/" if "/" in manifest_key else ""
+    key = member if "/" in member else folder + member
+    problem = key_problem(key)
+    if problem is not None:
+        raise SlideError(f"series manifest names a refused key: {problem}", code="unsafe_key")
+    if not key.startswith(folder) or "/" in key[len(folder) :]:
+        raise SlideError(
+            "series manifest names an object outside its own folder", code="unsafe_key"
+        )
+    return key
+
+
 def _series_objects(client: Minio, ref: SlideObject) -> list[S3Object]:
     manifest = read_series_manifest(S3Object(client, ref.bucket, ref.key))
     objects = []
     for inst in manifest.instances:
-        key = inst.key if "/" in inst.key else ref.key.rsplit("/", 1)[0] + "/" + inst.key
+        key = manifest_member_key(ref.key, inst.key)
         try:
             obj = S3Object(client, ref.bucket, key)
         except ObjectMissingError as err:

@@ -76,7 +76,7 @@ class TiffSlideReader:
                     raise SlideError(
                         f"TIFF tile does not read: {type(err).__name__}", code="corrupt_frame"
                     ) from err
-                paste(canvas, np.asarray(arr)[..., :3], x0 - reg.x, y0 - reg.y)
+                paste(canvas, _rgb(np.asarray(arr), y1 - y0, x1 - x0), x0 - reg.x, y0 - reg.y)
             out.append(canvas)
         return out
 
@@ -96,6 +96,18 @@ class _PageShape:
     def of(cls, page: Any) -> _PageShape:
         chunk = math.prod(int(n) for n in page.chunks)  # int(): corrupt tags read as tuples
         return cls(int(page.samplesperpixel), int(page.dtype.itemsize), chunk)
+
+
+def _rgb(arr: NDArray[Any], h: int, w: int) -> NDArray[Any]:
+    """A region as uint8 [h, w, 3]: grey (with or without alpha) replicated, RGBA cut to RGB;
+    any other shape is a corrupt tile (a damaged IFD can describe 2 or 0 samples)."""
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[:2] != (h, w) or arr.shape[2] not in (1, 2, 3, 4):
+        raise SlideError(f"TIFF region reads as {arr.shape}, not {h}x{w}", code="corrupt_frame")
+    if arr.shape[2] < 3:
+        arr = np.repeat(arr[:, :, :1], 3, axis=2)
+    return arr[:, :, :3]
 
 
 def _check_sizes(dims: list[tuple[int, int]], pages: list[_PageShape], limits: ReadLimits) -> None:
