@@ -18,7 +18,7 @@ DEMO_ARGS ?=
 
 .PHONY: help install install-python install-kafka install-prometheus install-helm install-minio \
         test test-unit lint lint-check demo bench bench-models stack-up stack-down stack-status clean \
-        fuzz
+        fuzz gpu-check gpu-kit
 
 help:
 	@echo "make demo    install everything, start the local stack, run the main job"
@@ -86,6 +86,17 @@ fuzz: install-python
 
 bench-models: install
 	$(UV) run --frozen python -m tests.perf.bench_models
+
+# On a GPU machine (no network, no uv needed): GPU_PY is the Python with torch, timm and CuPy;
+# what it lacks comes from .gpu-kit/ (`make gpu-kit` here). GPU_CHECK_ARGS=--cpu: dry mode.
+# Then `python -m tests.perf.gpu_check_render` writes BENCHMARKS.md's GPU check section.
+GPU_PY ?= python3
+GPU_CHECK_ARGS ?=
+gpu-check:
+	GPU_PY=$(GPU_PY) bash deploy/gpu_check.sh $(GPU_CHECK_ARGS)
+
+gpu-kit: install-python
+	$(UV) run --frozen --with pip python -m tests.perf.gpu_kit
 
 clean:
 	rm -rf .stack stack.env

@@ -64,13 +64,14 @@ class NvImageCodecDecoder:
         from nvidia import nvimgcodec  # the extra; select_decoder checked it imports
 
         self._nv: Any = nvimgcodec
-        try:
-            # GPU backends only: a decoder that silently fell back to its CPU plugin would
-            # report CPU decode as GPU decode.
-            kinds = [nvimgcodec.BackendKind.GPU_ONLY, nvimgcodec.BackendKind.HYBRID_CPU_GPU]
-            self._decoder = nvimgcodec.Decoder(device_id=device_id, backend_kinds=kinds)
-        except (AttributeError, TypeError):  # older releases: no backend_kinds argument
-            self._decoder = nvimgcodec.Decoder(device_id=device_id)
+        # GPU backends only: a decoder that quietly used its CPU plugin would report CPU
+        # decode as GPU decode. Fancy upsampling on, as libjpeg-turbo (the CPU path) does.
+        kinds = (nvimgcodec.BackendKind.GPU_ONLY, nvimgcodec.BackendKind.HYBRID_CPU_GPU)
+        self._decoder = nvimgcodec.Decoder(
+            device_id=device_id,
+            backends=[nvimgcodec.Backend(k) for k in kinds],
+            options=":fancy_upsampling=1",
+        )
 
     def supports(self, fmt: FrameFormat) -> bool:
         return fmt.syntax == JPEG_BASELINE and fmt.samples == 3 and not fmt.ycbcr_raw
@@ -145,7 +146,10 @@ def select_decoder(
         raise DecoderUnavailableError(f"decoder mode {mode!r} is not one of cpu, gpu, auto")
     reason = probe()
     if reason is None:
-        return NvImageCodecDecoder()
+        try:
+            return NvImageCodecDecoder()
+        except RuntimeError as err:  # nvImageCodec's own failure to set up its GPU decoder
+            reason = f"nvImageCodec could not create a GPU decoder ({err})"
     if mode == "gpu":
         raise DecoderUnavailableError(
             f"HISTOPROMPT_INGEST_DECODER=gpu, but {reason}; install '{GPU_EXTRA}' "
