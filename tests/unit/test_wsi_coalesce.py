@@ -47,3 +47,22 @@ def test_read_past_end_is_truncated() -> None:
     with pytest.raises(SlideError) as info:
         BytesSource(b"abc").read_range(1, 10)
     assert info.value.code == "truncated"
+
+
+def test_coalesce_bounds_the_bytes_fetched_for_nothing() -> None:
+    # Two 1000-byte frames 500 bytes apart: merged without a waste bound, not with 10 %.
+    ranges = [(0, 1000), (1500, 1000)]
+    assert coalesce(ranges, gap=4096, max_len=1 << 20) == [Span(0, 2500)]
+    assert coalesce(ranges, gap=4096, max_len=1 << 20, max_waste=0.1) == [
+        Span(0, 1000),
+        Span(1500, 2500),
+    ]
+    # Adjacent frames with 8-byte item headers between them still merge into one GET.
+    dense = [(i * 1008 + 8, 1000) for i in range(50)]
+    assert coalesce(dense, gap=4096, max_len=1 << 20, max_waste=0.1) == [Span(8, 50 * 1008)]
+    # The waste accumulates over the span: many small gaps cannot add up past the bound.
+    spaced = [(i * 1100, 1000) for i in range(20)]
+    for span in coalesce(spaced, gap=4096, max_len=1 << 20, max_waste=0.1):
+        inside = [(o, n) for o, n in spaced if span.start <= o < span.end]
+        useful = sum(n for _, n in inside)
+        assert (span.end - span.start) - useful <= 0.1 * useful

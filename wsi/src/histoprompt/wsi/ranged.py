@@ -64,20 +64,39 @@ class Span:
     end: int
 
 
-def coalesce(ranges: Sequence[tuple[int, int]], gap: int, max_len: int) -> list[Span]:
+MAX_WASTE = 0.1
+"""read_ranges' default bound on the unwanted bytes a merged GET may carry, as a fraction of
+the wanted bytes in it."""
+
+
+def coalesce(
+    ranges: Sequence[tuple[int, int]], gap: int, max_len: int, max_waste: float | None = None
+) -> list[Span]:
     """Merge (offset, length) ranges whose gap is <= `gap` into spans of at most `max_len`.
 
-    A single range longer than max_len stays one span (it cannot be split usefully).
+    With `max_waste`, a merge is also refused when the gap bytes inside the span would pass
+    that fraction of the wanted bytes in it: on a sparse slide the frames under tissue are
+    separated by runs of small background frames, and merging across them fetches bytes no
+    tile needs. Frames of a dense region are adjacent (gaps of an item header) and still
+    merge. A single range longer than max_len stays one span (it cannot be split usefully).
     """
     spans: list[Span] = []
+    wanted = waste = 0
     for off, length in sorted(ranges):
         end = off + length
         if spans:
             last = spans[-1]
-            if off - last.end <= gap and max(end, last.end) - last.start <= max_len:
+            skip = max(0, off - last.end)
+            if (
+                off - last.end <= gap
+                and max(end, last.end) - last.start <= max_len
+                and (max_waste is None or waste + skip <= max_waste * (wanted + length))
+            ):
                 spans[-1] = Span(last.start, max(end, last.end))
+                wanted, waste = wanted + length, waste + skip
                 continue
         spans.append(Span(off, end))
+        wanted, waste = length, 0
     return spans
 
 
@@ -160,14 +179,19 @@ class BytesSource:
 
 
 def read_ranges(
-    source: ByteSource, ranges: Sequence[tuple[int, int]], gap: int, max_len: int
+    source: ByteSource,
+    ranges: Sequence[tuple[int, int]],
+    gap: int,
+    max_len: int,
+    max_waste: float | None = MAX_WASTE,
 ) -> dict[tuple[int, int], bytes]:
-    """Fetch many (offset, length) ranges with as few GETs as coalescing allows."""
+    """Fetch many (offset, length) ranges with as few GETs as coalescing allows (see
+    `coalesce` for `max_waste`)."""
     out: dict[tuple[int, int], bytes] = {}
     if not ranges:
         return out
     wanted = sorted(set(ranges))
-    spans = coalesce(wanted, gap, max_len)
+    spans = coalesce(wanted, gap, max_len, max_waste)
     i = 0
     for span in spans:
         blob = source.read_range(span.start, span.end - span.start)

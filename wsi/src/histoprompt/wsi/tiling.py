@@ -127,7 +127,9 @@ def read_mask(
     rows_per = max(f, (strip_px // max(out_w * f, 1)) // f * f)
     for y in range(0, out_h * f, rows_per):
         h = min(rows_per, out_h * f - y)
-        (band,) = slide.read_regions(li, [Region(0, y, out_w * f, h)], cache=False)
+        # Cached: a frame row that straddles two strips is fetched and decoded once, not
+        # twice; the frame cache's own bound keeps memory flat (LRU: tiles evict it later).
+        (band,) = slide.read_regions(li, [Region(0, y, out_w * f, h)], cache=True)
         band = band[: (h // f) * f, : out_w * f]
         small = box_mean_floor(band, f)
         thumb[y // f : y // f + small.shape[0]] = small
