@@ -52,6 +52,9 @@ COMMANDS = [
     ["status"],
     ["gene-sets"],
     ["gene-sets", "list"],
+    ["dlq"],
+    ["dlq", "list"],
+    ["dlq", "replay"],
     ["gene-sets", "show"],
 ]
 
@@ -75,8 +78,9 @@ def test_every_command_has_help_with_an_example(cmd: list[str]) -> None:
 def test_the_documented_examples_are_the_ones_tested() -> None:
     """test_cli_commands.py runs each of these; a new example must get a test there."""
     from test_cli_commands import TESTED_EXAMPLES
+    from test_cli_dlq import DLQ_EXAMPLES
 
-    assert sorted(help_examples()) == sorted(TESTED_EXAMPLES)
+    assert sorted(help_examples()) == sorted(TESTED_EXAMPLES + DLQ_EXAMPLES)
 
 
 def test_help_imports_nothing_heavy() -> None:

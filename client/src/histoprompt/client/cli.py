@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from histoprompt.client.commands import (
+    dlq,
     gene_sets,
     heatmap,
     predict,
@@ -89,3 +90,4 @@ app.command("predict")(predict.predict)
 app.command("heatmap")(heatmap.heatmap)
 app.command("status")(status.status)
 app.add_typer(gene_sets.app, name="gene-sets")
+app.add_typer(dlq.app, name="dlq")
