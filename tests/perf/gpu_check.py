@@ -6,6 +6,7 @@ type and message; nothing is filled in for them.
   vit          ViT-L/16 tiles/s, bf16, torch.compile, batch 256; fraction of peak bf16
   decode       nvImageCodec JPEG frames/s (batched, frames left on the GPU)
   ingest_path  the ingest data path from local files with GPU decode: tiles/s, CPU-ms/tile
+  device_tiles the same, tiles cut and normalised on the GPU (wsi.gpu_tiles), fp32 NCHW
 `--cpu` is the dry mode: the same code on CPU with tiny sizes (a tiny ViT, compiled with the
 eager backend, a small slide, CPU decode), under a minute; tests/unit/test_gpu_check.py
 runs it. `python -m tests.perf.gpu_check_render` puts a GPU run's JSON into BENCHMARKS.md.
@@ -25,7 +26,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .gpu_check_data import DataConfig, measure_decode, measure_ingest_path
+from .gpu_check_data import (
+    DataConfig,
+    measure_decode,
+    measure_device_tiles,
+    measure_ingest_path,
+)
 from .gpu_check_data import synthetic_slide as write_slide
 from .gpu_check_vit import VitConfig, measure_vit
 
@@ -33,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[2]
 KIT = ROOT / ".gpu-kit"
 RESULT = ROOT / "tests" / "perf" / "results" / "gpu_check.json"
 SCHEMA = 1
-MEASUREMENTS = ("vit", "decode", "ingest_path")
+MEASUREMENTS = ("vit", "decode", "ingest_path", "device_tiles")
 
 
 def configs(cpu: bool) -> tuple[VitConfig, DataConfig]:
@@ -134,6 +140,7 @@ def run(cpu: bool, workdir: Path) -> dict[str, Any]:
         "vit": guarded(vit),
         "decode": guarded(with_slide(measure_decode)),
         "ingest_path": guarded(with_slide(measure_ingest_path)),
+        "device_tiles": guarded(with_slide(measure_device_tiles)),
     }
     return {
         "schema": SCHEMA,

@@ -110,17 +110,56 @@ def _one_pass(files: Sequence[Path], decoder: Any, tile_batch: int) -> tuple[int
         return tiles, opened.bytes_read
 
 
+def _array_module(decoder_name: str) -> Any:
+    if decoder_name == "gpu":
+        import cupy
+
+        return cupy
+    import numpy
+
+    return numpy
+
+
+def _one_device_pass(files: Sequence[Path], decoder: Any, tile_batch: int) -> tuple[int, int]:
+    from histoprompt.wsi.gpu_tiles import device_tiles, normalise_nchw
+    from histoprompt.wsi.limits import ReadLimits
+    from histoprompt.wsi.sources import open_local
+    from histoprompt.wsi.tiling import plan_tiles
+
+    xp, spec = _array_module(decoder.name), _encoder_spec()
+    with open_local(list(files), ReadLimits(), decoder) as opened:
+        plan = plan_tiles(opened.reader, spec, min_tissue=0.25)
+        inst = opened.reader.instance(plan.level)
+        tiles = 0
+        for start in range(0, plan.n_tiles, tile_batch):
+            regions = plan.regions(start, start + tile_batch)
+            batch = device_tiles(xp, inst, decoder, regions, plan.tile_px)
+            tiles += len(normalise_nchw(xp, batch, spec.mean, spec.std))
+        _device_sync(decoder.name)
+        return tiles, opened.bytes_read
+
+
+def measure_device_tiles(cfg: DataConfig, files: Sequence[Path]) -> dict[str, Any]:
+    """The same path with the tiles cut and normalised where the frames were decoded (CuPy
+    on the GPU; numpy in the dry mode): fp32 NCHW pixels ready for the encoder."""
+    return _passes(cfg, files, _one_device_pass)
+
+
 def measure_ingest_path(cfg: DataConfig, files: Sequence[Path]) -> dict[str, Any]:
     """Tiles/s and CPU-ms per tile (process CPU time, all threads) of the ingest data path
     over `passes` fresh openings of the slide (each with empty caches)."""
+    return _passes(cfg, files, _one_pass)
+
+
+def _passes(cfg: DataConfig, files: Sequence[Path], one_pass: Any) -> dict[str, Any]:
     from histoprompt.wsi.decoders import select_decoder
 
     decoder = select_decoder(cfg.decoder)
-    _one_pass(files, decoder, cfg.tile_batch)  # warm-up: imports, codec handles
+    one_pass(files, decoder, cfg.tile_batch)  # warm-up: imports, codec handles
     cpu0, t0 = time.process_time(), time.perf_counter()
     tiles = bytes_read = 0
     for _ in range(cfg.passes):
-        n, b = _one_pass(files, decoder, cfg.tile_batch)
+        n, b = one_pass(files, decoder, cfg.tile_batch)
         tiles, bytes_read = tiles + n, bytes_read + b
     seconds, cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
     return {

@@ -53,7 +53,20 @@ def _ingest_rows(m: dict[str, Any]) -> list[str]:
     ]
 
 
-ROWS = {"vit": _vit_rows, "decode": _decode_rows, "ingest_path": _ingest_rows}
+def _device_rows(m: dict[str, Any]) -> list[str]:
+    return [
+        f"| tiles cut and normalised on the device, tiles/s ({m['backend']} decode, "
+        f"{m['tiles']} tiles) | {_fmt(m['tiles_per_s'])} |",
+        f"| the same, CPU-ms per tile | {_fmt(m['cpu_ms_per_tile'], 3)} |",
+    ]
+
+
+ROWS = {
+    "vit": _vit_rows,
+    "decode": _decode_rows,
+    "ingest_path": _ingest_rows,
+    "device_tiles": _device_rows,
+}
 
 
 def body(doc: dict[str, Any] | None) -> list[str]:

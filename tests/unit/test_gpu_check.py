@@ -51,10 +51,15 @@ def test_data_figures_are_computed_and_consistent(dry: dict[str, Any]) -> None:
     assert dec["backend"] == "cpu" and dec["frames"] > 0
     assert dec["frames_per_s"] == pytest.approx(dec["frames"] / dec["seconds"])
     assert dec["cpu_ms_per_frame"] > 0
-    ing = dry["measurements"]["ingest_path"]
-    assert ing["tiles"] > 0 and ing["bytes_read"] > 0
-    assert ing["tiles_per_s"] == pytest.approx(ing["tiles"] / ing["seconds"])
-    assert ing["cpu_ms_per_tile"] == pytest.approx(1000 * ing["cpu_s"] / ing["tiles"])
+    for name in ("ingest_path", "device_tiles"):
+        ing = dry["measurements"][name]
+        assert ing["tiles"] > 0 and ing["bytes_read"] > 0
+        assert ing["tiles_per_s"] == pytest.approx(ing["tiles"] / ing["seconds"])
+        assert ing["cpu_ms_per_tile"] == pytest.approx(1000 * ing["cpu_s"] / ing["tiles"])
+    # Both paths tile the same slide with the same plan.
+    assert (
+        dry["measurements"]["device_tiles"]["tiles"] == dry["measurements"]["ingest_path"]["tiles"]
+    )
 
 
 def test_vit_flops_match_the_closed_form() -> None:

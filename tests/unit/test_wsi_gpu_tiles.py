@@ -56,6 +56,14 @@ def test_numpy_tiles_equal_the_cpu_path(inst: DicomInstance, read_px: int, size:
     assert np.array_equal(got, _cpu_tiles(inst, regions, size))
 
 
+def test_device_tiles_with_numpy_and_the_cpu_backend_equal_the_cpu_path(
+    inst: DicomInstance,
+) -> None:
+    regions = _regions(224)
+    got = device_tiles(np, inst, select_decoder("cpu"), regions, 112)
+    assert np.array_equal(got, _cpu_tiles(inst, regions, 112))
+
+
 def test_normalised_pixels_equal_serving_preprocess(inst: DicomInstance) -> None:
     regions = _regions(112)
     tiles = cut_tiles(np, inst, _frames(inst, regions), regions, 112)
@@ -97,7 +105,7 @@ def test_gpu_decoded_tiles_match_the_cpu_path(inst: DicomInstance, tmp_path: Pat
     import cupy as cp
 
     regions = _regions(224)
-    got = cp.asnumpy(device_tiles(inst, select_decoder("gpu"), regions, 112))
+    got = cp.asnumpy(device_tiles(cp, inst, select_decoder("gpu"), regions, 112))
     expected = _cpu_tiles(inst, regions, 112)
     # nvJPEG and libjpeg-turbo may round the IDCT and upsampling differently.
     assert np.abs(got.astype(int) - expected.astype(int)).mean() < 2.0

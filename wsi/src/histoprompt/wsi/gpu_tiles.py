@@ -69,17 +69,20 @@ def normalise_nchw(xp: Any, tiles: Any, mean: Sequence[float], std: Sequence[flo
     return xp.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
 
-def device_tiles(inst: DicomInstance, decoder: Any, regions: Sequence[Region], size: int) -> Any:
-    """The tiles of `regions` on the GPU: their frames fetched by ranged reads, decoded by
-    `decoder.decode_device` (NvImageCodecDecoder) and cut there; a CuPy uint8 array."""
-    import cupy as cp
-
+def device_tiles(
+    xp: Any, inst: DicomInstance, decoder: Any, regions: Sequence[Region], size: int
+) -> Any:
+    """The tiles of `regions` where `decoder` leaves its frames: fetched by ranged reads,
+    decoded in one batch (NvImageCodecDecoder.decode_device with xp=cupy; any backend's
+    decode with xp=numpy) and cut there."""
     from histoprompt.wsi.ranged import read_ranges
 
     needed = sorted({i for r in regions for i in inst.frames_for(r)})
     table = inst.frame_ranges()
     ranges = [(int(table[i, 0]), int(table[i, 1])) for i in needed]
+    # Same package: the instance's byte source and limits, as load_frames uses them.
     limits = inst._limits
     blobs = read_ranges(inst._src, ranges, limits.coalesce_gap, limits.max_range)
-    decoded = decoder.decode_device([blobs[r] for r in ranges], inst.frame_format)
-    return cut_tiles(cp, inst, dict(zip(needed, decoded, strict=True)), regions, size)
+    decode = decoder.decode if xp is np else decoder.decode_device
+    decoded = decode([blobs[r] for r in ranges], inst.frame_format)
+    return cut_tiles(xp, inst, dict(zip(needed, decoded, strict=True)), regions, size)
