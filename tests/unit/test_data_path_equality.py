@@ -1,0 +1,114 @@
+"""The faster data path gives the reference path's results (issue 15): same tile plan, same
+tile pixels, same encoder input, embeddings equal within 1e-6, on a small SYNTHETIC slide.
+
+The reference is the data path as it was before the CPU work, written out here: the mask
+box-downsampled by a float32 mean, every frame range merged within the gap (no waste bound),
+the mask level read uncached, and whole-batch normalisation. The null encoder (mean of the
+normalised pixels projected by a fixed matrix) stands in for the network, in numpy.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from histoprompt.core.modelspec import EncoderSpec
+from histoprompt.serving.preprocess import _scale_bias, preprocess_tiles
+from histoprompt.wsi import ranged, tiling
+from histoprompt.wsi.limits import ReadLimits
+from histoprompt.wsi.slide import Region
+from histoprompt.wsi.sources import open_local
+from histoprompt.wsi.tissue import tissue_mask
+
+SPEC = EncoderSpec(
+    name="null",
+    tile_px=224,
+    input_px=224,
+    target_mpp=0.5,
+    embed_dim=16,
+    mean=(0.485, 0.456, 0.406),
+    std=(0.229, 0.224, 0.225),
+)
+
+
+def _reference_read_mask(slide: Any, max_px: int, strip_px: int = 2_000_000) -> Any:
+    li = tiling.mask_level(slide.levels)
+    lvl = slide.levels[li]
+    f = max(1, math.ceil(max(lvl.width, lvl.height) / max_px))
+    out_w, out_h = max(1, lvl.width // f), max(1, lvl.height // f)
+    thumb = np.empty((out_h, out_w, 3), dtype=np.uint8)
+    rows_per = max(f, (strip_px // max(out_w * f, 1)) // f * f)
+    for y in range(0, out_h * f, rows_per):
+        h = min(rows_per, out_h * f - y)
+        (band,) = slide.read_regions(li, [Region(0, y, out_w * f, h)], cache=False)
+        band = band[: (h // f) * f, : out_w * f]
+        small = band.reshape(h // f, f, out_w, f, 3).mean(axis=(1, 3), dtype=np.float32)
+        thumb[y // f : y // f + small.shape[0]] = small.astype(np.uint8)
+    scale = (lvl.mpp / slide.levels[0].mpp) * f
+    return tissue_mask(thumb), float(scale)
+
+
+def _reference_pixels(tiles: Any, spec: EncoderSpec) -> Any:
+    scale, bias = _scale_bias(spec)
+    out = np.empty((tiles.shape[0], 3, *tiles.shape[1:3]), dtype=np.float32)
+    out[...] = np.moveaxis(tiles, 3, 1)
+    out *= scale[None, :, None, None]
+    out += bias[None, :, None, None]
+    return out
+
+
+def _null_encoder(pixels: Any, projection: Any) -> Any:
+    return pixels.mean(axis=(2, 3), dtype=np.float64).astype(np.float32) @ projection
+
+
+def _embed(files: list[Path], batch: int, projection: Any) -> tuple[Any, Any, Any]:
+    opened = open_local(files, ReadLimits())
+    try:
+        plan = tiling.plan_tiles(opened.reader, SPEC, min_tissue=0.25, mask_max_px=256)
+        tiles = np.concatenate(
+            [
+                tiling.read_tiles(opened.reader, plan, s, min(s + batch, plan.n_tiles))
+                for s in range(0, plan.n_tiles, batch)
+            ]
+        )
+        return plan, tiles, _null_encoder(preprocess_tiles(tiles, SPEC), projection)
+    finally:
+        opened.close()
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    from histoprompt.export.synthetic_wsi import DicomSeriesSpec, write_dicom_series
+
+    out = tmp_path_factory.mktemp("equality")
+    return write_dicom_series(out, DicomSeriesSpec(width=1280, height=1024, levels=3, tile=256))
+
+
+def test_fast_path_equals_the_reference_path(
+    slide: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    projection = np.random.default_rng(0).standard_normal((3, SPEC.embed_dim)).astype(np.float32)
+    plan, tiles, emb = _embed(slide, 16, projection)
+
+    # The reference: the same reader code with the old mask, old coalescing, old normalise.
+    monkeypatch.setattr(tiling, "read_mask", _reference_read_mask)
+    monkeypatch.setattr(ranged, "MAX_WASTE", None)
+    monkeypatch.setattr(
+        "histoprompt.wsi.dicom.read_ranges",
+        lambda src, wanted, gap, max_len, max_waste=None: ranged.read_ranges(
+            src, wanted, gap, max_len, None
+        ),
+    )
+    ref_plan, ref_tiles, _ = _embed(slide, 16, projection)
+    ref_emb = _null_encoder(_reference_pixels(ref_tiles, SPEC), projection)
+
+    assert plan.n_tiles > 10
+    np.testing.assert_array_equal(plan.xy0, ref_plan.xy0)
+    np.testing.assert_array_equal(plan.tissue, ref_plan.tissue)
+    np.testing.assert_array_equal(tiles, ref_tiles)
+    np.testing.assert_array_equal(preprocess_tiles(tiles, SPEC), _reference_pixels(tiles, SPEC))
+    np.testing.assert_allclose(emb, ref_emb, rtol=0, atol=1e-6)
