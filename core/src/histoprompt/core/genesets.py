@@ -124,7 +124,8 @@ class GeneSetCollection(Mapping[str, GeneSet]):
 
     def __init__(self, sets: Mapping[str, GeneSet], source: str) -> None:
         self._sets = {name: _checked(name, gs.genes, gs.description) for name, gs in sets.items()}
-        self._upper = {name.upper(): name for name in self._sets}
+        # casefold, not upper: U+2126 OHM SIGN upper-cases to itself, its lower case to omega
+        self._upper = {name.casefold(): name for name in self._sets}
         self.source = source
 
     @classmethod
@@ -146,11 +147,12 @@ class GeneSetCollection(Mapping[str, GeneSet]):
 
     def lookup(self, name: str) -> GeneSet:
         """The set named `name`; UnknownGeneSetError with close matches otherwise."""
-        key = name.strip().upper()
-        for candidate in (key, _HALLMARK_PREFIX + key):
+        key = name.strip().casefold()
+        prefix = _HALLMARK_PREFIX.casefold()
+        for candidate in (key, prefix + key):
             if candidate in self._upper:
                 return self._sets[self._upper[candidate]]
-        short = {n.removeprefix(_HALLMARK_PREFIX): n for n in self._upper}
+        short = {n.removeprefix(prefix): n for n in self._upper}
         close = difflib.get_close_matches(key, list(self._upper), n=3, cutoff=0.6)
         close += [
             short[m]
@@ -169,6 +171,8 @@ def load_hallmark() -> GeneSetCollection:
 def _from_json(text: str) -> GeneSet:
     try:
         obj: Any = json.loads(text)
+    except RecursionError as err:  # nested deeper than the interpreter's stack
+        raise MalformedGeneSetError("gene list JSON is nested too deeply") from err
     except json.JSONDecodeError as err:
         raise MalformedGeneSetError(
             f"gene list is not valid JSON ({err.msg} at char {err.pos}); expected "

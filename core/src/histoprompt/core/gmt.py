@@ -74,13 +74,25 @@ def read_gmt(path: Path | str) -> dict[str, GeneSet]:
     return parse_gmt(text, source=str(p))
 
 
+def _reads_back(cell: str) -> bool:
+    """parse_gmt returns this cell unchanged: one line (str.splitlines also splits on \\r,
+    \\v, \\x1c-\\x1e, \\x85, \\u2028...), no tab, no surrounding whitespace."""
+    return "\t" not in cell and len(cell.splitlines() or [""]) == 1 and cell == cell.strip()
+
+
 def format_gmt(sets: Iterable[GeneSet]) -> str:
-    """GMT text for gene sets; names and genes must not contain tabs or newlines."""
+    """GMT text for gene sets, refusing (GmtFormatError) a set that parse_gmt would not read
+    back as written: a field with a tab or a line break, surrounding whitespace, an empty
+    gene, or a name starting with `#` (a comment line)."""
     lines = []
     for gs in sets:
         cells = [gs.name, gs.description, *gs.genes]
-        if any("\t" in c or "\n" in c for c in cells):
-            raise GmtFormatError(f"gene set {gs.name!r} has a tab or newline in a field")
+        if not all(_reads_back(c) for c in cells):
+            raise GmtFormatError(
+                f"gene set {gs.name!r} has a tab, a line break or surrounding whitespace in a field"
+            )
+        if not gs.name or gs.name.startswith("#") or not gs.genes or not all(gs.genes):
+            raise GmtFormatError(f"gene set {gs.name!r} has no name, a # name or an empty gene")
         lines.append("\t".join(cells))
     return "\n".join(lines) + "\n"
 
