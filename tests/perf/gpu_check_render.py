@@ -72,9 +72,10 @@ ROWS = {
 def body(doc: dict[str, Any] | None) -> list[str]:
     if doc is None or doc.get("mode") != "gpu":
         return [
-            "No GPU run has been made yet: `make gpu-check` on a GPU machine writes "
-            f"`{RESULT.relative_to(RESULT.parents[3])}` and this section from it "
-            "(see README, GPU check).",
+            "No GPU run has been made yet. `make gpu-check` on a GPU machine writes "
+            f"`{RESULT.relative_to(RESULT.parents[3])}`; this section is rendered from it "
+            "(`python -m tests.perf.gpu_check_render`, also run by `make bench`). See "
+            "README, GPU check.",
         ]
     mach = doc["machine"]
     lines = [

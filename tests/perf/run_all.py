@@ -19,6 +19,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "bench_evaluate": (),
     "bench_spatial": (),  # tile-level maps vs planted truth: about 1 min on 2 cores
     "bench_onnx_export": (),  # full-depth ViT-L: about 1.5 min and 8 GiB on 2 cores
+    "gpu_check_render": (),  # renders a GPU machine's make gpu-check JSON; none: says so
 }
 HERE = Path(__file__).resolve().parent
 

@@ -40,3 +40,15 @@ def test_an_out_of_range_value_is_one_line(runner: CliRunner) -> None:
     assert res.exit_code == 2
     assert len(res.output.strip().splitlines()) == 1, res.output
     assert "ingest_batch_size" in res.output
+
+
+def test_a_gpu_decoder_that_cannot_run_is_one_line_naming_the_extra(runner: CliRunner) -> None:
+    from histoprompt.wsi.decoders import gpu_unavailable_reason
+
+    if gpu_unavailable_reason() is None:
+        pytest.skip("the gpu extra and a CUDA device are here: the gpu decoder can run")
+    res = runner.invoke(app, ["run"], env={"HISTOPROMPT_INGEST_DECODER": "gpu"})
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: HISTOPROMPT_INGEST_DECODER=gpu")
+    assert "histoprompt-wsi[gpu]" in lines[0] and "Traceback" not in res.output

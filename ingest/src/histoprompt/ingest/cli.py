@@ -55,6 +55,21 @@ def _load(env_file: Path | None, **overrides: object) -> IngestSettings:
     raise typer.Exit(2)
 
 
+def _check_decoder(mode: str) -> None:
+    """A gpu decoder that cannot run here is a setting error, found before any connection:
+    one line naming what to install, exit 2 (auto falls back to cpu instead)."""
+    from histoprompt.wsi.decoders import select_decoder
+    from histoprompt.wsi.errors import DecoderUnavailableError
+
+    if mode != "gpu":
+        return
+    try:
+        select_decoder(mode)
+    except DecoderUnavailableError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+
+
 @app.command()
 def run(
     env_file: EnvFile = None,
@@ -79,6 +94,7 @@ def run(
 
     configure(log_level.upper())
     settings = _load(env_file, **overrides)
+    _check_decoder(settings.ingest_decoder)
     try:
         code = IngestService(settings).run()
     except PermissionDeniedError as err:
