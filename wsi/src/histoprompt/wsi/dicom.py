@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -263,20 +263,22 @@ class DicomInstance:
     def _read_regions(self, regions: Sequence[Region], cache: bool) -> list[NDArray[Any]]:
         needed = sorted({i for r in regions for i in self.frames_for(r)})
         frames = self.load_frames(needed, cache)
-        out = []
-        for reg in regions:
-            canvas = np.full((reg.h, reg.w, 3), BACKGROUND, dtype=np.uint8)
-            for i in self.frames_for(reg):
-                c, r = (int(v) for v in self.positions[i])
-                paste(canvas, frames[i], c * self.cols - reg.x, r * self.rows - reg.y)
-            # Frames are padded to full tiles; blank what lies beyond the image.
-            vis_w, vis_h = self.width - reg.x, self.height - reg.y
-            if vis_w < reg.w:
-                canvas[:, max(vis_w, 0) :] = BACKGROUND
-            if vis_h < reg.h:
-                canvas[max(vis_h, 0) :, :] = BACKGROUND
-            out.append(canvas)
-        return out
+        return [self.canvas(frames, reg) for reg in regions]
+
+    def canvas(self, frames: Mapping[int, Any], reg: Region, xp: Any = np) -> Any:
+        """`reg` assembled from its decoded `frames` (arrays of module xp: numpy, or CuPy for
+        histoprompt.wsi.gpu_tiles); background outside the image."""
+        canvas = xp.full((reg.h, reg.w, 3), BACKGROUND, dtype=xp.uint8)
+        for i in self.frames_for(reg):
+            c, r = (int(v) for v in self.positions[i])
+            paste(canvas, frames[i], c * self.cols - reg.x, r * self.rows - reg.y)
+        # Frames are padded to full tiles; blank what lies beyond the image.
+        vis_w, vis_h = self.width - reg.x, self.height - reg.y
+        if vis_w < reg.w:
+            canvas[:, max(vis_w, 0) :] = BACKGROUND
+        if vis_h < reg.h:
+            canvas[max(vis_h, 0) :, :] = BACKGROUND
+        return canvas
 
 
 def _table(raw: object, dtype: str) -> NDArray[Any]:

@@ -16,23 +16,9 @@ from typing import Any
 import numpy as np
 
 from histoprompt.wsi.dicom import DicomInstance
-from histoprompt.wsi.slide import BACKGROUND, Region, paste
+from histoprompt.wsi.slide import Region
 
 __all__ = ["cut_tiles", "device_tiles", "normalise_nchw", "resize_batch"]
-
-
-def _canvas(xp: Any, inst: DicomInstance, frames: Mapping[int, Any], reg: Region) -> Any:
-    canvas = xp.full((reg.h, reg.w, 3), BACKGROUND, dtype=xp.uint8)
-    for i in inst.frames_for(reg):
-        c, r = (int(v) for v in inst.positions[i])
-        paste(canvas, frames[i], c * inst.cols - reg.x, r * inst.rows - reg.y)
-    # Frames are padded to full tiles; blank what lies beyond the image.
-    vis_w, vis_h = inst.width - reg.x, inst.height - reg.y
-    if vis_w < reg.w:
-        canvas[:, max(vis_w, 0) :] = BACKGROUND
-    if vis_h < reg.h:
-        canvas[max(vis_h, 0) :, :] = BACKGROUND
-    return canvas
 
 
 def resize_batch(xp: Any, crops: Any, size: int) -> Any:
@@ -56,7 +42,7 @@ def cut_tiles(
     decoded `frames` (index -> [rows, cols, 3] array of module xp)."""
     if not regions:
         return xp.empty((0, size, size, 3), dtype=xp.uint8)
-    crops = xp.stack([_canvas(xp, inst, frames, reg) for reg in regions])
+    crops = xp.stack([inst.canvas(frames, reg, xp) for reg in regions])
     return resize_batch(xp, crops, size)
 
 
