@@ -103,7 +103,7 @@ def test_usage_errors_exit_1_not_clicks_2() -> None:
     assert runner.invoke(app, ["results"]).exit_code == EXIT_USAGE  # missing SLIDE_ID
     assert runner.invoke(app, ["results", "x", "--format", "xml"]).exit_code == EXIT_USAGE
     assert runner.invoke(app, ["--no-such-flag"]).exit_code == EXIT_USAGE
-    res = runner.invoke(app, ["results", "x", "--format", "parquet"])
+    res = runner.invoke(app, ["results", "0123456789abcdef", "--format", "parquet"])
     assert res.exit_code == EXIT_USAGE and "--out" in res.output
 
 

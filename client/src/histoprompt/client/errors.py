@@ -1,12 +1,9 @@
 """Exit codes and the one place where errors become them.
 
-| code | meaning |
-|---|---|
-| 0 | ok |
-| 1 | usage error (bad flag, missing argument), or an unexpected failure |
-| 2 | not found: unknown slide_id, gene-set name, object or model |
-| 3 | service unavailable: Kafka, S3, Triton or Prometheus unreachable or not ready |
-| 4 | invalid input: not a slide, bad gene list, bad config; **refused**: credentials, TLS |
+0 ok, 1 usage (or an unexpected failure), 2 not found, 3 service unavailable, 4 invalid
+input or refused. The documented table (README.md, "Exit codes") names the project errors
+behind each code; tests/unit/test_cli_bad_input.py checks it against `_EXIT_CODES` and runs
+every row of the README's bad-input table.
 
 Refusals are 4, not 3: the service is up, and retrying will not help until the user fixes
 HISTOPROMPT_S3_ACCESS_KEY / _SECRET_KEY, the Kafka SASL settings, or a CA file

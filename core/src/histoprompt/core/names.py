@@ -73,6 +73,22 @@ RESULT_MANIFEST: Final = "manifest.json"
 SERIES_MANIFEST: Final = "manifest.json"
 
 
+SLIDE_ID_CHARS: Final = frozenset("0123456789abcdef")
+SLIDE_ID_LENGTH: Final = 16
+
+
+def check_slide_id(value: str) -> str:
+    """`value` when it is a slide id (16 lower-case hex characters, as slide_id_for and
+    series_slide_id make them); InvalidInputError before it becomes part of an S3 key."""
+    if len(value) != SLIDE_ID_LENGTH or not set(value) <= SLIDE_ID_CHARS:
+        from histoprompt.core.errors import InvalidInputError
+
+        raise InvalidInputError(
+            f"{value[:40]!r} is not a slide id (16 lower-case hex characters, as submit prints)"
+        )
+    return value
+
+
 def result_prefix(slide_id: str, model_version: str) -> str:
     """Object-key prefix (no bucket) of one slide's results for one model version."""
     return f"slides/{slide_id}/{model_version}/"

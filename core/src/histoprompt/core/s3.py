@@ -64,14 +64,19 @@ def make_minio(
                 )
             ),
         )
-    return Minio(
-        settings.s3_endpoint,
-        access_key=settings.s3_access_key.get_secret_value(),
-        secret_key=settings.s3_secret_key.get_secret_value(),
-        secure=settings.s3_secure,
-        region=settings.s3_region,
-        http_client=http,
-    )
+    try:
+        return Minio(
+            settings.s3_endpoint,
+            access_key=settings.s3_access_key.get_secret_value(),
+            secret_key=settings.s3_secret_key.get_secret_value(),
+            secure=settings.s3_secure,
+            region=settings.s3_region,
+            http_client=http,
+        )
+    except ValueError as err:  # the SDK refuses a scheme's path, a bad port, ...
+        raise ConfigError(
+            f"HISTOPROMPT_S3_ENDPOINT {settings.s3_endpoint[:80]!r} is not host:port ({err})"
+        ) from err
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:

@@ -9,6 +9,7 @@ import typer
 
 from histoprompt.client.state import get_state
 from histoprompt.client.tile_scores import METHODS, score_tiles
+from histoprompt.core.names import check_slide_id
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -124,7 +125,9 @@ def _legend(
 
 def heatmap(
     ctx: typer.Context,
-    slide_id: Annotated[str, typer.Argument(help="A processed slide's id.")],
+    slide_id: Annotated[
+        str, typer.Argument(help="A processed slide's id.", callback=check_slide_id)
+    ],
     gene_set: Annotated[
         str | None,
         typer.Option(

@@ -10,6 +10,7 @@ import typer
 
 from histoprompt.client.catalog import complete_gene_set
 from histoprompt.client.state import get_state
+from histoprompt.core.names import check_slide_id
 
 if TYPE_CHECKING:
     from histoprompt.client.settings import ClientSettings
@@ -42,10 +43,12 @@ def collect_gene_sets(
     for i, text in enumerate(gene_lists, start=1):
         sets.append(parse_gene_list(text, name="custom" if len(gene_lists) == 1 else f"custom_{i}"))
     if gmt is not None:
-        from histoprompt.core.errors import NotFoundError
+        from histoprompt.core.errors import InvalidInputError
 
+        # A path the user typed, like submit's and --config's: invalid input (4), not a
+        # missing service-side object (2).
         if not gmt.is_file():
-            raise NotFoundError(f"GMT file {gmt} does not exist")
+            raise InvalidInputError(f"GMT file {gmt} does not exist")
         sets += list(GeneSetCollection.from_gmt(gmt).values())
     seen: dict[str, GeneSet] = {}
     for gs in sets:
@@ -55,7 +58,9 @@ def collect_gene_sets(
 
 def query(
     ctx: typer.Context,
-    slide_id: Annotated[str, typer.Argument(help="A processed slide's id.")],
+    slide_id: Annotated[
+        str, typer.Argument(help="A processed slide's id.", callback=check_slide_id)
+    ],
     gene_set: Annotated[
         list[str] | None,
         typer.Option(

@@ -10,6 +10,7 @@ import typer
 
 from histoprompt.client.state import get_state
 from histoprompt.core.errors import InvalidInputError
+from histoprompt.core.names import check_slide_id
 
 if TYPE_CHECKING:
     from histoprompt.client.settings import ClientSettings
@@ -69,7 +70,9 @@ def pathway_rows(slide_id: str, settings: ClientSettings, version: str | None) -
 
 def results(
     ctx: typer.Context,
-    slide_id: Annotated[str, typer.Argument(help="The slide_id `submit` printed.")],
+    slide_id: Annotated[
+        str, typer.Argument(help="The slide_id `submit` printed.", callback=check_slide_id)
+    ],
     fmt: Annotated[
         Format | None,
         typer.Option("--format", "-f", help="table (default), json, csv or parquet."),
