@@ -215,6 +215,9 @@ class ResultManifest(_Frozen):
     objects: list[str] = Field(default_factory=list)
     synthetic: bool = Field(False, description="true when the slide or model is synthetic")
     error: ErrorInfo | None = Field(None, description="why a failed slide failed")
+    written_by: str | None = Field(
+        None, description="the delivery that wrote it: <group>/<topic>/<partition>/<offset>"
+    )
 
 
 class SeriesInstance(_Frozen):

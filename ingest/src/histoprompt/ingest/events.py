@@ -48,6 +48,10 @@ class SlideJob:
     kind: JobKind
     members: tuple[SeriesMember, ...] = ()
     series_key: str = ""
+    # The message it came from, `<group>/<topic>/<partition>/<offset>` (set by the handler):
+    # recorded in the result's manifest, so a redelivery of that same message can tell that
+    # its own write landed and its event may not have gone out.
+    delivery: str = ""
 
     @property
     def slide_id(self) -> str:

@@ -14,6 +14,7 @@ without being processed again.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -148,8 +149,10 @@ class MessageHandler:
             await self._dead_letter(msg, error, max(tries, 1), first_seen)
 
     async def _jobs(self, msg: Message, progress: _Progress) -> None:
+        delivery = f"{self.settings.ingest_group_id}/{msg.topic}/{msg.partition}/{msg.offset}"
         for job in parse_jobs(msg.value, self.settings):
             if isinstance(job, SlideJob):
+                job = dataclasses.replace(job, delivery=delivery)
                 await self._process_job(job, msg, progress)
 
     async def _process(self, job: SlideJob) -> SlideOutcome:

@@ -94,6 +94,30 @@ class SlideOutcome:
     stages: dict[str, float] = field(default_factory=dict)
 
 
+def announce_again(store: ResultStore, job: SlideJob, version: str) -> SlideOutcome | None:
+    """The stored result's outcome when this very delivery wrote it, else None.
+
+    A worker that dies between committing a result and its event (or its offset) leaves the
+    message uncommitted; its redelivery finds the result whole and would skip it, and the
+    event would never go out. The manifest names the delivery that wrote it: the same one
+    again announces the stored result (consumers of the results topic see the event at least
+    once, and may see it twice, never a second result). Any other delivery of the slide (a
+    second notification, a replay) is a plain duplicate."""
+    if not job.delivery:
+        return None
+    manifest = store.read_manifest(job.slide_id, version)
+    if manifest.written_by != job.delivery:
+        return None
+    return SlideOutcome(
+        manifest.status,
+        manifest.model,
+        store.uri(job.slide_id, version),
+        manifest.n_tiles,
+        manifest.seconds,
+        manifest.error,
+    )
+
+
 class SlideProcessor:
     """Holds the shared clients; `process` handles one job (many may run concurrently)."""
 
@@ -161,6 +185,12 @@ class SlideProcessor:
         sid, ver = job.slide_id, self.served.version
         done = await asyncio.to_thread(self.store.is_complete, sid, ver)
         if done:
+            again = await asyncio.to_thread(announce_again, self.store, job, ver)
+            if again is not None:
+                self.log.info(
+                    "result event sent again", extra={"slide_id": sid, "status": "resent"}
+                )
+                return again
             self.log.info("already done", extra={"slide_id": sid, "status": "skipped_duplicate"})
             return SlideOutcome("skipped_duplicate")
         t0 = time.perf_counter()
@@ -204,6 +234,7 @@ class SlideProcessor:
                 software_version=SOFTWARE_VERSION,
                 synthetic=self.served.synthetic,
                 error=error,
+                written_by=job.delivery or None,
             ),
             exclusive=True,
         )
@@ -292,6 +323,7 @@ class SlideProcessor:
             seconds=Timings(read=round(read_s, 4), total=round(total, 4)),
             software_version=SOFTWARE_VERSION,
             synthetic=self.served.synthetic,
+            written_by=job.delivery or None,
         )
         result = SlideResult(
             tiles=tiles,
