@@ -4,6 +4,7 @@ Writes JSON with three measurements, each run on its own: a missing piece (no CU
 nvImageCodec, no timm) is recorded as skipped with the reason, an error as failed with its
 type and message; nothing is filled in for them.
   vit          ViT-L/16 tiles/s, bf16, torch.compile, batch 256; fraction of peak bf16
+  vit_eager    the same without torch.compile (what compiling gives; a figure if it fails)
   decode       nvImageCodec JPEG frames/s (batched, frames left on the GPU)
   ingest_path  the ingest data path from local files with GPU decode: tiles/s, CPU-ms/tile
   device_tiles the same, tiles cut and normalised on the GPU (wsi.gpu_tiles), fp32 NCHW
@@ -23,6 +24,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[2]
 KIT = ROOT / ".gpu-kit"
 RESULT = ROOT / "tests" / "perf" / "results" / "gpu_check.json"
 SCHEMA = 1
-MEASUREMENTS = ("vit", "decode", "ingest_path", "device_tiles")
+MEASUREMENTS = ("vit", "vit_eager", "decode", "ingest_path", "device_tiles")
 
 
 def configs(cpu: bool) -> tuple[VitConfig, DataConfig]:
@@ -132,12 +134,16 @@ def run(cpu: bool, workdir: Path) -> dict[str, Any]:
 
         return go
 
-    def vit() -> dict[str, Any]:
-        _need_cuda(cpu)
-        return measure_vit(vit_cfg, info["gpu"] or "cpu")
+    def vit(cfg: VitConfig) -> Callable[[], dict[str, Any]]:
+        def go() -> dict[str, Any]:
+            _need_cuda(cpu)
+            return measure_vit(cfg, info["gpu"] or "cpu")
+
+        return go
 
     results = {
-        "vit": guarded(vit),
+        "vit": guarded(vit(vit_cfg)),
+        "vit_eager": guarded(vit(replace(vit_cfg, compile_backend=None))),
         "decode": guarded(with_slide(measure_decode)),
         "ingest_path": guarded(with_slide(measure_ingest_path)),
         "device_tiles": guarded(with_slide(measure_device_tiles)),

@@ -26,7 +26,7 @@ def _fmt(value: Any, digits: int = 1) -> str:
 def _vit_rows(m: dict[str, Any]) -> list[str]:
     frac = m.get("fraction_of_peak")
     return [
-        f"| ViT tiles/s ({m['model']}, {m['dtype']}, torch.compile {m['compile_backend']}, "
+        f"| ViT tiles/s ({m['model']}, {m['dtype']}, compile: {m['compile_backend']}, "
         f"batch {m['batch']}) | {_fmt(m['tiles_per_s'])} |",
         f"| ViT GFLOPs per tile (counted by torch's FLOP counter) | {_fmt(m['gflops_per_tile'])} |",
         f"| ViT achieved TFLOP/s | {_fmt(m['achieved_tflops'])} |",
@@ -63,6 +63,7 @@ def _device_rows(m: dict[str, Any]) -> list[str]:
 
 ROWS = {
     "vit": _vit_rows,
+    "vit_eager": _vit_rows,
     "decode": _decode_rows,
     "ingest_path": _ingest_rows,
     "device_tiles": _device_rows,

@@ -35,7 +35,8 @@ class VitConfig:
     batch: int
     iters: int
     warmup: int
-    compile_backend: str
+    compile_backend: str | None
+    """torch.compile's backend; None: the model as it is (eager), for comparison."""
     device: str
     img_px: int | None = None
     """Input edge; None: the model's own (224 for the ViTs here)."""
@@ -70,7 +71,8 @@ def _timed_forward(fn: Any, x: Any, iters: int, sync: Any) -> float:
 
 
 def measure_vit(cfg: VitConfig, device_name: str) -> dict[str, Any]:
-    """Tiles/s of cfg.model at cfg.batch in bf16 under torch.compile, and its share of peak."""
+    """Tiles/s of cfg.model at cfg.batch in bf16 (under torch.compile unless its backend is
+    None), and its share of peak."""
     import timm
     import torch
 
@@ -80,7 +82,7 @@ def measure_vit(cfg: VitConfig, device_name: str) -> dict[str, Any]:
     model = model.eval().to(cfg.device, dtype=dtype)
     img_px = int(cfg.img_px or model.default_cfg["input_size"][-1])
     flops = flops_per_tile(model, img_px, cfg.device, dtype)
-    compiled = torch.compile(model, backend=cfg.compile_backend)
+    compiled = torch.compile(model, backend=cfg.compile_backend) if cfg.compile_backend else model
     x = torch.randn(cfg.batch, 3, img_px, img_px, device=cfg.device, dtype=dtype)
 
     def sync() -> None:
@@ -102,7 +104,7 @@ def measure_vit(cfg: VitConfig, device_name: str) -> dict[str, Any]:
         "dtype": "bfloat16",
         "batch": cfg.batch,
         "iters": cfg.iters,
-        "compile_backend": cfg.compile_backend,
+        "compile_backend": cfg.compile_backend or "none (eager)",
         "warmup_s": t_compile,
         "seconds": seconds,
         "tiles_per_s": tiles_per_s,

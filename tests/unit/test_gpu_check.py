@@ -36,8 +36,9 @@ def test_dry_run_writes_every_measurement(dry: dict[str, Any]) -> None:
     assert dry["machine"]["gpu"] is None and dry["machine"]["cpu_count"] >= 1
 
 
-def test_vit_figures_are_computed_and_consistent(dry: dict[str, Any]) -> None:
-    vit = dry["measurements"]["vit"]
+@pytest.mark.parametrize("name", ["vit", "vit_eager"])
+def test_vit_figures_are_computed_and_consistent(dry: dict[str, Any], name: str) -> None:
+    vit = dry["measurements"][name]
     assert vit["tiles_per_s"] > 0 and vit["gflops_per_tile"] > 0 and vit["seconds"] > 0
     assert vit["tiles_per_s"] == pytest.approx(vit["batch"] * vit["iters"] / vit["seconds"])
     # TFLOP/s = tiles/s x GFLOPs/tile / 1000: one unit chain, checked end to end.
