@@ -48,7 +48,8 @@ def cut_tiles(
 
 def normalise_nchw(xp: Any, tiles: Any, mean: Sequence[float], std: Sequence[float]) -> Any:
     """uint8 [n, h, w, 3] -> fp32 [n, 3, h, w]: (x / 255 - mean) / std per channel, folded
-    into one multiply-add as serving.preprocess does."""
+    into one multiply-add as serving.preprocess does. No resize: for an encoder whose
+    input_px is the tile_px (serving.preprocess resizes bilinearly when they differ)."""
     scale = xp.asarray([1.0 / (255.0 * s) for s in std], dtype=xp.float32)
     bias = xp.asarray([-m / s for m, s in zip(mean, std, strict=True)], dtype=xp.float32)
     out = tiles.astype(xp.float32) * scale + bias
