@@ -70,7 +70,21 @@ def machine(cpu: bool) -> dict[str, Any]:
             info["cuda"] = torch.version.cuda
     except ImportError:
         info["torch"] = None
+    info.update(_versions(("timm", "timm"), ("cupy", "cupy"), ("nvimgcodec", "nvidia.nvimgcodec")))
     return info
+
+
+def _versions(*modules: tuple[str, str]) -> dict[str, str | None]:
+    """`__version__` of each (label, module) that imports here, None for the others."""
+    import importlib
+
+    out: dict[str, str | None] = {}
+    for label, module in modules:
+        try:
+            out[label] = str(getattr(importlib.import_module(module), "__version__", "?"))
+        except ImportError:
+            out[label] = None
+    return out
 
 
 class Skipped(Exception):

@@ -136,7 +136,9 @@ def tile_ranges(page: Any, region: Region) -> list[tuple[int, int]]:
 
 
 def _structure_ranges(tif: Any) -> list[tuple[int, int]]:
-    """Every IFD and every tag value outside it, of every page (pyramid, label, macro)."""
+    """Every IFD and every tag value outside it, of every top-level page (pyramid, label,
+    macro). SubIFDs are not walked here; whatever of them tifffile parsed is in the file
+    already, since it parses through the cache."""
     entry, head = (20, 8) if tif.is_bigtiff else (12, 2)
     out: list[tuple[int, int]] = []
     for page in tif.pages:
