@@ -28,6 +28,10 @@ class IngestSettings(ConnectionSettings):
     ingest_max_inflight: int = Field(
         4, ge=1, le=64, description="patch_embed requests in flight per slide"
     )
+    ingest_triton_shared_memory: bool = Field(
+        False,
+        description="patch_embed tiles through system shared memory: Triton on this host only",
+    )
     ingest_max_attempts: int = Field(
         3, ge=1, le=20, description="tries per delivery on transient errors before the DLQ"
     )
@@ -111,6 +115,7 @@ class IngestSettings(ConnectionSettings):
             mpp_tolerance=self.ingest_mpp_tolerance,
             batch_size=self.ingest_batch_size,
             max_inflight=self.ingest_max_inflight,
+            shared_memory=self.ingest_triton_shared_memory,
         )
 
     def allowed_buckets(self) -> tuple[str, ...]:

@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 from histoprompt.core import names
 from histoprompt.core.modelspec import EncoderSpec
 from histoprompt.wsi.errors import SlideError
+from histoprompt.wsi.shared_tiles import SharedMemoryInference, embed_tiles_shared
 from histoprompt.wsi.slide import SlideReader
 from histoprompt.wsi.tiling import TilePlan, plan_tiles, read_tiles
 
@@ -45,6 +46,9 @@ class ScoringOptions:
     mpp_tolerance: float = 0.1
     batch_size: int = 32
     max_inflight: int = 4
+    shared_memory: bool = False
+    """patch_embed inputs through system shared memory (Triton on this host; see
+    histoprompt.wsi.shared_tiles), when the inference client supports it."""
 
 
 @dataclass
@@ -75,6 +79,10 @@ async def embed_tiles(
     options: ScoringOptions,
 ) -> tuple[NDArray[Any], float]:
     """Tile embeddings [N, D] in plan order, and the seconds spent reading tiles."""
+    if options.shared_memory and isinstance(inference, SharedMemoryInference):
+        return await embed_tiles_shared(
+            reader, plan, inference, embed_dim, options.batch_size, options.max_inflight
+        )
     sem = asyncio.Semaphore(options.max_inflight)
     result = np.empty((plan.n_tiles, embed_dim), dtype=np.float32)
     read_s = 0.0

@@ -103,7 +103,8 @@ def box_mean_floor(band: NDArray[Any], f: int) -> NDArray[Any]:
         return band
     if f * f > 1 << 16:  # not reached below 16M-px-wide mask levels; keep the exact formula
         mean = band.reshape(band.shape[0] // f, f, -1, f, 3).mean(axis=(1, 3), dtype=np.float32)
-        return mean.astype(np.uint8)
+        exact: NDArray[Any] = mean.astype(np.uint8)
+        return exact
     acc = band[::f, ::f].astype(np.uint32)
     for dy in range(f):
         for dx in range(f):
@@ -195,11 +196,19 @@ def _plan_tiles(
     )
 
 
-def read_tiles(slide: SlideReader, plan: TilePlan, start: int, stop: int) -> NDArray[Any]:
-    """uint8 [n, tile_px, tile_px, 3] for tiles [start, stop) of the plan."""
+def read_tiles(
+    slide: SlideReader,
+    plan: TilePlan,
+    start: int,
+    stop: int,
+    out: NDArray[Any] | None = None,
+) -> NDArray[Any]:
+    """uint8 [n, tile_px, tile_px, 3] for tiles [start, stop) of the plan, written into `out`
+    when given (e.g. a shared-memory region Triton reads)."""
     with CPU_STAGES.stage("tiles"):
         crops = slide.read_regions(plan.level, plan.regions(start, stop))
-        out = np.empty((len(crops), plan.tile_px, plan.tile_px, 3), dtype=np.uint8)
+        shape = (len(crops), plan.tile_px, plan.tile_px, 3)
+        buf: NDArray[Any] = np.empty(shape, dtype=np.uint8) if out is None else out
         for i, crop in enumerate(crops):
-            out[i] = resize(crop, plan.tile_px)
-        return out
+            buf[i] = resize(crop, plan.tile_px)
+        return buf

@@ -10,6 +10,7 @@ service builds its client with one try per call: it retries whole deliveries ins
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -186,6 +187,40 @@ class TritonClient:
 
         inp = InferInput(names.TENSOR_TILES, list(tiles.shape), "UINT8")
         inp.set_data_from_numpy(np.ascontiguousarray(tiles))
+        out = [InferRequestedOutput(names.TENSOR_TILE_EMBEDDING)]
+
+        async def call() -> NDArray[Any]:
+            res = await self._client.infer(
+                names.MODEL_PATCH_EMBED, [inp], outputs=out, client_timeout=self._timeout
+            )
+            return np.asarray(res.as_numpy(names.TENSOR_TILE_EMBEDDING), dtype=np.float32)
+
+        return await with_retries(
+            call, attempts=self._attempts, base_s=self._base, what=names.MODEL_PATCH_EMBED
+        )
+
+    async def register_region(self, name: str, key: str, size: int) -> None:
+        """Register a system shared-memory region (histoprompt.wsi.shared_tiles)."""
+
+        async def call() -> None:
+            await self._client.register_system_shared_memory(name, key, size)
+
+        await with_retries(
+            call, attempts=self._attempts, base_s=self._base, what="shared-memory register"
+        )
+
+    async def unregister_region(self, name: str) -> None:
+        """Best effort: a Triton that went away has forgotten the region anyway."""
+        # Clean-up must not mask the slide's own outcome.
+        with contextlib.suppress(Exception):
+            await self._client.unregister_system_shared_memory(name)
+
+    async def patch_embed_region(self, name: str, shape: tuple[int, ...]) -> NDArray[Any]:
+        """patch_embed on uint8 tiles [n, H, W, 3] already written into region `name`."""
+        from tritonclient.grpc import InferInput, InferRequestedOutput
+
+        inp = InferInput(names.TENSOR_TILES, list(shape), "UINT8")
+        inp.set_shared_memory(name, int(np.prod(shape)))
         out = [InferRequestedOutput(names.TENSOR_TILE_EMBEDDING)]
 
         async def call() -> NDArray[Any]:
