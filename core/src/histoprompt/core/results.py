@@ -66,6 +66,13 @@ def s3_errors(what: str) -> Iterator[None]:
             ) from err
         raise HistopromptError(f"{what}: S3 error {err.code}: {err.message}") from err
     except HTTPError as err:
+        from histoprompt.core.preflight import tls_refused
+
+        if tls_refused(err):
+            raise PermissionDeniedError(
+                f"{what}: the S3 endpoint's TLS certificate is not trusted; "
+                "check HISTOPROMPT_S3_CA_FILE"
+            ) from err
         raise ServiceUnavailableError(f"{what}: S3 unreachable ({type(err).__name__})") from err
 
 
