@@ -51,7 +51,12 @@ class IngestSettings(ConnectionSettings):
     ingest_max_pixels: int = Field(
         100_000 * 100_000, gt=0, description="decompression-bomb guard on level-0 pixels"
     )
-    ingest_max_frame_pixels: int = Field(4096 * 4096, gt=0)
+    ingest_max_frame_pixels: int = Field(
+        4096 * 4096, gt=0, description="largest DICOM frame or TIFF tile/strip, before decode"
+    )
+    ingest_max_object_bytes: int = Field(
+        1 << 36, gt=0, description="largest slide object read (too_large before any GET)"
+    )
     ingest_min_tissue_fraction: float = Field(0.25, ge=0.0, le=1.0)
     ingest_mask_max_px: int = Field(1024, ge=64, description="longest edge of the tissue mask")
     ingest_mpp_tolerance: float = Field(
@@ -98,6 +103,7 @@ class IngestSettings(ConnectionSettings):
         return ReadLimits(
             max_pixels=self.ingest_max_pixels,
             max_frame_pixels=self.ingest_max_frame_pixels,
+            max_object_bytes=self.ingest_max_object_bytes,
             coalesce_gap=self.ingest_coalesce_gap,
             max_range=self.ingest_max_range,
             frame_cache=self.ingest_frame_cache,

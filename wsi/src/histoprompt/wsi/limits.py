@@ -21,6 +21,8 @@ class ReadLimits:
 
     max_pixels: int = 100_000 * 100_000
     """Decompression-bomb guard on level-0 pixels."""
+    max_object_bytes: int = 1 << 36
+    """Largest slide object (64 GiB): a larger one fails `too_large` before its bytes are read."""
     max_frame_pixels: int = 4096 * 4096
     """Largest DICOM frame or TIFF tile; checked before a frame is decoded."""
     max_frames: int = 1 << 21

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "OpenedSlide",
     "SlideFormat",
+    "check_object_size",
     "manifest_member_key",
     "SlideObject",
     "open_instances",
@@ -64,6 +65,17 @@ def read_series_manifest(obj: ByteSource) -> SeriesManifest:
         return SeriesManifest.model_validate_json(obj.read_range(0, obj.size))
     except ValidationError as err:
         raise SlideError("series manifest does not parse", code="bad_manifest") from err
+
+
+def check_object_size(obj: ByteSource, limits: ReadLimits) -> None:
+    """SlideError `too_large` for an object over ReadLimits.max_object_bytes (its size is
+    known from the stat or the file system, before any of its bytes are read)."""
+    if obj.size > limits.max_object_bytes:
+        raise SlideError(
+            f"slide object is {obj.size} bytes, over the limit of {limits.max_object_bytes} "
+            "(HISTOPROMPT_INGEST_MAX_OBJECT_BYTES)",
+            code="too_large",
+        )
 
 
 def sniff(obj: ByteSource) -> SlideFormat:
@@ -124,7 +136,7 @@ def manifest_member_key(manifest_key: str, member: str) -> str:
     return key
 
 
-def _series_objects(client: Minio, ref: SlideObject) -> list[S3Object]:
+def _series_objects(client: Minio, ref: SlideObject, limits: ReadLimits) -> list[S3Object]:
     manifest = read_series_manifest(S3Object(client, ref.bucket, ref.key))
     objects = []
     for inst in manifest.instances:
@@ -137,6 +149,7 @@ def _series_objects(client: Minio, ref: SlideObject) -> list[S3Object]:
             raise SlideError(
                 "a series instance differs in size from the manifest", code="missing_instance"
             )
+        check_object_size(obj, limits)
         objects.append(obj)
     return objects
 
@@ -171,9 +184,10 @@ def open_slide(
     if ref.kind == "instances":
         raise SlideError("an assembled series opens with open_instances", code="bad_slide")
     if ref.kind == "series":
-        objects = _series_objects(client, ref)
+        objects = _series_objects(client, ref, limits)
         return OpenedSlide(DicomSlide(objects, limits, gpu_decoder), objects)
     obj = S3Object(client, ref.bucket, ref.key)
+    check_object_size(obj, limits)
     if sniff(obj) == "dicom":
         return OpenedSlide(DicomSlide([obj], limits, gpu_decoder), [obj])
     return _open_tiff(obj, limits)
@@ -201,6 +215,7 @@ def open_instances(
             raise SlideError(
                 "a series instance changed size since it arrived", code="missing_instance"
             )
+        check_object_size(obj, limits)
         objects.append(obj)
     return OpenedSlide(DicomSlide(objects, limits, gpu_decoder), objects)
 
@@ -228,6 +243,8 @@ def open_sources(
     for cuCIM."""
     if not sources:
         raise SlideError("no slide objects given", code="missing_object")
+    for src in sources:
+        check_object_size(src, limits)
     if len(sources) == 1 and sniff(sources[0]) == "tiff":
         return _open_tiff(sources[0], limits, local_path=local_path)
     for src in sources:

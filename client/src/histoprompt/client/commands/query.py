@@ -56,11 +56,12 @@ def collect_gene_sets(
     return list(seen.values())
 
 
+SlideId = Annotated[str, typer.Argument(help="A processed slide's id.", callback=check_slide_id)]
+
+
 def query(
     ctx: typer.Context,
-    slide_id: Annotated[
-        str, typer.Argument(help="A processed slide's id.", callback=check_slide_id)
-    ],
+    slide_id: SlideId,
     gene_set: Annotated[
         list[str] | None,
         typer.Option(
