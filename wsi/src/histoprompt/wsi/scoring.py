@@ -22,9 +22,12 @@ from histoprompt.core.modelspec import EncoderSpec
 from histoprompt.wsi.errors import SlideError
 from histoprompt.wsi.shared_tiles import SharedMemoryInference, embed_tiles_shared
 from histoprompt.wsi.slide import SlideReader
-from histoprompt.wsi.tiling import TilePlan, plan_tiles, read_tiles
+from histoprompt.wsi.tiling import ReadAhead, TilePlan, plan_tiles
 
 __all__ = ["ScoredSlide", "ScoringOptions", "SlideInference", "embed_tiles", "score_slide"]
+
+READ_AHEAD_BATCHES = 8
+"""Batches whose frames are fetched together (bounded by half the frame cache)."""
 
 
 class SlideInference(Protocol):
@@ -81,9 +84,16 @@ async def embed_tiles(
     """Tile embeddings [N, D] in plan order, and the seconds spent reading tiles."""
     if options.shared_memory and isinstance(inference, SharedMemoryInference):
         return await embed_tiles_shared(
-            reader, plan, inference, embed_dim, options.batch_size, options.max_inflight
+            reader,
+            plan,
+            inference,
+            embed_dim,
+            options.batch_size,
+            options.max_inflight,
+            READ_AHEAD_BATCHES,
         )
     sem = asyncio.Semaphore(options.max_inflight)
+    ahead = ReadAhead(READ_AHEAD_BATCHES * options.batch_size)
     result = np.empty((plan.n_tiles, embed_dim), dtype=np.float32)
     read_s = 0.0
 
@@ -104,7 +114,7 @@ async def embed_tiles(
         for start in range(0, plan.n_tiles, options.batch_size):
             stop = min(start + options.batch_size, plan.n_tiles)
             r0 = time.perf_counter()
-            tiles = await asyncio.to_thread(read_tiles, reader, plan, start, stop)
+            tiles = await asyncio.to_thread(ahead.read, reader, plan, start, stop)
             read_s += time.perf_counter() - r0
             await sem.acquire()
             tasks.append(asyncio.create_task(infer(start, tiles)))

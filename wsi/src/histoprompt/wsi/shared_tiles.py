@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 
 from histoprompt.wsi.errors import SlideError
 from histoprompt.wsi.slide import SlideReader
-from histoprompt.wsi.tiling import TilePlan, read_tiles
+from histoprompt.wsi.tiling import ReadAhead, TilePlan
 
 __all__ = ["SharedMemoryInference", "embed_tiles_shared"]
 
@@ -71,6 +71,7 @@ async def embed_tiles_shared(
     embed_dim: int,
     batch_size: int,
     max_inflight: int,
+    read_ahead: int = 8,
 ) -> tuple[NDArray[Any], float]:
     """histoprompt.wsi.scoring.embed_tiles through shared memory: the same embeddings."""
     px = plan.tile_px
@@ -79,6 +80,7 @@ async def embed_tiles_shared(
     registered: list[str] = []
     result = np.empty((plan.n_tiles, embed_dim), dtype=np.float32)
     read_s = 0.0
+    ahead = ReadAhead(read_ahead * batch_size)
 
     async def infer(slot: int, start: int, n: int) -> None:
         try:
@@ -103,7 +105,7 @@ async def embed_tiles_shared(
             slot = await free.get()
             view = regions.view(slot, (stop - start, px, px, 3))
             r0 = time.perf_counter()
-            await asyncio.to_thread(read_tiles, reader, plan, start, stop, view)
+            await asyncio.to_thread(ahead.read, reader, plan, start, stop, view)
             read_s += time.perf_counter() - r0
             tasks.append(asyncio.create_task(infer(slot, start, stop - start)))
             for t in tasks:  # surface a failed request early
