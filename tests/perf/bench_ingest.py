@@ -84,7 +84,14 @@ def serve_encoder(name: str, triton_url: str, repo: Path, work: Path) -> tuple[A
 def ingest_settings(env_file: Path, **kw: Any) -> Any:
     from histoprompt.ingest.settings import IngestSettings
 
-    base = {"ingest_batch_size": 16, "ingest_max_inflight": 2, "ingest_min_tissue_fraction": 0.25}
+    # Triton runs on this host: tiles go through system shared memory, as they would for an
+    # ingest replica beside its Triton.
+    base = {
+        "ingest_batch_size": 16,
+        "ingest_max_inflight": 2,
+        "ingest_min_tissue_fraction": 0.25,
+        "ingest_triton_shared_memory": True,
+    }
     base.update(kw)
     return IngestSettings.load(env_file, **base)
 
