@@ -26,7 +26,7 @@ help:
 	@echo "make test    install everything and run the whole test suite"
 	@echo "make lint    ruff + mypy"
 	@echo "make bench   benchmarks (results in BENCHMARKS.md)"
-	@echo "make fuzz    long fuzz run of the slide readers (FUZZ_CASES, FUZZ_SEED)"
+	@echo "make fuzz    long fuzz run of the slide readers (FUZZ_CASES, FUZZ_SEED, FUZZ_SECONDS)"
 	@echo "make audit   pip-audit of uv.lock (exit 3: advisory service unreachable)"
 
 install: install-python install-kafka install-prometheus install-helm install-minio
@@ -80,11 +80,20 @@ bench: install
 
 # Opt-in long fuzz run of the slide readers: FUZZ_CASES mutated SYNTHETIC slides of run seed
 # FUZZ_SEED (tests/unit/test_slide_fuzz.py; `make test` runs 3,000 of seed 17).
+# Then atheris (coverage-guided, libFuzzer) for FUZZ_SECONDS where it installs; crashes are
+# saved as $(CACHE)/fuzz/crash-*.
 FUZZ_CASES ?= 100000
 FUZZ_SEED ?= 1
+FUZZ_SECONDS ?= 600
 fuzz: install-python
 	FUZZ_CASES=$(FUZZ_CASES) FUZZ_SEED=$(FUZZ_SEED) $(UV) run --frozen pytest \
 		tests/unit/test_slide_fuzz.py -m fuzz -s $(PYTEST_ARGS)
+	mkdir -p $(CACHE)/fuzz/corpus
+	if $(UV) run --frozen --with atheris python -c "import atheris" 2>/dev/null; then \
+		$(UV) run --frozen --with atheris python tests/fuzz/atheris_slides.py \
+			$(CACHE)/fuzz/corpus -max_total_time=$(FUZZ_SECONDS) -timeout=10 \
+			-rss_limit_mb=2048 -artifact_prefix=$(CACHE)/fuzz/; \
+	else echo "atheris does not install here: the seeded run above is the fuzz run"; fi
 
 bench-models: install
 	$(UV) run --frozen python -m tests.perf.bench_models
