@@ -85,10 +85,10 @@ def ingest_settings(env_file: Path, **kw: Any) -> Any:
     from histoprompt.ingest.settings import IngestSettings
 
     # Triton runs on this host: tiles go through system shared memory, as they would for an
-    # ingest replica beside its Triton.
+    # ingest replica beside its Triton. Batching as the service's defaults.
     base = {
-        "ingest_batch_size": 16,
-        "ingest_max_inflight": 2,
+        "ingest_batch_size": 32,
+        "ingest_max_inflight": 4,
         "ingest_min_tissue_fraction": 0.25,
         "ingest_triton_shared_memory": True,
     }
@@ -185,16 +185,18 @@ def read_only_paths(settings: Any, job: Any, served: Any) -> dict:
     from histoprompt.core.schemas import SeriesManifest
     from histoprompt.wsi.dicom import DicomSlide, ReadLimits
     from histoprompt.wsi.ranged import BytesSource
+    from histoprompt.wsi.scoring import READ_AHEAD_BATCHES
     from histoprompt.wsi.sources import open_slide
-    from histoprompt.wsi.tiling import plan_tiles, read_tiles
+    from histoprompt.wsi.tiling import ReadAhead, plan_tiles, read_tiles
 
     minio = make_minio(settings)
     batch = settings.ingest_batch_size
     t0 = time.perf_counter()
     opened = open_slide(minio, job, settings.read_limits())
     plan = plan_tiles(opened.reader, served.spec, min_tissue=settings.ingest_min_tissue_fraction)
+    ahead = ReadAhead(READ_AHEAD_BATCHES * batch)  # as the ingest path reads
     for i in range(0, plan.n_tiles, batch):
-        read_tiles(opened.reader, plan, i, i + batch)
+        ahead.read(opened.reader, plan, i, min(i + batch, plan.n_tiles))
     ranged = plan.n_tiles / (time.perf_counter() - t0)
     opened.close()
 
