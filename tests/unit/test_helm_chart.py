@@ -1374,3 +1374,22 @@ def test_ingest_can_use_a_triton_outside_the_release(render: Render) -> None:
     env = _env(_ingest_container(render(sets=sets)))
     assert env["HISTOPROMPT_TRITON_URL"]["value"] == "triton.shared.svc:8001"
     assert env["HISTOPROMPT_TRITON_HTTP_URL"]["value"] == f"{RELEASE}-histoprompt-triton:8000"
+
+
+def test_s3_ca_secret_is_mounted_and_read_as_the_s3_ca_file(render: Render) -> None:
+    """A private PKI's CA for S3: mounted read-only, HISTOPROMPT_S3_CA_FILE points at it."""
+    sets = ("s3.tls.caSecret.name=histoprompt-s3-ca", "s3.tls.caSecret.key=root.pem")
+    docs = render(PROD_VALUES, sets=sets)
+    settings = _settings_from_env(_env(_ingest_container(docs)))
+    assert settings.s3_ca_file == "/etc/histoprompt/s3-ca/root.pem"
+    pod = _one(docs, "Deployment", "-ingest")["spec"]["template"]["spec"]
+    ca = next(v for v in pod["volumes"] if v["name"] == "s3-ca")
+    assert ca["secret"] == {
+        "secretName": "histoprompt-s3-ca",
+        "items": [{"key": "root.pem", "path": "root.pem"}],
+    }
+    mount = next(m for m in _ingest_container(docs)["volumeMounts"] if m["name"] == "s3-ca")
+    assert mount == {"name": "s3-ca", "mountPath": "/etc/histoprompt/s3-ca", "readOnly": True}
+    # Without the Secret: system CAs, no volume.
+    plain = render(PROD_VALUES)
+    assert _settings_from_env(_env(_ingest_container(plain))).s3_ca_file is None
