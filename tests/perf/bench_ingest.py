@@ -185,9 +185,10 @@ def read_only_paths(settings: Any, job: Any, served: Any) -> dict:
     from histoprompt.core.schemas import SeriesManifest
     from histoprompt.wsi.dicom import DicomSlide, ReadLimits
     from histoprompt.wsi.ranged import BytesSource
+    from histoprompt.wsi.read_ahead import ReadAhead
     from histoprompt.wsi.scoring import READ_AHEAD_BATCHES
     from histoprompt.wsi.sources import open_slide
-    from histoprompt.wsi.tiling import ReadAhead, plan_tiles, read_tiles
+    from histoprompt.wsi.tiling import plan_tiles, read_tiles
 
     minio = make_minio(settings)
     batch = settings.ingest_batch_size

@@ -21,6 +21,7 @@ from histoprompt.core.modelspec import EncoderSpec
 from histoprompt.serving.preprocess import _scale_bias, preprocess_tiles
 from histoprompt.wsi import ranged, tiling
 from histoprompt.wsi.limits import ReadLimits
+from histoprompt.wsi.read_ahead import ReadAhead
 from histoprompt.wsi.slide import Region
 from histoprompt.wsi.sources import open_local
 from histoprompt.wsi.tissue import tissue_mask
@@ -70,7 +71,7 @@ def _embed(files: list[Path], batch: int, projection: Any, fast: bool) -> tuple[
     opened = open_local(files, ReadLimits())
     # The fast path reads ahead (frames of 4 batches per coalesced read); the reference
     # reads each batch's frames alone.
-    read = tiling.ReadAhead(4 * batch).read if fast else tiling.read_tiles
+    read = ReadAhead(4 * batch).read if fast else tiling.read_tiles
     try:
         plan = tiling.plan_tiles(opened.reader, SPEC, min_tissue=0.25, mask_max_px=256)
         tiles = np.concatenate(

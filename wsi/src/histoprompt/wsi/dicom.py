@@ -395,25 +395,5 @@ class DicomSlide:
     ) -> list[NDArray[Any]]:
         return self._instances[level].read_regions(regions, cache)
 
-    def prefetch(self, level: int, regions: Sequence[Region]) -> int:
-        """Fetch and decode into the frame cache the frames of the leading `regions`, as many
-        as half the cache holds, in one coalesced read; returns how many regions that covers.
-
-        Reading a batch's frames alone splits a frame row between GETs; reading ahead for
-        several batches merges rows into few large GETs (each GET costs the S3 server far
-        more than its bytes do), and the batches then find their frames in the cache.
-        """
-        inst = self._instances[level]
-        budget = max(1, inst._limits.frame_cache // 2)
-        frames: set[int] = set()
-        covered = 0
-        for region in regions:
-            more = frames.union(inst.frames_for(region))
-            if len(more) > budget and covered:
-                break
-            frames, covered = more, covered + 1
-        inst.load_frames(sorted(frames))
-        return covered
-
     def close(self) -> None:
         self._instances = []

@@ -20,9 +20,10 @@ from numpy.typing import NDArray
 from histoprompt.core import names
 from histoprompt.core.modelspec import EncoderSpec
 from histoprompt.wsi.errors import SlideError
+from histoprompt.wsi.read_ahead import ReadAhead
 from histoprompt.wsi.shared_tiles import SharedMemoryInference, embed_tiles_shared
 from histoprompt.wsi.slide import SlideReader
-from histoprompt.wsi.tiling import ReadAhead, TilePlan, plan_tiles
+from histoprompt.wsi.tiling import TilePlan, plan_tiles
 
 __all__ = ["ScoredSlide", "ScoringOptions", "SlideInference", "embed_tiles", "score_slide"]
 

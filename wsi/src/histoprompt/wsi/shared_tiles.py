@@ -19,8 +19,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from histoprompt.wsi.errors import SlideError
+from histoprompt.wsi.read_ahead import ReadAhead
 from histoprompt.wsi.slide import SlideReader
-from histoprompt.wsi.tiling import ReadAhead, TilePlan
+from histoprompt.wsi.tiling import TilePlan
 
 __all__ = ["SharedMemoryInference", "embed_tiles_shared"]
 

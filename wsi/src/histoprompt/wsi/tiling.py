@@ -212,26 +212,3 @@ def read_tiles(
         for i, crop in enumerate(crops):
             buf[i] = resize(crop, plan.tile_px)
         return buf
-
-
-@dataclass
-class ReadAhead:
-    """Reads batches of tiles; a reader that can prefetch (DicomSlide) first fetches the
-    frames of the next `window` tiles in one go, so batches cost few, large GETs."""
-
-    window: int
-    until: int = 0
-
-    def read(
-        self,
-        slide: SlideReader,
-        plan: TilePlan,
-        start: int,
-        stop: int,
-        out: NDArray[Any] | None = None,
-    ) -> NDArray[Any]:
-        prefetch = getattr(slide, "prefetch", None)
-        if prefetch is not None and stop > self.until:
-            end = min(plan.n_tiles, start + max(self.window, stop - start))
-            self.until = start + int(prefetch(plan.level, plan.regions(start, end)))
-        return read_tiles(slide, plan, start, stop, out)
