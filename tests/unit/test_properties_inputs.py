@@ -4,7 +4,8 @@
   what could not be read back; any text parses to gene sets or raises GmtFormatError.
 - Gene lists and queries: any text is a normalised GeneSet or a GeneSetError /
   UnknownGeneSetError, never another exception.
-- Settings: an unknown HISTOPROMPT_INGEST_* variable is a ConfigError naming it; a bounded
+- Settings: an unknown variable in a component's namespace (HISTOPROMPT_INGEST_*,
+  _CLIENT_*, _STACK_*) is a ConfigError naming it; a bounded
   integer is accepted exactly inside its bounds; a value that is not a number is a
   ValidationError.
 """
@@ -21,6 +22,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from histoprompt.client.settings import ClientSettings
 from histoprompt.core.errors import ConfigError, HistopromptError, InvalidInputError, NotFoundError
 from histoprompt.core.genesets import (
     GeneSetCollection,
@@ -30,7 +32,9 @@ from histoprompt.core.genesets import (
     parse_query,
 )
 from histoprompt.core.gmt import GeneSet, GmtFormatError, format_gmt, parse_gmt
+from histoprompt.core.settings import ConnectionSettings, known_names
 from histoprompt.ingest.settings import IngestSettings
+from histoprompt.stack.settings import StackSettings
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 HALLMARK = load_hallmark()
@@ -122,14 +126,20 @@ def _env(**values: str) -> Iterator[None]:
         os.environ.update(saved)
 
 
-@FAST
+SETTINGS_CLASSES = [IngestSettings, ClientSettings, StackSettings]
+
+
+@pytest.mark.parametrize("cls", SETTINGS_CLASSES, ids=lambda c: c.__name__)
+@settings(max_examples=30, deadline=None)
 @given(suffix=st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ_", min_size=1, max_size=20))
-def test_unknown_ingest_variables_are_config_errors(suffix: str) -> None:
-    name = f"HISTOPROMPT_INGEST_{suffix}"
-    assume(name.removeprefix("HISTOPROMPT_") not in IngestSettings.env_names())
-    assume(name.removeprefix("HISTOPROMPT_") != "INGEST_METRICS_PORT")
+def test_unknown_variables_in_a_components_namespace_are_config_errors(
+    cls: type[ConnectionSettings], suffix: str
+) -> None:
+    (namespace,) = cls.env_namespaces
+    name = f"HISTOPROMPT_{namespace}{suffix}"
+    assume(name.removeprefix("HISTOPROMPT_") not in known_names())
     with _env(**{name: "1"}), pytest.raises(ConfigError) as info:
-        IngestSettings(_env_file=None)  # type: ignore[call-arg]
+        cls(_env_file=None)  # type: ignore[call-arg]
     assert name in str(info.value)
 
 
