@@ -188,3 +188,20 @@ def test_kafka_calls_and_close_are_bounded_when_the_broker_is_gone() -> None:
     took["close"] = time.monotonic() - t0
     assert took["send"] < 1.0 + 1.0 and took["poll+lag"] < 2.0 + 1.0, took
     assert took["close"] < 2 * 1.0 + 0.5, took
+
+
+def test_the_watchdog_ends_a_wedged_process_past_its_deadline_with_exit_70() -> None:
+    import subprocess
+    import sys
+
+    wedged = (
+        "import time\n"
+        "from histoprompt.ingest.shutdown import Watchdog\n"
+        "Watchdog(margin_s=0.2).arm(time.monotonic() + 0.3)\n"
+        "time.sleep(30)\n"  # the wedged loop
+    )
+    t0 = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", wedged], capture_output=True, timeout=20)
+    took = time.monotonic() - t0
+    assert done.returncode == 70, done.stderr[-500:]
+    assert took < 10, took

@@ -126,10 +126,9 @@ class IngestService:
             self._watchdog = Watchdog()
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
-        code = run_bounded(self.serve(), self._exit_by, hard_exit=install_signals)
-        if self._watchdog is not None:
-            self._watchdog.disarm()
-        return code
+        # The watchdog stays armed past this return: the interpreter's own exit (threads of
+        # a client whose close was abandoned) is part of the deadline too.
+        return run_bounded(self.serve(), self._exit_by, hard_exit=install_signals)
 
     def _exit_by(self) -> float:
         """When leaving must be done: the deadline once stopping, else a close budget away."""

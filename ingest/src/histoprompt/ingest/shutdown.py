@@ -91,7 +91,7 @@ def run_bounded(
 
 
 class Watchdog:
-    """Ends the process `margin_s` after a deadline unless disarmed (an orderly exit)."""
+    """Ends the process `margin_s` after a deadline, should it still be running then."""
 
     def __init__(self, margin_s: float = WATCHDOG_MARGIN_S) -> None:
         self.margin_s = margin_s
@@ -104,10 +104,6 @@ class Watchdog:
         self._timer = threading.Timer(wait, self._fire)
         self._timer.daemon = True
         self._timer.start()
-
-    def disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
 
     def _fire(self) -> None:
         get_logger().error(
