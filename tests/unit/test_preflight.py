@@ -58,3 +58,20 @@ def test_check_tls_on_a_closed_port_is_unavailable_not_refused() -> None:
         with pytest.raises(ServiceUnavailableError) as err:
             check_tls(f"127.0.0.1:{port}", None, "Kafka", "HISTOPROMPT_KAFKA_SSL_CAFILE")
     assert not isinstance(err.value, PermissionDeniedError)
+
+
+def test_s3_login_check_on_a_dead_endpoint_is_unavailable_not_a_crash(
+    clean_histoprompt_env: None,
+) -> None:
+    import socket
+
+    from histoprompt.core.preflight import check_all
+    from histoprompt.core.settings import ConnectionSettings
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        settings = ConnectionSettings(s3_endpoint=f"127.0.0.1:{port}")
+        with pytest.raises(ServiceUnavailableError) as err:
+            check_all(settings, ("kafka", "s3", "triton"))  # kafka, triton: plaintext, no check
+    assert not isinstance(err.value, PermissionDeniedError)

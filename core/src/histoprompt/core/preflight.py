@@ -213,6 +213,7 @@ def check_s3_login(settings: ConnectionSettings, bucket: str) -> None:
     """One authenticated request (does `bucket` exist?): refused keys are a
     PermissionDeniedError, a refused certificate too."""
     from minio.error import S3Error
+    from urllib3.exceptions import HTTPError
 
     from histoprompt.core.s3 import AUTH_ERROR_CODES, make_minio
 
@@ -220,6 +221,8 @@ def check_s3_login(settings: ConnectionSettings, bucket: str) -> None:
     client = make_minio(settings, connect_timeout=TIMEOUT_S, read_timeout=TIMEOUT_S, retries=0)
     try:
         client.bucket_exists(bucket)
+    except HTTPError as err:  # unreachable (a refused certificate was found just above)
+        raise ServiceUnavailableError(f"S3 unreachable at {settings.s3_endpoint}") from err
     except S3Error as err:
         if err.code in AUTH_ERROR_CODES:
             raise PermissionDeniedError(
