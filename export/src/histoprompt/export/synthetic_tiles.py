@@ -17,6 +17,16 @@ TileFn = Callable[[int, int, int, int, int], np.ndarray]
 """(level, x, y, w, h) -> uint8 [h, w, 3] in that level's pixel coordinates."""
 
 
+def _paint(inside: np.ndarray, gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
+    """Textured pink where `inside`, near-white background elsewhere (uint8 [h, w, 3])."""
+    h, w = inside.shape
+    texture = (np.sin(gx * 400.0) * np.cos(gy * 300.0) * 30.0).astype(np.float32)
+    out = np.full((h, w, 3), 242, dtype=np.float32)
+    pink = np.stack([200 + texture, 110 + texture, 170 + 0.5 * texture], axis=-1)
+    out[inside] = pink[inside]
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
 def synthetic_tissue(width0: int, height0: int, seed: int = 0) -> TileFn:
     """Pink elliptical 'tissue' blobs with texture on a white background (level-0 size given).
 
@@ -36,11 +46,7 @@ def synthetic_tissue(width0: int, height0: int, seed: int = 0) -> TileFn:
         inside = np.zeros((h, w), dtype=bool)
         for cx, cy, r in blobs:
             inside |= (gx - cx) ** 2 + (gy - cy) ** 2 < r * r
-        texture = (np.sin(gx * 400.0) * np.cos(gy * 300.0) * 30.0).astype(np.float32)
-        out = np.full((h, w, 3), 242, dtype=np.float32)
-        pink = np.stack([200 + texture, 110 + texture, 170 + 0.5 * texture], axis=-1)
-        out[inside] = pink[inside]
-        return np.clip(out, 0, 255).astype(np.uint8)
+        return _paint(inside, gx, gy)
 
     return tile
 
@@ -67,10 +73,6 @@ def needle_biopsy(width0: int, height0: int, seed: int = 0, cores: int = 2) -> T
         for cy, phase in zip(rows, phases, strict=True):
             centre = cy + 0.01 * np.sin(gx * 12.0 + phase)
             inside |= (np.abs(gy - centre) < 0.02) & (gx > 0.1) & (gx < 0.85)
-        texture = (np.sin(gx * 400.0) * np.cos(gy * 300.0) * 30.0).astype(np.float32)
-        out = np.full((h, w, 3), 242, dtype=np.float32)
-        pink = np.stack([200 + texture, 110 + texture, 170 + 0.5 * texture], axis=-1)
-        out[inside] = pink[inside]
-        return np.clip(out, 0, 255).astype(np.uint8)
+        return _paint(inside, gx, gy)
 
     return tile
