@@ -134,3 +134,29 @@ def test_inconsistent_data_is_refused() -> None:
         PairedEmbeddings(
             bags=[np.zeros((2, 3))], slide_patients=[], patient_ids=[], rna=np.zeros((0, 2))
         )
+
+
+def test_tiles_are_standardised_with_the_training_patients_statistics(tmp_path: Path) -> None:
+    """Fitted on training patients' tiles only (never early stopping's), stored with the
+    weights; a run saved before the statistics existed loads as identity."""
+    from safetensors.torch import load_file, save_file
+
+    data = _synthetic_pairs(n=24)
+    bags = [(b * np.linspace(0.1, 50, 16) + 7).astype(np.float32) for b in data.bags]
+    data = PairedEmbeddings(bags, data.slide_patients, data.patient_ids, data.rna)
+    cfg = CFG.model_copy(update={"epochs": 1})
+    model = train_alignment(data, cfg, tmp_path, progress=False).model
+    train_ids, _ = split_by_patient(data.patient_ids, cfg.val_fraction, cfg.seed)
+    tiles = np.concatenate([bags[data.patient_ids.index(p)] for p in train_ids])
+    np.testing.assert_allclose(model.abmil.tile_mean.numpy(), tiles.mean(0), rtol=1e-4)
+    np.testing.assert_allclose(model.abmil.tile_std.numpy(), tiles.std(0, ddof=1), rtol=1e-3)
+    plain = train_alignment(
+        data, cfg.model_copy(update={"standardise_tiles": False}), tmp_path / "p", progress=False
+    ).model
+    assert torch.equal(plain.abmil.tile_std, torch.ones(16))
+    state = load_file(str(tmp_path / "alignment.safetensors"))
+    save_file({k: v for k, v in state.items() if "tile_" not in k}, str(tmp_path / "old.st"))
+    (tmp_path / "alignment.safetensors").unlink()
+    (tmp_path / "old.st").rename(tmp_path / "alignment.safetensors")
+    old = load_alignment(tmp_path)
+    assert torch.equal(old.abmil.tile_mean, torch.zeros(16))

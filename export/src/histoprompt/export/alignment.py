@@ -27,10 +27,21 @@ class AlignmentConfig(BaseModel):
 
 
 class GatedABMIL(nn.Module):
-    """Gated attention MIL pooling (Ilse et al. 2018): a = w^T (tanh(V h) * sigmoid(U h))."""
+    """Gated attention MIL pooling (Ilse et al. 2018): a = w^T (tanh(V h) * sigmoid(U h)).
+
+    Tiles are first standardised with the training tiles' per-dimension mean and standard
+    deviation (buffers, identity until `set_input_statistics`): a frozen encoder's output
+    dimensions differ widely in scale, and unscaled, the first layer learned the high-variance
+    directions only (stain colour) and dropped low-variance ones that carry planted programs.
+    """
+
+    tile_mean: torch.Tensor
+    tile_std: torch.Tensor
 
     def __init__(self, in_dim: int, hidden: int, attn_dim: int, dropout: float) -> None:
         super().__init__()
+        self.register_buffer("tile_mean", torch.zeros(in_dim))
+        self.register_buffer("tile_std", torch.ones(in_dim))
         self.embed = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout))
         self.attn_v = nn.Linear(hidden, attn_dim)
         self.attn_u = nn.Linear(hidden, attn_dim)
@@ -40,7 +51,7 @@ class GatedABMIL(nn.Module):
         self, tiles: torch.Tensor, mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """tiles [B,N,D], mask [B,N] (True = real tile) -> pooled [B,H], attention [B,N]."""
-        h = self.embed(tiles)
+        h = self.embed((tiles - self.tile_mean) / self.tile_std)
         logits = self.attn_w(torch.tanh(self.attn_v(h)) * torch.sigmoid(self.attn_u(h)))
         logits = logits.squeeze(-1)
         if mask is not None:
@@ -48,6 +59,15 @@ class GatedABMIL(nn.Module):
         attention = torch.softmax(logits, dim=-1)
         pooled = torch.einsum("bn,bnh->bh", attention, h)
         return pooled, attention
+
+    @torch.no_grad()
+    def set_input_statistics(self, tiles: torch.Tensor) -> None:
+        """Standardise inputs with these training tiles' statistics ([N,D])."""
+        self.tile_mean.copy_(tiles.mean(dim=0))
+        self.tile_std.copy_(tiles.std(dim=0).clamp(min=1e-6))
+
+
+INPUT_STATISTICS = ("abmil.tile_mean", "abmil.tile_std")
 
 
 class ProjectionHead(nn.Module):

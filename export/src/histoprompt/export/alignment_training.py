@@ -22,7 +22,12 @@ import torch
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
-from histoprompt.export.alignment import AlignmentConfig, AlignmentModel, symmetric_info_nce
+from histoprompt.export.alignment import (
+    INPUT_STATISTICS,
+    AlignmentConfig,
+    AlignmentModel,
+    symmetric_info_nce,
+)
 from histoprompt.export.errors import TrainingError
 
 CHECKPOINT = "last.pt"
@@ -48,6 +53,11 @@ class TrainConfig(BaseModel):
     dropout: float = Field(default=0.1, ge=0, lt=1)
     temperature_init: float = Field(default=0.07, gt=0)
     threads: int = Field(default=1, ge=1, description="torch intra-op threads while training")
+    standardise_tiles: bool = Field(
+        default=True,
+        description="standardise tile embeddings with the training patients' statistics "
+        "(stored in the model); without it immune and hypoxia dropped out of the alignment",
+    )
 
 
 @dataclass(frozen=True)
@@ -302,6 +312,10 @@ def _train(
 
     torch.manual_seed(config.seed)
     model = AlignmentModel(align_cfg)
+    if config.standardise_tiles:  # training patients' tiles only: val and test stay unseen
+        model.abmil.set_input_statistics(
+            torch.from_numpy(np.concatenate([data.bags[s] for p in train.slides for s in p]))
+        )
     unaligned = evaluate(model, val, config.max_tiles)  # untrained module: the baseline
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     gen = torch.Generator().manual_seed(config.seed)
@@ -372,5 +386,7 @@ def load_alignment(out_dir: Path) -> AlignmentModel:
     except (OSError, ValueError) as err:
         raise TrainingError(f"{out_dir} holds no finished alignment run: {err}") from err
     model = AlignmentModel(cfg)
+    for key in INPUT_STATISTICS:  # runs from before input standardisation: identity
+        state.setdefault(key, model.state_dict()[key])
     model.load_state_dict(state)
     return model.eval()
