@@ -19,13 +19,15 @@ AUDIT_ARGS ?=
 
 .PHONY: help install install-python install-kafka install-prometheus install-helm install-minio \
         test test-unit lint lint-check demo bench bench-models stack-up stack-down stack-status clean \
-        fuzz gpu-check gpu-kit audit
+        fuzz gpu-check gpu-kit chaos soak audit
 
 help:
 	@echo "make demo    install everything, start the local stack, run the main job"
 	@echo "make test    install everything and run the whole test suite"
 	@echo "make lint    ruff + mypy"
 	@echo "make bench   benchmarks (results in BENCHMARKS.md)"
+	@echo "make chaos   faults on the local stack (results in RELIABILITY.md)"
+	@echo "make soak    10-minute soak (RELIABILITY.md, Soak)"
 	@echo "make fuzz    long fuzz run of the slide readers (FUZZ_CASES, FUZZ_SEED, FUZZ_SECONDS)"
 	@echo "make audit   pip-audit of uv.lock (exit 3: advisory service unreachable)"
 
@@ -97,6 +99,25 @@ fuzz: install-python
 
 bench-models: install
 	$(UV) run --frozen python -m tests.perf.bench_models
+
+# All six chaos faults on 20 SYNTHETIC slides each (tens of minutes), then RELIABILITY.md's
+# table from the figures they wrote. `make test` runs only the bounded `chaos` subset.
+CHAOS_SLIDES ?= 20
+chaos: install
+	rm -rf "$(CACHE)/chaos"
+	status=0
+	CHAOS_SLIDES=$(CHAOS_SLIDES) CHAOS_RESULTS_DIR="$(CACHE)/chaos" $(UV) run --frozen pytest -m chaos \
+	  tests/integration/test_chaos.py tests/integration/test_stack_services.py -s $(PYTEST_ARGS) || status=$$?
+	$(UV) run --frozen python -m tests.perf.reliability_report --results "$(CACHE)/chaos"
+	exit $$status
+
+# Opt-in soak, at most 10 minutes (SOAK_SECONDS=120 for a dry run); RELIABILITY.md's Soak section.
+SOAK_SECONDS ?= 600
+soak: install
+	rm -rf "$(CACHE)/soak"
+	SOAK_SECONDS=$(SOAK_SECONDS) CHAOS_RESULTS_DIR="$(CACHE)/soak" $(UV) run --frozen pytest -m soak \
+	  tests/integration/test_soak.py -s $(PYTEST_ARGS)
+	$(UV) run --frozen python -m tests.perf.reliability_report --results "$(CACHE)/soak"
 
 # On a GPU machine (no network, no uv needed): GPU_PY is the Python with torch, timm and CuPy;
 # what it lacks comes from .gpu-kit/ (`make gpu-kit` here). GPU_CHECK_ARGS=--cpu: dry mode.

@@ -17,10 +17,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,6 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 from helpers.ingest_logs import capture_ingest_logs
+from helpers.ingest_worker import Worker
 
 from histoprompt.core import names
 from histoprompt.core.s3 import make_minio
@@ -48,58 +45,6 @@ from histoprompt.stack.ingest_demo import running_service
 from histoprompt.stack.ports import free_port
 
 pytestmark = pytest.mark.integration
-
-
-class Worker:
-    """`python -m histoprompt.ingest run` with the stack's env; stderr lines collected."""
-
-    def __init__(self, stack, group: str, **env: str) -> None:  # noqa: ANN001
-        # Inherited HISTOPROMPT_* (a sourced developer stack.env) would override stack.env.
-        base = {k: v for k, v in os.environ.items() if not k.startswith("HISTOPROMPT_")}
-        base.update(
-            HISTOPROMPT_ENV_FILE=str(stack.env_file),
-            HISTOPROMPT_INGEST_GROUP_ID=group,
-            HISTOPROMPT_INGEST_METRICS_PORT="0",
-            **env,
-        )
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", "histoprompt.ingest", "run"],
-            env=base,
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            text=True,
-        )
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            with self._cond:
-                self.lines.append(line)
-                self._cond.notify_all()
-
-    def wait_for(self, *needles: str, timeout: float) -> bool:
-        """True when a line holding every needle was logged within `timeout`."""
-        with self._cond:
-            return self._cond.wait_for(
-                lambda: any(all(n in ln for n in needles) for ln in self.lines), timeout=timeout
-            )
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                return self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        return self.proc.returncode
 
 
 def test_crash_looping_message_reaches_dlq_as_crash_loop_across_restarts(

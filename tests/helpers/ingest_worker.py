@@ -1,0 +1,92 @@
+"""An ingest worker as a real process: `python -m histoprompt.ingest run` with the stack's env."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+
+class Worker:
+    """`python -m histoprompt.ingest run` with the stack's env; stderr lines collected."""
+
+    def __init__(self, stack: Any, group: str, **env: str) -> None:
+        # Inherited HISTOPROMPT_* (a sourced developer stack.env) would override stack.env.
+        base = {k: v for k, v in os.environ.items() if not k.startswith("HISTOPROMPT_")}
+        base.update(
+            HISTOPROMPT_ENV_FILE=str(stack.env_file),
+            HISTOPROMPT_INGEST_GROUP_ID=group,
+            HISTOPROMPT_INGEST_METRICS_PORT="0",
+            **env,
+        )
+        self.env = env
+        self.lines: list[str] = []
+        self._times: list[float] = []
+        self.started_at = time.monotonic()
+        self._cond = threading.Condition()
+        self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "histoprompt.ingest", "run"],
+            env=base,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+        )
+        self.on_line: list[Any] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._cond:
+                self.lines.append(line)
+                self._times.append(time.monotonic())
+                self._cond.notify_all()
+            for hook in list(self.on_line):
+                hook(self, line)
+
+    def wait_for(self, *needles: str, timeout: float) -> bool:
+        """True when a line holding every needle was logged within `timeout`."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: any(all(n in ln for n in needles) for ln in self.lines), timeout=timeout
+            )
+
+    def timed_lines(self) -> list[tuple[float, str]]:
+        """(monotonic time read, line) of every line so far."""
+        with self._cond:
+            return list(zip(self._times, self.lines, strict=True))
+
+    def records(self) -> list[dict[str, Any]]:
+        """The JSON log records logged so far."""
+        with self._cond:
+            lines = list(self.lines)
+        out = []
+        for ln in lines:
+            if ln.startswith("{"):
+                try:
+                    out.append(json.loads(ln))
+                except ValueError:
+                    continue
+        return out
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                return self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        return self.proc.returncode
