@@ -108,6 +108,7 @@ def tls_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsStack]:
     except StackError as err:
         pytest.fail(f"the TLS stack did not start:\n{err}", pytrace=False)
     ingest: subprocess.Popen[bytes] | None = None
+    t0 = time.monotonic()
     try:
         conn = handle.settings
         load_demo_model(
@@ -137,6 +138,8 @@ def tls_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsStack]:
                 stderr=subprocess.STDOUT,
             )
         _wait_ready(handle, ingest, log)
+        up_s = handle.state.startup_seconds.get("total", 0.0)
+        print(f"TLS stack up {up_s:.1f} s; model and ingest ready {time.monotonic() - t0:.1f} s")
         yield TlsStack(handle, conn, handle.env_file, other / "ca.crt", log, ingest, [], [])
     finally:
         if ingest is not None and ingest.poll() is None:
@@ -230,6 +233,17 @@ def test_slide_and_phi_series_over_tls_then_cli(tls_stack: TlsStack, tmp_path: P
     checks = {c["service"]: c for c in json.loads(status.stdout)["services"]}
     assert all(c["ok"] for c in checks.values()), checks
     assert {"kafka", "s3", "triton"} <= set(checks)
+    # Kafka's SSL listener (no SASL), from the same keytool-made keystore.
+    ssl_only = _cli(
+        tls_stack,
+        "status",
+        "--json",
+        HISTOPROMPT_KAFKA_BOOTSTRAP=f"127.0.0.1:{tls_stack.handle.state.ports.kafka_ssl}",
+        HISTOPROMPT_KAFKA_SECURITY_PROTOCOL="SSL",
+        HISTOPROMPT_KAFKA_SASL_MECHANISM="",
+    )
+    kafka = next(c for c in json.loads(ssl_only.stdout)["services"] if c["service"] == "kafka")
+    assert ssl_only.returncode == 0 and kafka["ok"], (ssl_only.stdout, ssl_only.stderr)
     shown = _cli(tls_stack, "results", series.slide_id, "--json")
     assert shown.returncode == 0, shown.stderr
     rows = json.loads(shown.stdout)
