@@ -1393,3 +1393,22 @@ def test_s3_ca_secret_is_mounted_and_read_as_the_s3_ca_file(render: Render) -> N
     # Without the Secret: system CAs, no volume.
     plain = render(PROD_VALUES)
     assert _settings_from_env(_env(_ingest_container(plain))).s3_ca_file is None
+
+
+def test_triton_tls_ca_secret_turns_on_grpc_tls(render: Render) -> None:
+    sets = (
+        "triton.enabled=false",
+        "ingest.tritonGrpcUrl=triton.example.svc:8001",
+        "ingest.tritonTls.caSecret.name=triton-ca",
+    )
+    docs = render(PROD_VALUES, sets=sets)
+    settings = _settings_from_env(_env(_ingest_container(docs)))
+    assert settings.triton_ssl is True
+    assert settings.triton_ssl_root_cert == "/etc/histoprompt/triton-ca/ca.crt"
+    assert settings.triton_grpc_options() == {
+        "ssl": True,
+        "root_certificates": "/etc/histoprompt/triton-ca/ca.crt",
+    }
+    pod = _one(docs, "Deployment", "-ingest")["spec"]["template"]["spec"]
+    assert any(v["name"] == "triton-ca" for v in pod["volumes"])
+    assert _settings_from_env(_env(_ingest_container(render(PROD_VALUES)))).triton_ssl is False
