@@ -6,7 +6,8 @@ synthetic_tiff: every file says SYNTHETIC). Case `i` of a run is a pure function
 
 Mutations: bit flips, bytes replaced by interesting values (0, 0xFF, 0x7FFFFFFF, huge
 lengths), truncation, chunk duplication and deletion, and structure-aware ones: the value
-or length of a DICOM header element, and the type, count or value of a TIFF IFD entry.
+or length of a DICOM header element, the type, count or value of a TIFF IFD entry, and a
+TIFF next-IFD pointer (looping back, 0, past the end).
 """
 
 from __future__ import annotations
@@ -119,22 +120,37 @@ def _mutate_dicom_element(buf: bytearray, rng: random.Random) -> None:
     return None
 
 
-def _tiff_entries(data: bytes) -> list[int]:
-    """Byte offsets of the 12-byte entries of every IFD of a classic little-endian TIFF."""
+def tiff_ifds(data: bytes) -> list[tuple[int, int]]:
+    """(IFD offset, offset of its next-IFD pointer) along the main chain of a classic
+    little-endian TIFF."""
     if data[:4] != b"II*\0" or len(data) < 8:
         return []
-    out: list[int] = []
+    out: list[tuple[int, int]] = []
     ifd = struct.unpack_from("<I", data, 4)[0]
-    seen = set()
-    while 0 < ifd < len(data) - 2 and ifd not in seen and len(seen) < 16:
-        seen.add(ifd)
+    while 0 < ifd < len(data) - 2 and ifd not in {o for o, _ in out} and len(out) < 16:
         n = struct.unpack_from("<H", data, ifd)[0]
-        first = ifd + 2
-        if first + 12 * n + 4 > len(data):
+        if ifd + 2 + 12 * n + 4 > len(data):
             break
-        out.extend(first + 12 * i for i in range(n))
-        ifd = struct.unpack_from("<I", data, first + 12 * n)[0]
+        out.append((ifd, ifd + 2 + 12 * n))
+        ifd = struct.unpack_from("<I", data, ifd + 2 + 12 * n)[0]
     return out
+
+
+def _tiff_entries(data: bytes) -> list[int]:
+    """Byte offsets of the 12-byte entries of every IFD of a classic little-endian TIFF."""
+    return [e for ifd, nxt in tiff_ifds(data) for e in range(ifd + 2, nxt, 12)]
+
+
+def _mutate_tiff_next_ifd(buf: bytearray, rng: random.Random) -> None:
+    """A next-IFD pointer aimed at its own IFD, an earlier one, 0, or past the end (a
+    looping chain made tifffile list pages forever; see histoprompt.wsi.tiff_ifds)."""
+    ifds = tiff_ifds(bytes(buf))
+    if not ifds:
+        return _bit_flip(buf, rng)
+    i = rng.randrange(len(ifds))
+    target = rng.choice([ifds[i][0], ifds[rng.randrange(i + 1)][0], 0, len(buf) + 8, 0xFFFFFFFF])
+    _put(buf, ifds[i][1], struct.pack("<I", target))
+    return None
 
 
 def _mutate_tiff_entry(buf: bytearray, rng: random.Random) -> None:
@@ -211,7 +227,9 @@ GENERIC: tuple[Mutator, ...] = (_bit_flip, _interesting, _truncate, _duplicate_c
 def mutate(seed: Seed, rng: random.Random) -> bytes:
     """1-3 mutations of `seed`, a structure-aware one in about half of the cases."""
     buf = bytearray(seed.data)
-    structured: Mutator = _mutate_dicom_element if seed.kind == "dicom" else _mutate_tiff_entry
+    structured: Mutator = _mutate_dicom_element
+    if seed.kind == "tiff":
+        structured = _mutate_tiff_next_ifd if rng.random() < 0.15 else _mutate_tiff_entry
     for _ in range(rng.randint(1, 3)):
         if not buf:
             break

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 import time
 from pathlib import Path
 
 import pytest
 from helpers.slide_fuzz import exercise, run_cases, worker_count
-from helpers.slide_mutations import Seed, make_seeds, mutate_case
+from helpers.slide_mutations import Seed, make_seeds, mutate_case, tiff_ifds
+
+from histoprompt.wsi.errors import SlideError
 
 CI_CASES = 3000
 CI_SEED = 17
@@ -68,6 +71,19 @@ def test_mutated_slides_raise_only_project_errors(seeds: list[Seed]) -> None:
 @pytest.mark.skipif(not os.environ.get("FUZZ_CASES"), reason="opt-in: make fuzz")
 def test_long_fuzz_run(seeds: list[Seed]) -> None:
     _report(seeds, int(os.environ.get("FUZZ_SEED", "1")), int(os.environ["FUZZ_CASES"]))
+
+
+@pytest.mark.timeout(60)
+def test_a_looping_ifd_chain_is_refused_not_walked_forever(seeds: list[Seed]) -> None:
+    """Found by atheris: a TIFF whose IFD names itself as the next one made tifffile list
+    pages forever; the readers now refuse it (corrupt_tiff) before tifffile sees it."""
+    tiff = next(s for s in seeds if s.kind == "tiff")
+    for ifd, next_pointer in tiff_ifds(tiff.data):
+        looped = bytearray(tiff.data)
+        looped[next_pointer : next_pointer + 4] = struct.pack("<I", ifd)
+        with pytest.raises(SlideError) as info:
+            exercise(bytes(looped))
+        assert info.value.code == "corrupt_tiff"
 
 
 # The harness itself: a hang, a memory blow-up and a dead worker are each reported.

@@ -23,6 +23,7 @@ from histoprompt.wsi.rangecache import TiffRangeCache
 from histoprompt.wsi.ranged import ByteSource, LocalFileSource, RangedFile, S3Object
 from histoprompt.wsi.slide import SlideReader
 from histoprompt.wsi.tiff import CucimReader, TiffSlideReader, cucim_available
+from histoprompt.wsi.tiff_ifds import check_ifd_chain
 
 if TYPE_CHECKING:
     from minio import Minio
@@ -155,6 +156,7 @@ def _series_objects(client: Minio, ref: SlideObject, limits: ReadLimits) -> list
 
 
 def _open_tiff(obj: ByteSource, limits: ReadLimits, local_path: Path | None = None) -> OpenedSlide:
+    check_ifd_chain(obj)  # before tifffile or cuCIM walk it without bounds
     backend = limits.tiff_backend
     if backend == "cucim" or (backend == "auto" and cucim_available()):
         if local_path is not None:
