@@ -147,7 +147,7 @@ def test_report_writes_markdown_and_plots_from_held_out_figures(tmp_path: Path) 
     text = (tmp_path / "report.md").read_text()
     assert text.startswith("# SYNTHETIC") and "No-leak check passed on 2 folds" in text
     assert all(f.is_file() and f.stat().st_size > 0 for f in files)
-    assert {f.name for f in files} >= {"retrieval_vs_k.png", "embeddings_tsne.png"}
+    assert {f.name for f in files} >= {"retrieval_vs_k.png", "embeddings_umap.png"}
     assert set(adapt_ret["fraction"]) == {0, 1}
     # the planted table reads the aligned methods only, never the baselines
     assert set(rep.planted["best_method"]) <= {

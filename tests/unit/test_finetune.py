@@ -43,30 +43,35 @@ def _source_bundle(folder: Path) -> Path:
     return folder
 
 
-def test_finetune_warm_starts_and_records_the_data(tmp_path: Path) -> None:
-    from histoprompt.export.alignment_training import load_alignment
+def _new_cohort_files(tmp_path: Path) -> Path:
+    """A SYNTHETIC new cohort as finetune reads it: tile embeddings, slides table, parquet."""
     from histoprompt.export.cohort import CohortConfig, make_cohort, write_expression
     from histoprompt.export.embedding import embed_tiles
     from histoprompt.export.encoders import load_encoder
 
     enc = load_encoder("tiny")
-    for name, seed in (("old", 2), ("new", 3)):  # two SYNTHETIC cohorts
-        cohort = make_cohort(CohortConfig(n_patients=12, min_tiles=3, max_tiles=4, seed=seed))
-        (tmp_path / name / "emb").mkdir(parents=True)
-        for s in cohort.slides:
-            np.save(tmp_path / name / "emb" / f"{s.slide_id}.npy", embed_tiles(enc, s.tiles))
-        rows = ["slide_id,patient_id"] + [f"{s.slide_id},{s.patient_id}" for s in cohort.slides]
-        (tmp_path / name / "slides.csv").write_text("\n".join(rows) + "\n")
-        write_expression(cohort, tmp_path / name / "expr.parquet")
+    cohort = make_cohort(CohortConfig(n_patients=12, min_tiles=3, max_tiles=4, seed=3))
+    (tmp_path / "new" / "emb").mkdir(parents=True)
+    for s in cohort.slides:
+        np.save(tmp_path / "new" / "emb" / f"{s.slide_id}.npy", embed_tiles(enc, s.tiles))
+    rows = ["slide_id,patient_id"] + [f"{s.slide_id},{s.patient_id}" for s in cohort.slides]
+    (tmp_path / "new" / "slides.csv").write_text("\n".join(rows) + "\n")
+    write_expression(cohort, tmp_path / "new" / "expr.parquet")
+    return tmp_path / "new"
 
-    def args(name: str) -> list[str]:
-        d = tmp_path / name
-        return ["--embeddings", str(d / "emb"), "--slides", str(d / "slides.csv"),
-                "--expression", str(d / "expr.parquet"), "--rna-encoder", "tiny"]  # fmt: skip
 
+def _args(d: Path) -> list[str]:
+    return ["--embeddings", str(d / "emb"), "--slides", str(d / "slides.csv"),
+            "--expression", str(d / "expr.parquet"), "--rna-encoder", "tiny"]  # fmt: skip
+
+
+def test_finetune_warm_starts_and_records_the_data(tmp_path: Path) -> None:
+    from histoprompt.export.alignment_training import load_alignment
+
+    new = _new_cohort_files(tmp_path)
     src = _source_bundle(tmp_path / "src")
     out = tmp_path / "adapted"
-    res = runner.invoke(app, ["finetune", "--from", str(src), *args("new"), "--fraction", "0.5",
+    res = runner.invoke(app, ["finetune", "--from", str(src), *_args(new), "--fraction", "0.5",
                               "--epochs", "2", "--alignment-only", "--out", str(out)])  # fmt: skip
     assert res.exit_code == 0, res.output
     record = json.loads((out / "finetune.json").read_text())
@@ -78,6 +83,31 @@ def test_finetune_warm_starts_and_records_the_data(tmp_path: Path) -> None:
         for a, b in zip(before.parameters(), after.parameters(), strict=True)
     ]
     assert any(moved)
-    bad = runner.invoke(app, ["finetune", "--from", str(src), *args("new"), "--fraction", "0",
+    bad = runner.invoke(app, ["finetune", "--from", str(src), *_args(new), "--fraction", "0",
                               "--out", str(tmp_path / "x")])  # fmt: skip
     assert bad.exit_code == 2 and "fraction" in bad.output
+
+
+def test_finetune_writes_a_full_bundle(tmp_path: Path) -> None:
+    """Without --alignment-only: ONNX files (parity-checked), a card with its own version
+    naming the source, the new cohort as reference, and the fine-tuning record in metrics."""
+    from histoprompt.core.modelspec import ModelCard
+
+    new = _new_cohort_files(tmp_path)
+    src = _source_bundle(tmp_path / "src")
+    out = tmp_path / "adapted"
+    res = runner.invoke(app, ["finetune", "--from", str(src), *_args(new), "--fraction", "0.5",
+                              "--epochs", "2", "--out", str(out)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    source_card = ModelCard.model_validate_json((src / "model_card.json").read_text())
+    card = ModelCard.model_validate_json((out / "model_card.json").read_text())
+    assert card.version.startswith("tiny-ft-") and card.version != source_card.version
+    assert card.synthetic is True
+    parity = json.loads((out / "parity.json").read_text())
+    assert {"slide_embed", "rna_embed"} <= set(parity)
+    assert all(rec["passed"] for rec in parity.values()), parity
+    assert all((out / f"{name}.onnx").is_file() for name in ("slide_embed", "rna_embed"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    record = json.loads((out / "finetune.json").read_text())
+    assert metrics["finetune"] == record and metrics["model_version"] == card.version
+    assert record["source_model"] == source_card.version and record["n_patients_used"] == 6

@@ -12,7 +12,9 @@ Baselines (fitted on the fold's training patients only, never on its test patien
   * linear_probe: ridge from the mean-pooled tile embeddings to the ssGSEA scores (image
     encoder only); for retrieval its predicted pathway profile is matched to the RNA's;
   * no_rna_encoder: single-encoder ablation, the same alignment trained with the expression's
-    PCA (fitted on the training patients) in place of the frozen RNA encoder.
+    PCA (fitted on the training patients) in place of the frozen RNA encoder;
+  * ridge_unstandardised_tiles: ablation of the input standardisation, the alignment trained
+    on the raw tile embeddings (`standardise_tiles=False`), then the same ridge predictor.
 Chance is reported separately (k / n).
 """
 
@@ -158,6 +160,25 @@ def _ridge(x: NDArray[Any], y: NDArray[Any], fit: NDArray[Any], out: NDArray[Any
     return pred
 
 
+def unstandardised_ridge(
+    main: CohortEmbeddings,
+    pool: NDArray[Any],
+    test: NDArray[Any],
+    config: TrainConfig,
+    record: FoldRecord,
+) -> NDArray[Any]:
+    """Ridge on the slide embeddings of an alignment trained without input standardisation."""
+    from histoprompt.core.predictors import PredictorConfig, TrainedPredictor
+
+    raw = config.model_copy(update={"standardise_tiles": False})
+    model = fit_fold_alignment(main, [main.patient_ids[i] for i in pool], raw, record)
+    slide, _ = embed_aligned(model, main)
+    targets = main.targets.iloc[pool].reset_index(drop=True)
+    fitted = TrainedPredictor.fit(slide[pool], targets, PredictorConfig(kind="ridge"))
+    pred: NDArray[Any] = fitted.predict_all(slide[test])
+    return pred
+
+
 def fold_baselines(
     main: CohortEmbeddings,
     pool: NDArray[Any],
@@ -203,5 +224,6 @@ def fold_baselines(
     preds = {
         "linear_probe": probe,
         "no_rna_encoder_soft_knn": soft_knn(a_slide[test], a_rna[pool], y[pool]),
+        "ridge_unstandardised_tiles": unstandardised_ridge(main, pool, test, config, record),
     }
     return pd.DataFrame(rows), preds

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 if TYPE_CHECKING:
     from histoprompt.export.protocol_report import ProtocolReport
@@ -103,9 +104,23 @@ def fewshot_plot(rep: ProtocolReport, path: Path) -> Path:
     return path
 
 
+def _umap_2d(x: NDArray[Any], seed: int) -> NDArray[Any]:
+    """Seeded UMAP of standardised rows (a fixed random_state also makes it single-threaded,
+    so the plot is reproducible)."""
+    import warnings
+
+    with warnings.catch_warnings():  # umap warns at import that TensorFlow is absent
+        warnings.simplefilter("ignore", ImportWarning)
+        import umap
+
+    z = (x - x.mean(0)) / x.std(0).clip(1e-9)
+    reducer = umap.UMAP(n_neighbors=min(15, len(z) - 1), random_state=seed, init="random")
+    out: NDArray[Any] = reducer.fit_transform(z)
+    return out
+
+
 def embedding_plot(rep: ProtocolReport, path: Path) -> Path:
-    """t-SNE of slide and RNA embeddings before (frozen) and after alignment, by cohort."""
-    from sklearn.manifold import TSNE
+    """UMAP of slide and RNA embeddings before (frozen) and after alignment, by cohort."""
 
     from histoprompt.export.evaluation_curves import overall_model
     from histoprompt.export.evaluation_protocol import embed_aligned
@@ -118,9 +133,7 @@ def embedding_plot(rep: ProtocolReport, path: Path) -> Path:
     for row, (title, pairs) in enumerate((("frozen", frozen), ("aligned", aligned))):
         for col, side in enumerate(("slide", "RNA")):
             x = np.concatenate([p[col] for p in pairs])
-            xy = TSNE(n_components=2, perplexity=30, random_state=0, init="pca").fit_transform(
-                (x - x.mean(0)) / x.std(0).clip(1e-9)
-            )
+            xy = _umap_2d(x, rep.train.seed)
             start = 0
             for s, p in zip(rep.sites, pairs, strict=True):
                 n = p[col].shape[0]
@@ -130,7 +143,7 @@ def embedding_plot(rep: ProtocolReport, path: Path) -> Path:
             axes[row, col].set_xticks([])
             axes[row, col].set_yticks([])
     axes[0, 0].legend(fontsize=7)
-    fig.suptitle("SYNTHETIC t-SNE by cohort, before and after alignment")
+    fig.suptitle("SYNTHETIC UMAP by cohort, before and after alignment")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -143,5 +156,5 @@ def write_plots(rep: ProtocolReport, out: Path) -> list[Path]:
         r2_plot(rep, out / "r2_per_hallmark_sorted.png"),
         adaptation_plot(rep, out / "domain_adaptation.png"),
         fewshot_plot(rep, out / "few_shot.png"),
-        embedding_plot(rep, out / "embeddings_tsne.png"),
+        embedding_plot(rep, out / "embeddings_umap.png"),
     ]
