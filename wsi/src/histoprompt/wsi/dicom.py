@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from histoprompt.core.errors import HistopromptError
 from histoprompt.core.units import Mpp
 from histoprompt.wsi.codecs import SUPPORTED, FrameDecoder, FrameFormat
 from histoprompt.wsi.decoders import backend_for
@@ -294,7 +295,7 @@ def header_values() -> Iterator[None]:
     there (ValueError, BytesLengthException, NotImplementedError for an unknown VR...)."""
     try:
         yield
-    except SlideError:
+    except HistopromptError:
         raise
     except Exception as err:
         raise SlideError(
@@ -312,8 +313,8 @@ def read_header(fileobj: RangedFile) -> Any:
         ds = dcmread(fileobj, stop_before_pixels=True)
     except InvalidDicomError as err:
         raise SlideError("object is not DICOM (no DICM preamble)", code="not_dicom") from err
-    except SlideError:
-        raise
+    except HistopromptError:
+        raise  # a failed ranged read (S3 down: transient) is not a corrupt header
     except Exception as err:  # pydicom raises many types on corrupt headers
         raise SlideError(
             f"DICOM header does not parse: {type(err).__name__}", code="corrupt_header"

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any, cast
 
+from histoprompt.core.errors import HistopromptError
 from histoprompt.wsi.errors import SlideError
 from histoprompt.wsi.limits import ReadLimits
 from histoprompt.wsi.ranged import ByteSource, RangedFile, coalesce
@@ -173,7 +174,7 @@ class TiffRangeCache:
             self._tif: Any = tifffile.TiffFile(cast(IO[bytes], self._raw))
             self.file.ensure(_structure_ranges(self._tif))
             self._levels = list(self._tif.series[0].levels)
-        except SlideError:
+        except HistopromptError:
             self.close()
             raise
         except Exception as err:  # tifffile raises many types on corrupt files

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from histoprompt.core.errors import HistopromptError
 from histoprompt.core.units import Mpp
 from histoprompt.wsi.errors import SlideError
 from histoprompt.wsi.limits import ReadLimits
@@ -39,6 +40,8 @@ class TiffSlideReader:
             self._ds = [float(d) for d in self._slide.level_downsamples]
             series = self._slide.ts_tifffile.series[props["tiffslide.series-index"]]
             pages = [_PageShape.of(level.keyframe) for level in series.levels]
+        except HistopromptError:
+            raise  # a failed ranged read (S3 down: transient) is not a corrupt file
         except Exception as err:  # tifffile raises many types on corrupt files
             raise SlideError(
                 f"TIFF does not open: {type(err).__name__}", code="corrupt_tiff"
@@ -72,6 +75,8 @@ class TiffSlideReader:
                 loc = (int(round(x0 * self._ds[level])), int(round(y0 * self._ds[level])))
                 try:
                     arr = self._slide.read_region(loc, level, (x1 - x0, y1 - y0), as_array=True)
+                except HistopromptError:
+                    raise
                 except Exception as err:
                     raise SlideError(
                         f"TIFF tile does not read: {type(err).__name__}", code="corrupt_frame"
