@@ -32,7 +32,7 @@ from histoprompt.core.errors import (
     HistopromptError,
     NotFoundError,
     PermissionDeniedError,
-    ServiceUnavailableError,
+    TransientError,
 )
 from histoprompt.core.s3 import (
     AUTH_ERROR_CODES,
@@ -64,7 +64,8 @@ def s3_errors(what: str) -> Iterator[None]:
                 f"{what}: S3 refused the credentials ({err.code}); "
                 "check HISTOPROMPT_S3_ACCESS_KEY / HISTOPROMPT_S3_SECRET_KEY"
             ) from err
-        raise HistopromptError(f"{what}: S3 error {err.code}: {err.message}") from err
+        # SlowDown, InternalError, a vanished bucket...: the store's trouble, retried.
+        raise TransientError(f"{what}: S3 error {err.code}", code="s3_error") from err
     except HTTPError as err:
         from histoprompt.core.preflight import tls_refused
 
@@ -73,7 +74,9 @@ def s3_errors(what: str) -> Iterator[None]:
                 f"{what}: the S3 endpoint's TLS certificate is not trusted; "
                 "check HISTOPROMPT_S3_CA_FILE"
             ) from err
-        raise ServiceUnavailableError(f"{what}: S3 unreachable ({type(err).__name__})") from err
+        raise TransientError(
+            f"{what}: S3 unreachable ({type(err).__name__})", code="s3_error"
+        ) from err
 
 
 def npy_bytes(array: NDArray[Any]) -> bytes:

@@ -27,7 +27,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from histoprompt.core.errors import TransientError
+from histoprompt.core.errors import HistopromptError
 from histoprompt.core.schemas import ErrorInfo, utcnow
 from histoprompt.ingest.errors import DeadlineExceededError, SourceRejectedError
 from histoprompt.ingest.events import SlideJob, parse_jobs
@@ -56,7 +56,7 @@ def _retryable(err: BaseException) -> bool:
 
 
 def _code(err: BaseException) -> tuple[str, str]:
-    if isinstance(err, TransientError):
+    if isinstance(err, HistopromptError):  # transient or not, the project's own code
         return err.code, str(err)
     if isinstance(err, OSError):
         return "io_error", type(err).__name__
