@@ -46,6 +46,22 @@ def test_retries_exhausted_is_transient() -> None:
     assert info.value.code == "triton_unavailable" and calls["n"] == 2
 
 
+@pytest.mark.parametrize(
+    "message",
+    [
+        "Request for unknown model: 'patch_embed' is not found",
+        "Request for unknown model: 'patch_embed' has no available versions",
+        "Request for unknown model: 'patch_embed' version 1 is not ready",
+    ],
+)
+def test_a_model_still_loading_is_transient_not_the_slides_fault(message: str) -> None:
+    errs = [InferenceServerException(message, status="StatusCode.INVALID_ARGUMENT")] * 2
+    call, calls = _flaky(errs)
+    with pytest.raises(TransientError) as info:
+        asyncio.run(with_retries(call, attempts=2, base_s=0.001, what="patch_embed"))
+    assert info.value.code == "triton_unavailable" and calls["n"] == 2
+
+
 def test_invalid_argument_is_the_slides_fault_and_not_retried() -> None:
     call, calls = _flaky([InferenceServerException("bad", status="StatusCode.INVALID_ARGUMENT")])
     with pytest.raises(SlideError) as info:

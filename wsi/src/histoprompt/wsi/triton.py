@@ -1,6 +1,7 @@
 """Triton over async gRPC: the served encoder's spec, batched patch_embed, slide_to_pathways.
 
-UNAVAILABLE / DEADLINE_EXCEEDED / RESOURCE_EXHAUSTED are retried with exponential backoff,
+UNAVAILABLE / DEADLINE_EXCEEDED / RESOURCE_EXHAUSTED, and a model still loading ("unknown
+model", "not ready"), are retried with exponential backoff,
 `attempts` tries per call; other errors are the request's own and fail the slide. The ingest
 service builds its client with one try per call: it retries whole deliveries instead
 (histoprompt.ingest.handler), so retries never nest and its DLQ `attempts` are all there were.
@@ -26,6 +27,10 @@ from histoprompt.wsi.errors import SlideError
 
 T = TypeVar("T")
 RETRYABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "CANCELLED")
+# What Triton answers while a model is (re)loading: a restarted server before its models are
+# loaded, a repository update. Transient, like UNAVAILABLE: the slide is not at fault (the
+# chaos test's Triton restart turned these into permanent `failed` results).
+MODEL_LOADING = ("unknown model", "is not ready", "has no available versions")
 
 
 @dataclass(frozen=True)
@@ -106,7 +111,9 @@ async def with_retries(
             return await call()
         except InferenceServerException as err:
             code = _status(err)
-            if code not in RETRYABLE and "connect" not in str(err).lower():
+            text = str(err).lower()
+            transient = "connect" in text or any(m in text for m in MODEL_LOADING)
+            if code not in RETRYABLE and not transient:
                 raise SlideError(
                     f"{what} rejected the request: {err.message()}", code="infer_error"
                 ) from err
