@@ -136,7 +136,7 @@ def test_inconsistent_data_is_refused() -> None:
         )
 
 
-def test_tiles_are_standardised_with_the_training_patients_statistics(tmp_path: Path) -> None:
+def test_tiles_are_whitened_with_the_training_patients_statistics(tmp_path: Path) -> None:
     """Fitted on training patients' tiles only (never early stopping's), stored with the
     weights; a run saved before the statistics existed loads as identity."""
     from safetensors.torch import load_file, save_file
@@ -147,16 +147,20 @@ def test_tiles_are_standardised_with_the_training_patients_statistics(tmp_path: 
     cfg = CFG.model_copy(update={"epochs": 1})
     model = train_alignment(data, cfg, tmp_path, progress=False).model
     train_ids, _ = split_by_patient(data.patient_ids, cfg.val_fraction, cfg.seed)
-    tiles = np.concatenate([bags[data.patient_ids.index(p)] for p in train_ids])
+    tiles = np.concatenate([bags[list(data.patient_ids).index(p)] for p in train_ids])
     np.testing.assert_allclose(model.abmil.tile_mean.numpy(), tiles.mean(0), rtol=1e-4)
-    np.testing.assert_allclose(model.abmil.tile_std.numpy(), tiles.std(0, ddof=1), rtol=1e-3)
+    white = (tiles - tiles.mean(0)) @ model.abmil.tile_whiten.numpy().astype(np.float64)
+    cov = np.cov(white, rowvar=False)
+    np.testing.assert_allclose(cov, np.diag(np.diag(cov)), atol=1e-3)  # decorrelated
+    assert 0.99 < np.diag(cov).max() <= 1.0 + 1e-3  # unit variance up to the ridge
     plain = train_alignment(
-        data, cfg.model_copy(update={"standardise_tiles": False}), tmp_path / "p", progress=False
+        data, cfg.model_copy(update={"whiten_tiles": False}), tmp_path / "p", progress=False
     ).model
-    assert torch.equal(plain.abmil.tile_std, torch.ones(16))
+    assert torch.equal(plain.abmil.tile_whiten, torch.eye(16))
     state = load_file(str(tmp_path / "alignment.safetensors"))
     save_file({k: v for k, v in state.items() if "tile_" not in k}, str(tmp_path / "old.st"))
     (tmp_path / "alignment.safetensors").unlink()
     (tmp_path / "old.st").rename(tmp_path / "alignment.safetensors")
     old = load_alignment(tmp_path)
     assert torch.equal(old.abmil.tile_mean, torch.zeros(16))
+    assert torch.equal(old.abmil.tile_whiten, torch.eye(16))

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+WHITEN_RIDGE = 1e-3  # eigenvalue floor of the input whitening, relative to the largest
+
 
 class AlignmentConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -29,19 +31,20 @@ class AlignmentConfig(BaseModel):
 class GatedABMIL(nn.Module):
     """Gated attention MIL pooling (Ilse et al. 2018): a = w^T (tanh(V h) * sigmoid(U h)).
 
-    Tiles are first standardised with the training tiles' per-dimension mean and standard
-    deviation (buffers, identity until `set_input_statistics`): a frozen encoder's output
-    dimensions differ widely in scale, and unscaled, the first layer learned the high-variance
-    directions only (stain colour) and dropped low-variance ones that carry planted programs.
+    Tiles are first whitened with the training tiles' mean and covariance (PCA whitening,
+    buffers, identity until `set_input_statistics`): a frozen encoder's output is dominated by
+    a few high-variance, correlated directions (stain colour), and on raw or per-dimension
+    standardised inputs the alignment kept those and dropped the low-variance directions that
+    carry planted programs (hypoxia, immune).
     """
 
     tile_mean: torch.Tensor
-    tile_std: torch.Tensor
+    tile_whiten: torch.Tensor
 
     def __init__(self, in_dim: int, hidden: int, attn_dim: int, dropout: float) -> None:
         super().__init__()
         self.register_buffer("tile_mean", torch.zeros(in_dim))
-        self.register_buffer("tile_std", torch.ones(in_dim))
+        self.register_buffer("tile_whiten", torch.eye(in_dim))
         self.embed = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout))
         self.attn_v = nn.Linear(hidden, attn_dim)
         self.attn_u = nn.Linear(hidden, attn_dim)
@@ -51,7 +54,7 @@ class GatedABMIL(nn.Module):
         self, tiles: torch.Tensor, mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """tiles [B,N,D], mask [B,N] (True = real tile) -> pooled [B,H], attention [B,N]."""
-        h = self.embed((tiles - self.tile_mean) / self.tile_std)
+        h = self.embed((tiles - self.tile_mean) @ self.tile_whiten)
         logits = self.attn_w(torch.tanh(self.attn_v(h)) * torch.sigmoid(self.attn_u(h)))
         logits = logits.squeeze(-1)
         if mask is not None:
@@ -61,13 +64,18 @@ class GatedABMIL(nn.Module):
         return pooled, attention
 
     @torch.no_grad()
-    def set_input_statistics(self, tiles: torch.Tensor) -> None:
-        """Standardise inputs with these training tiles' statistics ([N,D])."""
-        self.tile_mean.copy_(tiles.mean(dim=0))
-        self.tile_std.copy_(tiles.std(dim=0).clamp(min=1e-6))
+    def set_input_statistics(self, tiles: torch.Tensor, ridge: float = WHITEN_RIDGE) -> None:
+        """Whiten inputs with these training tiles' statistics ([N,D]); eigenvalues below
+        `ridge` x the largest are damped rather than blown up (noise directions)."""
+        x = tiles.double()
+        mean = x.mean(dim=0)
+        values, vectors = torch.linalg.eigh(torch.cov((x - mean).T))
+        values = values.clamp(min=0)
+        self.tile_mean.copy_(mean.float())
+        self.tile_whiten.copy_((vectors / (values + ridge * values.max()).sqrt()).float())
 
 
-INPUT_STATISTICS = ("abmil.tile_mean", "abmil.tile_std")
+INPUT_STATISTICS = ("abmil.tile_mean", "abmil.tile_whiten")
 
 
 class ProjectionHead(nn.Module):

@@ -53,9 +53,9 @@ class TrainConfig(BaseModel):
     dropout: float = Field(default=0.1, ge=0, lt=1)
     temperature_init: float = Field(default=0.07, gt=0)
     threads: int = Field(default=1, ge=1, description="torch intra-op threads while training")
-    standardise_tiles: bool = Field(
+    whiten_tiles: bool = Field(
         default=True,
-        description="standardise tile embeddings with the training patients' statistics "
+        description="whiten tile embeddings with the training patients' mean and covariance "
         "(stored in the model); without it immune and hypoxia dropped out of the alignment",
     )
 
@@ -312,7 +312,7 @@ def _train(
 
     torch.manual_seed(config.seed)
     model = AlignmentModel(align_cfg)
-    if config.standardise_tiles:  # training patients' tiles only: val and test stay unseen
+    if config.whiten_tiles:  # training patients' tiles only: val and test stay unseen
         model.abmil.set_input_statistics(
             torch.from_numpy(np.concatenate([data.bags[s] for p in train.slides for s in p]))
         )
@@ -386,7 +386,9 @@ def load_alignment(out_dir: Path) -> AlignmentModel:
     except (OSError, ValueError) as err:
         raise TrainingError(f"{out_dir} holds no finished alignment run: {err}") from err
     model = AlignmentModel(cfg)
-    for key in INPUT_STATISTICS:  # runs from before input standardisation: identity
+    if "abmil.tile_std" in state:  # saved while the inputs were standardised per dimension
+        state["abmil.tile_whiten"] = torch.diag(1.0 / state.pop("abmil.tile_std"))
+    for key in INPUT_STATISTICS:  # runs from before input whitening: identity
         state.setdefault(key, model.state_dict()[key])
     model.load_state_dict(state)
     return model.eval()

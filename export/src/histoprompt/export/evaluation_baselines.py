@@ -13,8 +13,8 @@ Baselines (fitted on the fold's training patients only, never on its test patien
     encoder only); for retrieval its predicted pathway profile is matched to the RNA's;
   * no_rna_encoder: single-encoder ablation, the same alignment trained with the expression's
     PCA (fitted on the training patients) in place of the frozen RNA encoder;
-  * ridge_unstandardised_tiles: ablation of the input standardisation, the alignment trained
-    on the raw tile embeddings (`standardise_tiles=False`), then the same ridge predictor.
+  * ridge_unwhitened_tiles: ablation of the input whitening, the alignment trained on the raw
+    tile embeddings (`whiten_tiles=False`), then the same ridge predictor.
 Chance is reported separately (k / n).
 """
 
@@ -160,17 +160,17 @@ def _ridge(x: NDArray[Any], y: NDArray[Any], fit: NDArray[Any], out: NDArray[Any
     return pred
 
 
-def unstandardised_ridge(
+def unwhitened_ridge(
     main: CohortEmbeddings,
     pool: NDArray[Any],
     test: NDArray[Any],
     config: TrainConfig,
     record: FoldRecord,
 ) -> NDArray[Any]:
-    """Ridge on the slide embeddings of an alignment trained without input standardisation."""
+    """Ridge on the slide embeddings of an alignment trained without input whitening."""
     from histoprompt.core.predictors import PredictorConfig, TrainedPredictor
 
-    raw = config.model_copy(update={"standardise_tiles": False})
+    raw = config.model_copy(update={"whiten_tiles": False})
     model = fit_fold_alignment(main, [main.patient_ids[i] for i in pool], raw, record)
     slide, _ = embed_aligned(model, main)
     targets = main.targets.iloc[pool].reset_index(drop=True)
@@ -224,6 +224,6 @@ def fold_baselines(
     preds = {
         "linear_probe": probe,
         "no_rna_encoder_soft_knn": soft_knn(a_slide[test], a_rna[pool], y[pool]),
-        "ridge_unstandardised_tiles": unstandardised_ridge(main, pool, test, config, record),
+        "ridge_unwhitened_tiles": unwhitened_ridge(main, pool, test, config, record),
     }
     return pd.DataFrame(rows), preds

@@ -24,7 +24,7 @@ from histoprompt.export.evaluation_protocol import CohortEmbeddings, ProtocolRes
 
 ALIGNED = ("soft_knn_in_cohort", "soft_knn_cross_cohort", "ridge", "mlp")
 PLANTED = {h: p.name for p in PROGRAMS for h in p.hallmarks}
-UNSTANDARDISED = "ridge_unstandardised_tiles"
+UNWHITENED = "ridge_unwhitened_tiles"
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def wilcoxon_tests(result: ProtocolResult) -> pd.DataFrame:
         ("ridge", "linear_probe"),
         ("soft_knn_cross_cohort", "soft_knn_in_cohort"),
         ("soft_knn_in_cohort", "no_rna_encoder_soft_knn"),
-        ("ridge", "ridge_unstandardised_tiles"),
+        ("ridge", UNWHITENED),
     ):
         if a in r2 and b in r2:
             d = (r2[a] - r2[b]).dropna()
@@ -148,7 +148,7 @@ def planted_table(r2: pd.DataFrame, r2_sd: pd.DataFrame) -> pd.DataFrame:
                 "r2": float(r2.loc[gene_set, best]),
                 "sd": float(r2_sd.loc[gene_set, best]),
                 "linear_probe": float(r2.loc[gene_set].get("linear_probe", np.nan)),
-                "unstandardised": float(r2.loc[gene_set].get(UNSTANDARDISED, np.nan)),
+                "unwhitened": float(r2.loc[gene_set].get(UNWHITENED, np.nan)),
             }
         )
     out = pd.DataFrame(rows)
@@ -255,12 +255,12 @@ def report_markdown(rep: ProtocolReport, settings: ProtocolSettings) -> list[str
         "information the frozen features hold and the contrastive alignment (on "
         f"{len(rep.sites[0].patient_ids) * (settings.n_splits - 1) // settings.n_splits} "
         "non-test patients per fold, a quarter of them for early stopping) does not keep. "
-        "The fix in use: the alignment standardises tile embeddings with its training "
-        "patients' per-dimension mean and standard deviation (`TrainConfig.standardise_tiles`, "
-        "stored with the weights and served). `unstandardised`: the same folds with the "
-        "alignment trained on the raw embeddings (ridge on its slide embeddings); unscaled, "
-        "its first layer follows the untrained encoder's high-variance dimensions and drops "
-        "low-variance ones that carry planted programs. The tile encoder stays the UNTRAINED "
+        "The fix in use: the alignment whitens tile embeddings with its training patients' "
+        "mean and covariance (PCA whitening, `TrainConfig.whiten_tiles`, stored with the "
+        "weights and served). `unwhitened`: the same folds with the alignment trained on the "
+        "raw embeddings (ridge on its slide embeddings); on raw inputs it follows the untrained "
+        "encoder's few high-variance directions and drops low-variance ones that carry planted "
+        "programs. The tile encoder stays the UNTRAINED "
         "`tiny`; no pre-training on SYNTHETIC tiles, no change of the tile renderer.",
         "",
         "## Median per-Hallmark R2: out-of-fold, 95 % bootstrap CI (patients resampled)",
