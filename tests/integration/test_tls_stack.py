@@ -111,17 +111,11 @@ def tls_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsStack]:
     t0 = time.monotonic()
     try:
         conn = handle.settings
-        load_demo_model(
-            conn.triton_url,
-            handle.model_repository,
-            tmp_path_factory.mktemp("demo"),
-            grpc_options=conn.triton_grpc_options(),
-        )
-        other = tmp_path_factory.mktemp("other-ca")
-        make_ca(other / "ca.crt", other / "ca.key", "a CA the stack never used")
         group = f"tls-{TOKEN}"
         skip_group_to_end(conn, group)
         log = state_dir / "logs" / "ingest.log"
+        # The worker starts first (it waits for the served model itself), so its start-up
+        # overlaps the demo model's build and load.
         with log.open("wb") as out:
             ingest = subprocess.Popen(  # noqa: S603 - our own interpreter and module
                 [sys.executable, "-m", "histoprompt.ingest", "run"],
@@ -131,12 +125,21 @@ def tls_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsStack]:
                     HISTOPROMPT_INGEST_BATCH_SIZE="16",
                     HISTOPROMPT_INGEST_CONCURRENCY="2",
                     HISTOPROMPT_INGEST_MAX_ATTEMPTS="2",
+                    # Also the model wait's first step (it doubles, at most 10 s).
                     HISTOPROMPT_INGEST_RETRY_BASE_S="0.1",
                     HISTOPROMPT_INGEST_SHUTDOWN_DEADLINE_S="10",
                 ),
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
+        load_demo_model(
+            conn.triton_url,
+            handle.model_repository,
+            tmp_path_factory.mktemp("demo"),
+            grpc_options=conn.triton_grpc_options(),
+        )
+        other = tmp_path_factory.mktemp("other-ca")
+        make_ca(other / "ca.crt", other / "ca.key", "a CA the stack never used")
         _wait_ready(handle, ingest, log)
         up_s = handle.state.startup_seconds.get("total", 0.0)
         print(f"TLS stack up {up_s:.1f} s; model and ingest ready {time.monotonic() - t0:.1f} s")
