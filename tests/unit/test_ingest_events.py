@@ -73,6 +73,20 @@ def test_allow_lists(settings: IngestSettings) -> None:
         parse_jobs(_event("other/a.svs", bucket="b2"), strict)
 
 
+def test_a_prefix_is_a_folder() -> None:
+    """`scanner` admits scanner/... only, not a sibling folder that starts the same."""
+    s = IngestSettings(
+        _env_file=None,  # type: ignore[call-arg]
+        slides_bucket="slides",
+        ingest_allowed_prefixes="scanner",
+    )
+    assert s.ingest_allowed_prefixes == ("scanner/",)
+    assert isinstance(parse_jobs(_event("scanner/a.svs"), s)[0], SlideJob)
+    with pytest.raises(SourceRejectedError) as info:
+        parse_jobs(_event("scanner-evil/a.svs"), s)
+    assert info.value.code == "forbidden_source"
+
+
 def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HISTOPROMPT_INGEST_CONCURRENCY", "3")
     monkeypatch.setenv("HISTOPROMPT_INGEST_ALLOWED_PREFIXES", "a/,b/")

@@ -40,7 +40,7 @@ class IngestSettings(ConnectionSettings):
         (), description="comma-separated; empty means only HISTOPROMPT_SLIDES_BUCKET"
     )
     ingest_allowed_prefixes: CommaList = Field(
-        (), description="comma-separated key prefixes; empty allows every key"
+        (), description="comma-separated key folders ('/' appended); empty allows every key"
     )
     ingest_series_member_glob: str = Field(
         "instance-*.dcm", description="objects of a DICOM series: wait for its manifest.json"
@@ -97,6 +97,12 @@ class IngestSettings(ConnectionSettings):
         if isinstance(value, str):
             return tuple(v.strip() for v in value.split(",") if v.strip())
         return value
+
+    @field_validator("ingest_allowed_prefixes")
+    @classmethod
+    def _folders(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # A prefix is a folder: "scanner" must not also admit "scanner-evil/...".
+        return tuple(p if p.endswith("/") else p + "/" for p in value)
 
     def read_limits(self) -> ReadLimits:
         """The slide readers' bounds from these settings."""
