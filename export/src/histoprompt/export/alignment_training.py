@@ -218,6 +218,17 @@ def _alignment_config(data: PairedEmbeddings, config: TrainConfig) -> AlignmentC
     )
 
 
+def _new_model(align_cfg: AlignmentConfig, config: TrainConfig, train: _Split) -> AlignmentModel:
+    """Seeded fresh module; inputs whitened with the training patients' tiles only (early
+    stopping's and test patients' stay unseen)."""
+    torch.manual_seed(config.seed)
+    model = AlignmentModel(align_cfg)
+    if config.whiten_tiles:
+        tiles = np.concatenate([train.data.bags[s] for slides in train.slides for s in slides])
+        model.abmil.set_input_statistics(torch.from_numpy(tiles))
+    return model
+
+
 def _train_epoch(
     model: AlignmentModel,
     opt: torch.optim.Optimizer,
@@ -310,12 +321,7 @@ def _train(
     train_p, val_p = split_by_patient(data.slide_patients, config.val_fraction, config.seed)
     train, val = _Split(data, train_p), _Split(data, val_p)
 
-    torch.manual_seed(config.seed)
-    model = AlignmentModel(align_cfg)
-    if config.whiten_tiles:  # training patients' tiles only: val and test stay unseen
-        model.abmil.set_input_statistics(
-            torch.from_numpy(np.concatenate([data.bags[s] for p in train.slides for s in p]))
-        )
+    model = _new_model(align_cfg, config, train)
     unaligned = evaluate(model, val, config.max_tiles)  # untrained module: the baseline
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     gen = torch.Generator().manual_seed(config.seed)
