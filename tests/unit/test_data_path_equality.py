@@ -117,3 +117,24 @@ def test_fast_path_equals_the_reference_path(
     np.testing.assert_array_equal(tiles, ref_tiles)
     np.testing.assert_array_equal(preprocess_tiles(tiles, SPEC), _reference_pixels(tiles, SPEC))
     np.testing.assert_allclose(emb, ref_emb, rtol=0, atol=1e-6)
+
+
+def test_mask_strips_on_frame_rows_give_the_reference_mask(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Strips cut on frame rows (256) with a box factor of 3 carry rows between strips;
+    the mask equals the reference's, whose strips are multiples of 3."""
+    from histoprompt.export.synthetic_wsi import DicomSeriesSpec, write_dicom_series
+
+    out = tmp_path_factory.mktemp("mask")
+    files = write_dicom_series(out, DicomSeriesSpec(width=1280, height=1024, levels=1, tile=256))
+    for strip_px in (1, 300_000, 2_000_000):
+        opened = open_local(files, ReadLimits())
+        try:
+            got, scale = tiling.read_mask(opened.reader, 450, strip_px)
+            ref, ref_scale = _reference_read_mask(opened.reader, 450, strip_px)
+        finally:
+            opened.close()
+        assert scale == ref_scale == 3.0
+        np.testing.assert_array_equal(got, ref)
+        assert got.any() and not got.all()

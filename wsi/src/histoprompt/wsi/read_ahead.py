@@ -3,7 +3,7 @@
 Reading one batch's frames at a time splits each frame row between GETs (a batch covers
 part of a tile row, which spans two frame rows). Each GET costs the S3 server far more
 than its bytes do, so before a batch the frames of the next `window` tiles are fetched and
-decoded together into the DICOM frame cache, as many as half the cache holds; the batches
+decoded together into the DICOM frame cache, as many as a quarter of the cache holds; the batches
 then find them there. Results are unchanged: the same frames, decoded once.
 """
 
@@ -23,10 +23,12 @@ __all__ = ["ReadAhead", "prefetch"]
 
 
 def prefetch(slide: DicomSlide, level: int, regions: Sequence[Region]) -> int:
-    """Load into the frame cache the frames of the leading `regions`, up to half the cache,
+    """Load into the frame cache the frames of the leading `regions`, up to a quarter of it,
     in one coalesced read; returns how many regions that covers."""
     inst = slide.instance(level)
-    budget = max(1, inst._limits.frame_cache // 2)  # the instance's own cache bound
+    # A quarter of the instance's cache bound: decoded in one burst before the cache evicts,
+    # they add to its peak memory.
+    budget = max(1, inst._limits.frame_cache // 4)
     frames: set[int] = set()
     covered = 0
     for region in regions:

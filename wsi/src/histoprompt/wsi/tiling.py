@@ -114,26 +114,44 @@ def box_mean_floor(band: NDArray[Any], f: int) -> NDArray[Any]:
     return acc.astype(np.uint8)
 
 
+def _frame_rows(slide: SlideReader, level: int) -> int | None:
+    """A tiled reader's frame height at `level` (DICOM), or None when it has none to say."""
+    instance = getattr(slide, "instance", None)
+    rows = getattr(instance(level), "rows", None) if instance is not None else None
+    return int(rows) if isinstance(rows, int) and rows > 0 else None
+
+
 def read_mask(
     slide: SlideReader, max_px: int, strip_px: int = 2_000_000
 ) -> tuple[NDArray[Any], float]:
     """Tissue mask (bool) of the coarsest level, box-downsampled to <= max_px; and its factor
     relative to level 0 (mask px -> level-0 px). Read in strips of about `strip_px` pixels,
-    so peak memory does not grow with the slide."""
+    so peak memory does not grow with the slide.
+
+    Strips follow the frame rows where the reader has them (DICOM), so each frame is fetched
+    and decoded once, uncached; rows left over from a strip's f-row groups are carried into
+    the next strip, which gives the same boxes as strips cut at multiples of f.
+    """
     li = mask_level(slide.levels)
     lvl = slide.levels[li]
     f = max(1, math.ceil(max(lvl.width, lvl.height) / max_px))
     out_w, out_h = max(1, lvl.width // f), max(1, lvl.height // f)
     thumb = np.empty((out_h, out_w, 3), dtype=np.uint8)
-    rows_per = max(f, (strip_px // max(out_w * f, 1)) // f * f)
+    unit = _frame_rows(slide, li) or f
+    rows_per = max(unit, (strip_px // max(out_w * f, 1)) // unit * unit)
+    carry: NDArray[Any] | None = None
+    done = 0
     for y in range(0, out_h * f, rows_per):
         h = min(rows_per, out_h * f - y)
-        # Cached: a frame row that straddles two strips is fetched and decoded once, not
-        # twice; the frame cache's own bound keeps memory flat (LRU: tiles evict it later).
-        (band,) = slide.read_regions(li, [Region(0, y, out_w * f, h)], cache=True)
-        band = band[: (h // f) * f, : out_w * f]
-        small = box_mean_floor(band, f)
-        thumb[y // f : y // f + small.shape[0]] = small
+        (band,) = slide.read_regions(li, [Region(0, y, out_w * f, h)], cache=False)
+        band = band[:, : out_w * f]
+        if carry is not None:
+            band = np.concatenate([carry, band])
+        whole = band.shape[0] // f * f
+        small = box_mean_floor(band[:whole], f)
+        thumb[done : done + small.shape[0]] = small
+        done += small.shape[0]
+        carry = band[whole:].copy() if whole < band.shape[0] else None
         del band, small
     level0 = slide.levels[0]
     scale = (lvl.mpp / level0.mpp) * f
