@@ -78,6 +78,9 @@ class ChaosRun:
         self.workers: dict[int, Worker] = {}
         self.retired: list[Worker] = []
         self.kill_on_start: set[str] = set()
+        # kill_next_start(): the next slide any worker starts kills it (slot, slide_id, time)
+        self._kill_next = threading.Event()
+        self.next_killed: tuple[int, str, float] | None = None
         self.kills: list[tuple[float, str]] = []
         self.violations: list[str] = []
         self.samples = 0
@@ -91,11 +94,6 @@ class ChaosRun:
         self.workers[slot] = worker
         return worker
 
-    def kill_worker(self, slot: int) -> None:
-        worker = self.workers.pop(slot)
-        worker.kill()
-        self.retired.append(worker)
-
     def stop_worker(self, slot: int) -> int:
         worker = self.workers.pop(slot)
         self.retired.append(worker)
@@ -105,9 +103,32 @@ class ChaosRun:
         if item.kind == "crash":
             self.kill_on_start.add(item.slide_id)
 
+    def kill_next_start(self, timeout: float = 120.0) -> tuple[int, str, float]:
+        """Kill -9 the worker that starts the next slide, the moment its start is logged
+        (read on the worker's stderr thread): mid-slide. Returns (slot, slide_id, time)."""
+        self._kill_next.set()
+        deadline = time.monotonic() + timeout
+        while self.next_killed is None:
+            assert time.monotonic() < deadline, "no slide started"
+            time.sleep(0.05)
+        return self.next_killed
+
     def _crash_hook(self, worker: Worker, line: str) -> None:
         """Kill -9 the worker that starts a crash item, then start its slot again."""
-        if "slide started" not in line or not any(s in line for s in self.kill_on_start):
+        if "slide started" not in line:
+            return
+        if self._kill_next.is_set():
+            with self._lock:
+                slot = next((k for k, w in self.workers.items() if w is worker), None)
+                if slot is None or not self._kill_next.is_set():
+                    return
+                os.kill(worker.proc.pid, signal.SIGKILL)
+                self._kill_next.clear()
+                self.retired.append(self.workers.pop(slot))
+                sid = json.loads(line).get("slide_id", "")
+                self.next_killed = (slot, sid, time.time())
+            return
+        if not any(s in line for s in self.kill_on_start):
             return
         with self._lock:
             slot = next((k for k, w in self.workers.items() if w is worker), None)
@@ -189,9 +210,11 @@ class ChaosRun:
             "offset_violations": self.violations,
             "workers": len(self.workers),
             "kills": len(self.kills),
+            "series_settle_s": float(WORKER_ENV["HISTOPROMPT_INGEST_SERIES_SETTLE_S"]),
             "load_avg": os.getloadavg(),
             "cpus": os.cpu_count(),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "commit": _commit(),
             **extra,
         }
         target = results_dir()
@@ -214,3 +237,20 @@ class ChaosRun:
         self.producer.close()
         self.audit.dlq.close()
         self.audit.results.close()
+
+
+def _commit() -> str:
+    """HEAD's short hash, `+` when the working tree differs from it (the code that ran)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(  # noqa: S603 - fixed argv
+            ["git", *args],  # noqa: S607
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return git("rev-parse", "--short", "HEAD") + ("+" if dirty else "")

@@ -91,15 +91,15 @@ def _outage(run: ChaosRun, service: str, n_slides: int) -> None:
 def test_kill_worker_mid_slide(chaos: ChaosRun) -> None:
     _start(chaos)
     chaos.submit(plan(SLIDES))
-    slot, slide_id = _wait_any_start(chaos)
-    chaos.kill_worker(slot)
-    killed_at = time.time()
+    slot, slide_id, killed_at = chaos.kill_next_start()
     time.sleep(1.0)
     chaos.start_worker(slot)  # as a restart policy would, under the same instance id
     chaos.sample_offsets()  # soon after the kill: nothing of the dead slide committed
     figures = chaos.wait_settled(SETTLE_TIMEOUT_S)
     again = chaos.logged("started", killed_at, slide_id)
     redelivery = again[0] - killed_at if again else None
+    # killed mid-slide: no worker had finished it before the kill
+    assert not [t for t in chaos.logged("done", 0.0, slide_id) if t <= killed_at]
     chaos.report(figures, redelivery, recover_means="kill -9 to the killed slide's redelivery")
     _assert_clean(chaos, figures)
     assert redelivery is not None, f"killed slide {slide_id} never started again"

@@ -57,23 +57,34 @@ def _row(fault: str, r: dict[str, Any]) -> str:
         f"| {FAULTS.get(fault, fault)} | {r['submitted']} | {r['bad']} | {r['completed']} "
         f"| {r['lost']} | {r['duplicated']} | {r['dlq']} ({codes}) | {r['failed_results']} "
         f"| {recover} | {r.get('recover_means', '-')} "
-        f"| {r['offset_samples']} / {len(r['offset_violations'])} | {load[0]:.1f} |"
+        f"| {r['offset_samples']} / {len(r['offset_violations'])} | {load[0]:.1f} "
+        f"| {r.get('finished', '-')} {r.get('commit', '')} |"
     )
 
 
 def body(results: dict[str, dict[str, Any]]) -> list[str]:
     lines = [
-        f"Commit {commit()}. The machine (2 cores) was shared with other jobs while this ran: "
-        "the load column is the 1-minute load average when each test finished, and times "
-        "to recover stretch with it.",
+        f"Rendered at commit {commit()}; each row says when its test finished and the commit "
+        "it ran on (`+`: with uncommitted changes). The machine (2 cores) was shared with "
+        "other jobs while this ran: the load column is the 1-minute load average when each "
+        "test finished, and times to recover stretch with it.",
         "",
         "| fault | submitted | bad | completed | lost | duplicated | DLQ (reasons) "
         "| failed results | time to recover (s) | measured as | offset samples / violations "
-        "| load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| load | finished, commit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = [f for f in FAULTS if f in results] + sorted(set(results) - set(FAULTS))
     lines += [_row(f, results[f]) for f in order]
+    settles = sorted({r["series_settle_s"] for r in results.values() if "series_settle_s" in r})
+    if settles:
+        lines += [
+            "",
+            "Workers: 2 ingest processes (a third joins in the rebalance test), static group "
+            "membership with a 10 s session, 6 tries per delivery at 1 s doubling, "
+            f"HISTOPROMPT_INGEST_SERIES_SETTLE_S {', '.join(f'{v:g}' for v in settles)} s. "
+            "`missing` in each figures file names the lost slides.",
+        ]
     missing = [FAULTS[f] for f in FAULTS if f not in results]
     if missing:
         lines += ["", "Not measured in this run: " + "; ".join(missing) + "."]
