@@ -569,7 +569,9 @@ def test_local_stack_triton_is_the_chart_s_release() -> None:
     Triton image) runs the Triton release the chart deploys, whose TensorRT export pins."""
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     release = values["triton"]["image"]["tag"].split("-")[0]
-    locked = re.search(r'name = "nvidia-pytriton"\nversion = "([^"]+)"', (ROOT / "uv.lock").read_text())
+    locked = re.search(
+        r'name = "nvidia-pytriton"\nversion = "([^"]+)"', (ROOT / "uv.lock").read_text()
+    )
     assert locked, "nvidia-pytriton not in uv.lock"
     assert PYTRITON_TRITON[locked.group(1)] == NGC_TRITON[release], (locked.group(1), release)
     dockerfile = (ROOT / "deploy" / "docker" / "triton.Dockerfile").read_text()
@@ -827,6 +829,18 @@ def test_ingest_defaults_allow_only_the_slides_bucket(render: Render) -> None:
     settings = _settings_from_env(_env(_ingest_container(render())))
     assert settings.allowed_buckets() == ("histoprompt-slides",)
     assert settings.ingest_allowed_prefixes == ()
+
+
+def test_static_membership_takes_the_pod_name(render: Render) -> None:
+    """Off by default (the code's default); on, each pod is a static member named after
+    itself, so a restarted container takes its partitions back at once."""
+    assert "HISTOPROMPT_INGEST_GROUP_INSTANCE_ID" not in _env(_ingest_container(render()))
+    sets = ("ingest.settings.staticMembership=true", "ingest.settings.sessionTimeoutSeconds=20")
+    env = _env(_ingest_container(render(sets=sets)))
+    assert env["HISTOPROMPT_INGEST_GROUP_INSTANCE_ID"]["valueFrom"] == {
+        "fieldRef": {"fieldPath": "metadata.name"}
+    }
+    assert _settings_from_env(env).ingest_session_timeout_s == 20
 
 
 def test_keda_watches_the_topic_ingest_consumes() -> None:
