@@ -190,21 +190,11 @@ class TritonClient:
 
     async def patch_embed(self, tiles: NDArray[Any]) -> NDArray[Any]:
         """uint8 [n, H, W, 3] -> float32 [n, D]."""
-        from tritonclient.grpc import InferInput, InferRequestedOutput
+        from tritonclient.grpc import InferInput
 
         inp = InferInput(names.TENSOR_TILES, list(tiles.shape), "UINT8")
         inp.set_data_from_numpy(np.ascontiguousarray(tiles))
-        out = [InferRequestedOutput(names.TENSOR_TILE_EMBEDDING)]
-
-        async def call() -> NDArray[Any]:
-            res = await self._client.infer(
-                names.MODEL_PATCH_EMBED, [inp], outputs=out, client_timeout=self._timeout
-            )
-            return np.asarray(res.as_numpy(names.TENSOR_TILE_EMBEDDING), dtype=np.float32)
-
-        return await with_retries(
-            call, attempts=self._attempts, base_s=self._base, what=names.MODEL_PATCH_EMBED
-        )
+        return await self._patch_embed(inp)
 
     async def register_region(self, name: str, key: str, size: int) -> None:
         """Register a system shared-memory region (histoprompt.wsi.shared_tiles)."""
@@ -224,10 +214,16 @@ class TritonClient:
 
     async def patch_embed_region(self, name: str, shape: tuple[int, ...]) -> NDArray[Any]:
         """patch_embed on uint8 tiles [n, H, W, 3] already written into region `name`."""
-        from tritonclient.grpc import InferInput, InferRequestedOutput
+        from tritonclient.grpc import InferInput
 
         inp = InferInput(names.TENSOR_TILES, list(shape), "UINT8")
         inp.set_shared_memory(name, int(np.prod(shape)))
+        return await self._patch_embed(inp)
+
+    async def _patch_embed(self, inp: Any) -> NDArray[Any]:
+        """One patch_embed request on a prepared tiles input, with retries."""
+        from tritonclient.grpc import InferRequestedOutput
+
         out = [InferRequestedOutput(names.TENSOR_TILE_EMBEDDING)]
 
         async def call() -> NDArray[Any]:
