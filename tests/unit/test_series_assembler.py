@@ -240,3 +240,24 @@ def test_a_manifest_leaves_pending_copies_it_does_not_list(
     assert len(s3.list_objects(RESULTS, PENDING_PREFIX)) == 1
     assert asm.tick(now=time.time() + 100) == 1
     assert [m.key for m in emitted[0].members] == [copy.key]
+
+
+def test_a_stored_instance_whose_event_is_late_joins_before_the_claim(
+    settings: IngestSettings, series_files: list[Path], tmp_path: Path
+) -> None:
+    """The third instance is in the bucket but its notification is stuck (a dead worker's
+    partition, an outage's retries) past the settle window: the claim's folder sweep finds
+    it, so the slide is whole, and its notification later is a redelivery. Another series
+    in the same folder stays out."""
+    s3, emitted = FakeS3(), Emitted()
+    asm = SeriesAssembler(settings, s3, emitted)  # type: ignore[arg-type]
+    jobs = _upload(s3, series_files)
+    other_spec = DicomSeriesSpec(width=256, height=256, levels=1, tile=128)
+    (other,) = write_dicom_series(tmp_path / "other", other_spec)
+    s3.put(SLIDES, "gw/other-series.dcm", other.read_bytes())
+    assert [asm.observe(j) for j in jobs[:2]] == ["joined"] * 2
+    assert asm.tick(now=time.time() + 31) == 1
+    (ready,) = emitted
+    assert sorted(m.key for m in ready.members) == sorted(j.key for j in jobs)
+    assert asm.observe(jobs[2]) == "duplicate"
+    assert not s3.list_objects(RESULTS, PENDING_PREFIX)

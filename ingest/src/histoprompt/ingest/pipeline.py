@@ -33,7 +33,8 @@ from histoprompt.core.version import __version__ as SOFTWARE_VERSION  # noqa: N8
 from histoprompt.ingest.events import SlideJob
 from histoprompt.ingest.logs import get_logger
 from histoprompt.ingest.metrics import IngestMetrics
-from histoprompt.ingest.series import KafkaEmitter, SeriesAssembler
+from histoprompt.ingest.series import SeriesAssembler
+from histoprompt.ingest.series_emit import KafkaEmitter
 from histoprompt.ingest.settings import IngestSettings
 from histoprompt.wsi.decoders import select_decoder
 from histoprompt.wsi.errors import SlideError

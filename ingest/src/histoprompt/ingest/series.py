@@ -28,18 +28,18 @@ import io
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from histoprompt.core import names
 from histoprompt.core.errors import HistopromptError, NotFoundError
 from histoprompt.core.results import s3_errors
 from histoprompt.core.s3 import put_if_absent
 from histoprompt.core.schemas import SeriesMember, SeriesReady, series_slide_id
 from histoprompt.ingest.events import SlideJob
 from histoprompt.ingest.logs import get_logger
+from histoprompt.ingest.series_sweep import unseen_instances
 from histoprompt.ingest.settings import IngestSettings
 from histoprompt.wsi.errors import SlideError
 from histoprompt.wsi.instance_header import read_instance_header
@@ -163,12 +163,7 @@ class SeriesAssembler:
             height=header.height,
             n_frames=header.n_frames,
         )
-        data = pending.model_dump_json().encode()
-        key = pending_key(header.series_key, job.key)
-        with s3_errors("writing a pending series instance"):
-            self.minio.put_object(
-                self.bucket, key, io.BytesIO(data), len(data), content_type="application/json"
-            )
+        self._store_pending(header.series_key, pending)
         self.instances.labels(outcome="joined").inc()
         self.log.info(
             "series instance pending",
@@ -263,6 +258,16 @@ class SeriesAssembler:
         instances = [p for p in loaded.values() if p is not None]
         if not instances:
             return 0
+        glob = self.settings.ingest_series_member_glob
+        keys = [p.key for p in instances]
+        for s in unseen_instances(self.minio, self.settings.slides_bucket, series_key, keys, glob):
+            h = s.header
+            swept = PendingInstance(
+                key=s.key, etag=s.etag, size=s.size, flavor=h.flavor, width=h.width,
+                height=h.height, n_frames=h.n_frames,
+            )  # fmt: skip
+            pending.append(self._store_pending(series_key, swept))
+            instances.append(swept)
         members = [
             SeriesMember(key=p.key, etag=p.etag, size=p.size, flavor=p.flavor) for p in instances
         ]
@@ -329,6 +334,14 @@ class SeriesAssembler:
     def _publish(self, ready: SeriesReady) -> None:
         self._emit(ready.series_key.encode(), ready.to_json())
 
+    def _store_pending(self, series_key: str, pending: PendingInstance) -> str:
+        key, data = pending_key(series_key, pending.key), pending.model_dump_json().encode()
+        with s3_errors("writing a pending series instance"):
+            self.minio.put_object(
+                self.bucket, key, io.BytesIO(data), len(data), content_type="application/json"
+            )
+        return key
+
     def _get(self, key: str) -> bytes | None:
         try:
             with s3_errors("reading series state"):
@@ -363,30 +376,3 @@ class SeriesAssembler:
         with s3_errors("removing pending series objects"):
             for key in keys:
                 self.minio.remove_object(self.bucket, key)
-
-
-class KafkaEmitter:
-    """Publishes SeriesReady values on the incoming topic, acknowledged by all replicas."""
-
-    def __init__(self, settings: IngestSettings) -> None:
-        self._settings = settings
-        self._producer: Any = None
-
-    def __call__(self, key: bytes, value: bytes) -> None:
-        from kafka import KafkaProducer
-        from kafka.errors import KafkaError
-
-        from histoprompt.core.errors import TransientError
-
-        if self._producer is None:
-            self._producer = KafkaProducer(acks="all", **self._settings.kafka_config())
-        try:
-            self._producer.send(names.TOPIC_INCOMING, key=key, value=value).get(timeout=30)
-        except KafkaError as err:
-            raise TransientError(
-                "publishing a series to the incoming topic failed", code="kafka_unavailable"
-            ) from err
-
-    def close(self) -> None:
-        if self._producer is not None:
-            self._producer.close(timeout=5)
