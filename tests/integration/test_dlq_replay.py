@@ -65,7 +65,11 @@ def test_a_dead_lettered_slide_fixed_and_replayed_gets_exactly_one_result(
             lambda s: any(slow.slide_id in [x.slide_id for x in e.slides] for e in dlq_of(s)),
             timeout_s=90,
         )
-    [event] = [e for e in dlq_of(seen) if slow.slide_id in [x.slide_id for x in e.slides]]
+    mine = [e for e in dlq_of(seen) if slow.slide_id in [x.slide_id for x in e.slides]]
+    results.poll(0.5)
+    outcomes = [(e.slide_id, e.status) for e in results_of(results.seen)]
+    assert len(mine) == 1, f"DLQ events for the slow slide in 90 s: {mine}; results: {outcomes}"
+    [event] = mine
     assert event.error.code == "deadline_exceeded"
 
     # The fix: the object replaced by a small slide (a new etag, so a new slide id).

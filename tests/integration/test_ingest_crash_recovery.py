@@ -255,6 +255,7 @@ def test_rebalance_mid_slide_commits_only_partitions_still_owned(
         heartbeat_interval_ms=1500,
         **settings.kafka_config(),
     )
+    other.partitions_for_topic(names.TOPIC_INCOMING)  # a leader without them assigns nothing
     other.subscribe([names.TOPIC_INCOMING])
     received: list[tuple[int, int]] = []
     probe = KafkaConsumer(**settings.kafka_config())

@@ -155,7 +155,13 @@ class _Unreachable(IngestSettings):
 
 @pytest.fixture
 def short_kafka_timeouts(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("SEND_TIMEOUT_S", "CLOSE_TIMEOUT_S", "COMMIT_TIMEOUT_S", "LAG_TIMEOUT_S"):
+    for name in (
+        "SEND_TIMEOUT_S",
+        "CLOSE_TIMEOUT_S",
+        "COMMIT_TIMEOUT_S",
+        "LAG_TIMEOUT_S",
+        "METADATA_TIMEOUT_S",
+    ):
         monkeypatch.setattr(kafka_io, name, 1.0)
 
 

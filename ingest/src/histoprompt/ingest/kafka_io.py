@@ -19,6 +19,7 @@ SEND_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 5.0
 COMMIT_TIMEOUT_S = 10.0
 LAG_TIMEOUT_S = 2.0
+METADATA_TIMEOUT_S = 10.0
 
 
 def _rebalance_listener() -> Any:
@@ -54,6 +55,26 @@ def _parts(tps: set[Any]) -> list[int]:
     return sorted(tp.partition for tp in tps)
 
 
+def _await_topic_metadata(consumer: Any, topic: str) -> None:
+    """The subscribed topic's partitions, fetched before the first poll joins the group.
+
+    kafka-python joins without waiting for them; a leader that assigns first logs "No
+    partition metadata for topic" and hands its group nothing (dpkp/kafka-python#2377), which
+    stranded a slide in CI. Its public `partitions_for_topic` waits without a bound, so this
+    awaits the same refresh on kafka-python's network thread for at most METADATA_TIMEOUT_S;
+    a broker that does not answer leaves the join to kafka-python's own metadata retries."""
+    from kafka.errors import KafkaError
+
+    try:
+        future = consumer._cluster.request_update()
+        consumer._net.run(consumer._manager.wait_for, future, int(METADATA_TIMEOUT_S * 1000))
+    except KafkaError as err:
+        get_logger().warning(
+            "topic metadata not fetched before the group join",
+            extra={"topic": topic, "code": type(err).__name__},
+        )
+
+
 class KafkaEventSource:
     """The incoming topic in the service's consumer group; offsets committed by `settle`.
 
@@ -83,6 +104,7 @@ class KafkaEventSource:
         )
         self.rebalances = _rebalance_listener()
         self._consumer.subscribe([topic], listener=self.rebalances)
+        _await_topic_metadata(self._consumer, topic)
 
     def poll(self, max_records: int, timeout_s: float) -> list[Message]:
         polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
