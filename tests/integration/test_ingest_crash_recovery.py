@@ -196,14 +196,15 @@ def test_slide_past_its_deadline_is_dead_lettered_once(
         stack.env_file,
         ingest_group_id=group,
         ingest_metrics_port=0,
-        ingest_slide_deadline_s=1.0,
+        ingest_slide_deadline_s=0.3,
         ingest_batch_size=1,
         ingest_max_inflight=1,
         ingest_shutdown_deadline_s=5.0,
     )
     skip_group_to_end(settings, group)
     minio = make_minio(settings)
-    # a few hundred tiles at one tile per request: seconds, well past the 1 s deadline
+    # a few hundred tiles at one tile per request: seconds, well past a 0.3 s deadline (short
+    # enough that a warm, batched stack cannot finish first; the slide still starts)
     path = write_tiff(tmp_path / "slow.svs", 3072, 3072, levels=2, tile=512)
     up = put_file(minio, settings.slides_bucket, f"ingest-dl/{uuid.uuid4().hex[:12]}/s.svs", path)
     producer = make_producer(settings)
