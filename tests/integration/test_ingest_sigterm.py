@@ -55,8 +55,9 @@ def test_sigterm_mid_slide_then_restart_finishes_exactly_once(
     producer = make_producer(settings)
     group = f"ingest-sigterm-{uuid.uuid4().hex[:8]}"
     skip_group_to_end(settings, group)
-    # big enough that the slide is still in flight when SIGTERM lands (~1000 tiles)
-    path = write_tiff(tmp_path / "long.svs", 4096, 4096, levels=2, tile=512)
+    # big enough that the slide is still in flight when SIGTERM lands and after the 2 s
+    # shutdown deadline (about 900 kept tiles; 4096^2 px, about 400, took 2.1 s warm)
+    path = write_tiff(tmp_path / "long.svs", 6144, 6144, levels=2, tile=512)
     up = put_file(
         minio, settings.slides_bucket, f"ingest-sigterm/{uuid.uuid4().hex[:12]}/long.svs", path
     )
