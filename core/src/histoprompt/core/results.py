@@ -18,8 +18,8 @@ import io
 import json
 import time
 import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,18 +28,8 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from histoprompt.core import names
-from histoprompt.core.errors import (
-    HistopromptError,
-    NotFoundError,
-    PermissionDeniedError,
-    TransientError,
-)
-from histoprompt.core.s3 import (
-    AUTH_ERROR_CODES,
-    MISSING_ERROR_CODES,
-    put_if_absent,
-    put_if_match,
-)
+from histoprompt.core.errors import HistopromptError, NotFoundError
+from histoprompt.core.s3 import map_s3_errors, put_if_absent, put_if_match
 from histoprompt.core.schemas import PathwayScore, ResultManifest, utcnow
 
 if TYPE_CHECKING:
@@ -48,35 +38,9 @@ if TYPE_CHECKING:
     from histoprompt.core.settings import ConnectionSettings
 
 
-@contextmanager
-def s3_errors(what: str) -> Iterator[None]:
+def s3_errors(what: str) -> AbstractContextManager[None]:
     """Translate minio/urllib3 failures into the project's error types, naming `what`."""
-    from minio.error import S3Error
-    from urllib3.exceptions import HTTPError
-
-    try:
-        yield
-    except S3Error as err:
-        if err.code in MISSING_ERROR_CODES:
-            raise NotFoundError(f"{what}: not found in S3 ({err.code})") from err
-        if err.code in AUTH_ERROR_CODES:
-            raise PermissionDeniedError(
-                f"{what}: S3 refused the credentials ({err.code}); "
-                "check HISTOPROMPT_S3_ACCESS_KEY / HISTOPROMPT_S3_SECRET_KEY"
-            ) from err
-        # SlowDown, InternalError, a vanished bucket...: the store's trouble, retried.
-        raise TransientError(f"{what}: S3 error {err.code}", code="s3_error") from err
-    except HTTPError as err:
-        from histoprompt.core.preflight import tls_refused
-
-        if tls_refused(err):
-            raise PermissionDeniedError(
-                f"{what}: the S3 endpoint's TLS certificate is not trusted; "
-                "check HISTOPROMPT_S3_CA_FILE"
-            ) from err
-        raise TransientError(
-            f"{what}: S3 unreachable ({type(err).__name__})", code="s3_error"
-        ) from err
+    return map_s3_errors(what)
 
 
 def npy_bytes(array: NDArray[Any]) -> bytes:

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from histoprompt.core.errors import ConfigError
+from histoprompt.core.errors import (
+    ConfigError,
+    HistopromptError,
+    NotFoundError,
+    PermissionDeniedError,
+    TransientError,
+)
 
 if TYPE_CHECKING:
     from minio import Minio
@@ -19,6 +27,49 @@ AUTH_ERROR_CODES = frozenset(
     {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken"}
 )
 MISSING_ERROR_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NoSuchObject"})
+
+
+@contextmanager
+def map_s3_errors(
+    what: str,
+    *,
+    missing_codes: frozenset[str] = MISSING_ERROR_CODES,
+    missing: type[HistopromptError] = NotFoundError,
+    denied: type[HistopromptError] = PermissionDeniedError,
+    unreachable_code: str = "s3_error",
+    tls_hint: bool = True,
+) -> Iterator[None]:
+    """minio/urllib3 failures -> `missing` (an S3 code in `missing_codes`), `denied` (refused
+    credentials; with `tls_hint`, a refused certificate too) or TransientError (retried: code
+    s3_error for the store's own trouble, `unreachable_code` when it cannot be reached).
+    Messages name `what` and the S3 code, never the object's key on their own: callers pass
+    a `what` without keys where keys may carry patient identifiers (slide reads)."""
+    from minio.error import S3Error
+    from urllib3.exceptions import HTTPError
+
+    try:
+        yield
+    except S3Error as err:
+        if err.code in missing_codes:
+            raise missing(f"{what}: not found in S3 ({err.code})") from err
+        if err.code in AUTH_ERROR_CODES:
+            raise denied(
+                f"{what}: S3 refused the credentials ({err.code}); "
+                "check HISTOPROMPT_S3_ACCESS_KEY / HISTOPROMPT_S3_SECRET_KEY"
+            ) from err
+        # SlowDown, InternalError, a vanished bucket...: the store's trouble, retried.
+        raise TransientError(f"{what}: S3 error {err.code}", code="s3_error") from err
+    except HTTPError as err:
+        from histoprompt.core.preflight import tls_refused
+
+        if tls_hint and tls_refused(err):
+            raise denied(
+                f"{what}: the S3 endpoint's TLS certificate is not trusted; "
+                "check HISTOPROMPT_S3_CA_FILE"
+            ) from err
+        raise TransientError(
+            f"{what}: S3 unreachable ({type(err).__name__})", code=unreachable_code
+        ) from err
 
 
 def make_minio(

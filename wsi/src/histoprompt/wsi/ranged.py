@@ -12,14 +12,13 @@ from __future__ import annotations
 import io
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from histoprompt.core.errors import TransientError
-from histoprompt.core.s3 import AUTH_ERROR_CODES, MISSING_ERROR_CODES
+from histoprompt.core.s3 import MISSING_ERROR_CODES, map_s3_errors
 from histoprompt.wsi.errors import (
     ObjectMissingError,
     SlideError,
@@ -100,29 +99,18 @@ def coalesce(
     return spans
 
 
-@contextmanager
-def _s3_call(what: str, missing: frozenset[str]) -> Iterator[None]:
+def _s3_call(what: str, missing: frozenset[str]) -> AbstractContextManager[None]:
     """minio/urllib3 failures -> ObjectMissingError, StoreDeniedError, or TransientError (code
     s3_error, or s3_unavailable when S3 cannot be reached). Messages name the operation, never
     the key: keys may carry patient identifiers and these messages reach logs and the DLQ."""
-    from minio.error import S3Error
-    from urllib3.exceptions import HTTPError
-
-    try:
-        yield
-    except S3Error as err:
-        if err.code in missing:
-            raise ObjectMissingError(f"{what}: not found in S3 ({err.code})") from err
-        if err.code in AUTH_ERROR_CODES:
-            raise StoreDeniedError(
-                f"{what}: S3 refused the credentials ({err.code}); "
-                "check HISTOPROMPT_S3_ACCESS_KEY / HISTOPROMPT_S3_SECRET_KEY"
-            ) from err
-        raise TransientError(f"{what}: S3 error {err.code}", code="s3_error") from err
-    except HTTPError as err:
-        raise TransientError(
-            f"{what}: S3 unreachable ({type(err).__name__})", code="s3_unavailable"
-        ) from err
+    return map_s3_errors(
+        what,
+        missing_codes=missing,
+        missing=ObjectMissingError,
+        denied=StoreDeniedError,
+        unreachable_code="s3_unavailable",
+        tls_hint=False,
+    )
 
 
 class S3Object:
