@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from histoprompt.wsi.errors import SlideError
+from histoprompt.wsi.errors import SlideError, parse_guard
 
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
@@ -57,7 +57,7 @@ def decode_frame(
     """One DICOM frame -> uint8 [rows, cols, 3] (monochrome replicated to three channels)."""
     import imagecodecs
 
-    try:
+    with parse_guard("frame does not decode", "corrupt_frame"):
         if syntax in NATIVE:
             need = rows * cols * samples
             if len(data) < need:
@@ -72,12 +72,6 @@ def decode_frame(
             arr = getattr(imagecodecs, CODECS[syntax])(data, out=out)
         else:
             raise SlideError(f"transfer syntax {syntax} is not supported", code="unsupported")
-    except SlideError:
-        raise
-    except Exception as err:  # codec errors have many types; all mean a bad frame
-        raise SlideError(
-            f"frame does not decode: {type(err).__name__}", code="corrupt_frame"
-        ) from err
     if ycbcr_raw and arr.ndim == 3:
         arr = ycbcr_to_rgb(arr)
     return _to_rgb(np.asarray(arr), rows, cols)

@@ -12,18 +12,17 @@ from __future__ import annotations
 import struct
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from histoprompt.core.errors import HistopromptError
 from histoprompt.core.units import Mpp
 from histoprompt.wsi.codecs import SUPPORTED, FrameDecoder, FrameFormat
 from histoprompt.wsi.decoders import backend_for
-from histoprompt.wsi.errors import SlideError
+from histoprompt.wsi.errors import SlideError, parse_guard
 from histoprompt.wsi.limits import ReadLimits
 from histoprompt.wsi.ranged import ByteSource, RangedFile, read_ranges
 from histoprompt.wsi.slide import BACKGROUND, Level, Region, paste
@@ -289,18 +288,10 @@ def _table(raw: object, dtype: str) -> NDArray[Any]:
     return np.frombuffer(bytes(raw), dtype=dtype)
 
 
-@contextmanager
-def header_values() -> Iterator[None]:
+def header_values() -> AbstractContextManager[None]:
     """pydicom converts elements when they are first read: a corrupt value raises any type
     there (ValueError, BytesLengthException, NotImplementedError for an unknown VR...)."""
-    try:
-        yield
-    except HistopromptError:
-        raise
-    except Exception as err:
-        raise SlideError(
-            f"DICOM-WSI header has a bad value: {type(err).__name__}", code="corrupt_header"
-        ) from err
+    return parse_guard("DICOM-WSI header has a bad value", "corrupt_header")
 
 
 def read_header(fileobj: RangedFile) -> Any:
@@ -309,16 +300,11 @@ def read_header(fileobj: RangedFile) -> Any:
     from pydicom.errors import InvalidDicomError
 
     fileobj.seek(0)
-    try:
-        ds = dcmread(fileobj, stop_before_pixels=True)
-    except InvalidDicomError as err:
-        raise SlideError("object is not DICOM (no DICM preamble)", code="not_dicom") from err
-    except HistopromptError:
-        raise  # a failed ranged read (S3 down: transient) is not a corrupt header
-    except Exception as err:  # pydicom raises many types on corrupt headers
-        raise SlideError(
-            f"DICOM header does not parse: {type(err).__name__}", code="corrupt_header"
-        ) from err
+    with parse_guard("DICOM header does not parse", "corrupt_header"):
+        try:
+            ds = dcmread(fileobj, stop_before_pixels=True)
+        except InvalidDicomError as err:
+            raise SlideError("object is not DICOM (no DICM preamble)", code="not_dicom") from err
     with header_values():
         sop = str(ds.get("SOPClassUID", ""))
         if sop != WSI_SOP_CLASS:

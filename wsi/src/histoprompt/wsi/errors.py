@@ -7,6 +7,9 @@ A backing store that is down is `histoprompt.core.errors.TransientError` (retry)
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from histoprompt.core.errors import (
     ConfigError,
     HistopromptError,
@@ -22,6 +25,7 @@ __all__ = [
     "StoreDeniedError",
     "TruncatedReadError",
     "WsiError",
+    "parse_guard",
 ]
 
 
@@ -61,3 +65,17 @@ class DecoderUnavailableError(WsiError, ConfigError):
     not installed or no CUDA device is visible. A configuration error: never retried."""
 
     code = "decoder_unavailable"
+
+
+@contextmanager
+def parse_guard(what: str, code: str) -> Iterator[None]:
+    """A third-party parser's failure (tifffile, pydicom and the codecs raise many types on
+    a corrupt file) -> SlideError `code`, naming `what` and the type only: the message may
+    quote the file's bytes. A HistopromptError passes through: a failed ranged read (S3
+    down: transient) is not a corrupt file."""
+    try:
+        yield
+    except HistopromptError:
+        raise
+    except Exception as err:
+        raise SlideError(f"{what}: {type(err).__name__}", code=code) from err

@@ -19,8 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any, cast
 
-from histoprompt.core.errors import HistopromptError
-from histoprompt.wsi.errors import SlideError
+from histoprompt.wsi.errors import parse_guard
 from histoprompt.wsi.limits import ReadLimits
 from histoprompt.wsi.ranged import ByteSource, RangedFile, coalesce
 from histoprompt.wsi.slide import Region
@@ -170,18 +169,14 @@ class TiffRangeCache:
         # Blocks of `align`, not limits.block_size: each IFD costs one small block, not 256 KiB.
         self._raw = RangedFile(self.file, align, limits.tiff_block_cache_blocks)
         try:
-            # A RawIOBase is what tifffile reads from; its stubs name only IO[bytes].
-            self._tif: Any = tifffile.TiffFile(cast(IO[bytes], self._raw))
-            self.file.ensure(_structure_ranges(self._tif))
-            self._levels = list(self._tif.series[0].levels)
-        except HistopromptError:
+            with parse_guard("TIFF does not open", "corrupt_tiff"):
+                # A RawIOBase is what tifffile reads from; its stubs name only IO[bytes].
+                self._tif: Any = tifffile.TiffFile(cast(IO[bytes], self._raw))
+                self.file.ensure(_structure_ranges(self._tif))
+                self._levels = list(self._tif.series[0].levels)
+        except Exception:
             self.close()
             raise
-        except Exception as err:  # tifffile raises many types on corrupt files
-            self.close()
-            raise SlideError(
-                f"TIFF does not open: {type(err).__name__}", code="corrupt_tiff"
-            ) from err
 
     @property
     def path(self) -> str:

@@ -15,9 +15,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from histoprompt.core.errors import HistopromptError
 from histoprompt.core.units import Mpp
-from histoprompt.wsi.errors import SlideError
+from histoprompt.wsi.errors import SlideError, parse_guard
 from histoprompt.wsi.limits import ReadLimits
 from histoprompt.wsi.ranged import RangedFile
 from histoprompt.wsi.slide import BACKGROUND, Level, Region, paste
@@ -33,19 +32,13 @@ class TiffSlideReader:
 
         # tifffile parses lazily: a corrupt IFD raises (any type) when a property is first
         # read, so every header read happens here, inside the guard.
-        try:
+        with parse_guard("TIFF does not open", "corrupt_tiff"):
             self._slide: Any = tiffslide.TiffSlide(fileobj)
             props = dict(self._slide.properties)
             dims = [(int(w), int(h)) for w, h in self._slide.level_dimensions]
             self._ds = [float(d) for d in self._slide.level_downsamples]
             series = self._slide.ts_tifffile.series[props["tiffslide.series-index"]]
             pages = [_PageShape.of(level.keyframe) for level in series.levels]
-        except HistopromptError:
-            raise  # a failed ranged read (S3 down: transient) is not a corrupt file
-        except Exception as err:  # tifffile raises many types on corrupt files
-            raise SlideError(
-                f"TIFF does not open: {type(err).__name__}", code="corrupt_tiff"
-            ) from err
         if not dims or len(dims) != len(self._ds):
             raise SlideError("TIFF has no pyramid levels", code="corrupt_tiff")
         _check_sizes(dims, pages, limits)
@@ -73,14 +66,8 @@ class TiffSlideReader:
             x1, y1 = min(reg.x + reg.w, lw), min(reg.y + reg.h, lh)
             if x0 < x1 and y0 < y1:
                 loc = (int(round(x0 * self._ds[level])), int(round(y0 * self._ds[level])))
-                try:
+                with parse_guard("TIFF tile does not read", "corrupt_frame"):
                     arr = self._slide.read_region(loc, level, (x1 - x0, y1 - y0), as_array=True)
-                except HistopromptError:
-                    raise
-                except Exception as err:
-                    raise SlideError(
-                        f"TIFF tile does not read: {type(err).__name__}", code="corrupt_frame"
-                    ) from err
                 paste(canvas, _rgb(np.asarray(arr), y1 - y0, x1 - x0), x0 - reg.x, y0 - reg.y)
             out.append(canvas)
         return out
