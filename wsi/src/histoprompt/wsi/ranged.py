@@ -113,16 +113,32 @@ def _s3_call(what: str, missing: frozenset[str]) -> AbstractContextManager[None]
     )
 
 
-class S3Object:
-    """One S3 object read by ranged GETs through the minio SDK (thread-safe counters)."""
+class _CountedReads:
+    """Thread-safe GET and byte counters, and the short-read check, of a ByteSource whose
+    reads may run in worker threads."""
 
-    def __init__(self, client: Minio, bucket: str, key: str, size: int | None = None) -> None:
-        self._client = client
-        self.bucket = bucket
-        self.key = key
+    def __init__(self) -> None:
         self.gets = 0
         self.bytes_read = 0
         self._lock = threading.Lock()
+
+    def _counted(self, data: bytes, length: int) -> bytes:
+        with self._lock:
+            self.gets += 1
+            self.bytes_read += len(data)
+        if len(data) != length:
+            raise TruncatedReadError(f"short read: {len(data)} of {length} bytes")
+        return data
+
+
+class S3Object(_CountedReads):
+    """One S3 object read by ranged GETs through the minio SDK (thread-safe counters)."""
+
+    def __init__(self, client: Minio, bucket: str, key: str, size: int | None = None) -> None:
+        super().__init__()
+        self._client = client
+        self.bucket = bucket
+        self.key = key
         self.size = size if size is not None else self._stat()
 
     def _stat(self) -> int:
@@ -143,12 +159,7 @@ class S3Object:
             finally:
                 resp.close()
                 resp.release_conn()
-        with self._lock:
-            self.gets += 1
-            self.bytes_read += len(data)
-        if len(data) != length:
-            raise TruncatedReadError(f"short read: {len(data)} of {length} bytes")
-        return data
+        return self._counted(data, length)
 
 
 class BytesSource:
@@ -290,19 +301,17 @@ class RangedFile(io.RawIOBase):
         return self.read(-1)
 
 
-class LocalFileSource:
+class LocalFileSource(_CountedReads):
     """A ByteSource over a local file (the CLI's `predict`, tests); opened per read, so it
     holds no descriptor between reads."""
 
     def __init__(self, path: Path) -> None:
+        super().__init__()
         self.path = path
         try:
             self.size = path.stat().st_size
         except FileNotFoundError as err:
             raise ObjectMissingError(f"{path.name}: no such file") from err
-        self.gets = 0
-        self.bytes_read = 0
-        self._lock = threading.Lock()
 
     def read_range(self, offset: int, length: int) -> bytes:
         if length <= 0:
@@ -312,9 +321,4 @@ class LocalFileSource:
         with self.path.open("rb") as fh:
             fh.seek(offset)
             data = fh.read(length)
-        with self._lock:
-            self.gets += 1
-            self.bytes_read += len(data)
-        if len(data) != length:
-            raise TruncatedReadError(f"short read: {len(data)} of {length} bytes")
-        return data
+        return self._counted(data, length)
