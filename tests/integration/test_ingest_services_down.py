@@ -19,13 +19,14 @@ from pathlib import Path
 
 import pytest
 from helpers.ingest_process import read_until, spawn_worker
+from helpers.private_stack import pinned_stack_settings
 
 from histoprompt.core import names
 from histoprompt.core.results import ResultStore
 from histoprompt.core.s3 import make_minio
 from histoprompt.export.synthetic_tiff import write_tiff
 from histoprompt.ingest.settings import IngestSettings
-from histoprompt.stack import StackSettings, down, up
+from histoprompt.stack import down, up
 from histoprompt.stack.feed import (
     TopicWatcher,
     make_producer,
@@ -39,7 +40,6 @@ from histoprompt.stack.ingest_demo import load_demo_model
 
 pytestmark = pytest.mark.integration
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DEADLINE_S = 5.0
 # Interpreter start-up is not in it, exit is: the margin is for the process to be reaped.
 MARGIN_S = 1.5
@@ -48,16 +48,7 @@ MARGIN_S = 1.5
 @pytest.fixture(scope="module")
 def private_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackHandle]:
     state_dir = tmp_path_factory.mktemp("stack-down")
-    settings = StackSettings(
-        stack_state_dir=state_dir,
-        stack_env_file=state_dir / "stack.env",
-        stack_model_repository=state_dir / "model_repository",
-        stack_services=("s3", "triton", "kafka"),
-        stack_s3_server="seaweed",
-        ingest_metrics_port=None,
-        stack_kafka_libs=REPO_ROOT / ".cache" / "kafka" / "libs",
-        stack_die_with_parent=True,
-    )
+    settings = pinned_stack_settings(state_dir, ("s3", "triton", "kafka"), "seaweed")
     handle = up(settings)
     try:
         load_demo_model(

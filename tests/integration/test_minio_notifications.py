@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from helpers.private_stack import checked_stack, pinned_stack_settings
 
 from histoprompt.core import names
 from histoprompt.core.s3 import make_minio
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.integration
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 EVENT_TIMEOUT_S = 15.0
 MIB = 1024 * 1024
 
@@ -40,34 +40,10 @@ MIB = 1024 * 1024
 @pytest.fixture(scope="module")
 def minio_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackHandle]:
     """MinIO (with its Kafka notification target) and Kafka on free loopback ports."""
-    from histoprompt.stack import StackError, StackSettings, down, up
-    from histoprompt.stack.ports import listening_ports
-    from histoprompt.stack.supervisor import group_pids, is_running
-
     state_dir = tmp_path_factory.mktemp("minio-stack")
-    settings = StackSettings(
-        stack_state_dir=state_dir,
-        stack_env_file=state_dir / "stack.env",
-        stack_model_repository=state_dir / "model_repository",
-        stack_services=("s3", "kafka"),
-        stack_s3_server="minio",
-        ingest_metrics_port=None,
-        stack_kafka_libs=REPO_ROOT / ".cache" / "kafka" / "libs",
-        stack_die_with_parent=True,
-    )
-    try:
-        handle = up(settings)
-    except StackError as err:
-        pytest.fail(f"the MinIO stack did not start:\n{err}", pytrace=False)
-    records = list(handle.state.processes.values())
-    ports = set(handle.state.ports.model_dump().values()) - {handle.ingest_metrics_port}
-    try:
+    settings = pinned_stack_settings(state_dir, ("s3", "kafka"), "minio")
+    with checked_stack(settings, "MinIO stack") as handle:
         yield handle
-    finally:
-        down(state_dir)
-    leftovers = [r.name for r in records if is_running(r) or group_pids(r.pid)]
-    assert not leftovers, f"MinIO stack processes survived down(): {leftovers}"
-    assert not ports & listening_ports(), "MinIO stack ports still listening after down()"
 
 
 @pytest.fixture

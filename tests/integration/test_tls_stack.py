@@ -29,6 +29,7 @@ from pathlib import Path
 import httpx
 import pytest
 from helpers.ingest_logs import capture_ingest_logs
+from helpers.private_stack import pinned_stack_settings
 from minio.error import S3Error
 from pydantic import SecretStr
 
@@ -51,7 +52,6 @@ from histoprompt.stack.tls import TlsFiles, make_ca
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 90.0
 TOKEN = secrets.token_hex(6)
 # Distinctive secrets, so a leak anywhere is found by a plain substring scan.
@@ -84,22 +84,16 @@ def _clean_env(**extra: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def tls_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsStack]:
     """One TLS-mode stack (MinIO) and one ingest worker on it, for the whole module."""
-    from histoprompt.stack import StackError, StackSettings, down, up
+    from histoprompt.stack import StackError, down, up
     from histoprompt.stack.ingest_demo import load_demo_model
     from histoprompt.stack.settings import ALL_SERVICES
 
     state_dir = tmp_path_factory.mktemp("tls-stack")
-    settings = StackSettings(
-        stack_state_dir=state_dir,
-        stack_env_file=state_dir / "stack.env",
-        stack_model_repository=state_dir / "model_repository",
-        stack_services=ALL_SERVICES,
-        stack_s3_server="minio",
+    settings = pinned_stack_settings(
+        state_dir,
+        ALL_SERVICES,
+        "minio",
         stack_tls=True,
-        ingest_metrics_port=None,
-        stack_kafka_libs=REPO / ".cache" / "kafka" / "libs",
-        stack_prometheus_rules_dir=REPO / "deploy" / "prometheus" / "rules",
-        stack_die_with_parent=True,
         s3_secret_key=SecretStr(S3_SECRET),
         kafka_sasl_password=SecretStr(KAFKA_PASSWORD),
     )
