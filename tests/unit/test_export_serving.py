@@ -19,6 +19,7 @@ from histoprompt.export.onnx_export import export_tile_encoder
 from histoprompt.serving.context import ModelContext
 from histoprompt.serving.errors import ModelConfigError, RequestError
 from histoprompt.serving.handlers import PathwayQuery, TileEncoder, TilePreprocess
+from histoprompt.serving.onnx_runner import OnnxRunner
 from histoprompt.serving.preprocess import preprocess_tiles, resize_bilinear
 from histoprompt.serving.triton_adapter import TritonModelBase
 
@@ -153,27 +154,49 @@ def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_adapter_batches_requests_and_isolates_bad_ones(encoder_dir: Path) -> None:
     model = _adapter(names.MODEL_TILE_ENCODER, encoder_dir)
     rng = np.random.default_rng(0)
-    good1 = rng.standard_normal((3, 3, 64, 64)).astype(np.float32)
-    good2 = rng.standard_normal((5, 3, 64, 64)).astype(np.float32)
-    bad_dtype = good1.astype(np.float64)
-    bad_size = np.zeros((2, 3, 32, 32), np.float32)
+    good1 = rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    good2 = rng.integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
+    bad_dtype = good1.astype(np.float32)
+    bad_size = np.zeros((2, 4, 4, 3), np.uint8)
     responses = model.execute(
-        [{"PIXELS": good1}, {"PIXELS": bad_dtype}, {"PIXELS": good2}, {"PIXELS": bad_size}, {}]
+        [{"TILES": good1}, {"TILES": bad_dtype}, {"TILES": good2}, {"TILES": bad_size}, {}]
     )
     enc = load_encoder("tiny").module
     for resp, x in ((responses[0], good1), (responses[2], good2)):
         assert resp.error is None
         with torch.no_grad():
-            ref = enc(torch.from_numpy(x)).numpy()
+            ref = enc(torch.from_numpy(preprocess_tiles(x, encoder_spec("tiny")))).numpy()
         np.testing.assert_allclose(resp.outputs["TILE_EMBEDDING"], ref, atol=1e-4)
-    assert responses[1].error.code == "INVALID_ARG" and "float32" in responses[1].error.message
-    assert responses[3].error.code == "INVALID_ARG" and "dim 2 must be 64" in (
+    assert responses[1].error.code == "INVALID_ARG" and "uint8" in responses[1].error.message
+    assert responses[3].error.code == "INVALID_ARG" and "at least 8x8" in (
         responses[3].error.message
     )
     assert responses[4].error.code == "INVALID_ARG" and "missing" in responses[4].error.message
     # the instance keeps serving after bad input
-    again = model.execute([{"PIXELS": good1}])
+    again = model.execute([{"TILES": good1}])
     assert again[0].error is None
+
+
+@pytest.mark.parametrize("tile_px", [64, 96, 256])
+def test_one_step_tile_encoder_equals_the_two_step_path(encoder_dir: Path, tile_px: int) -> None:
+    """cpu patch_embed is one step (tile_encoder preprocesses, issue 15); its embeddings equal
+    the two-step path's (tile_preprocess's PIXELS into the same ONNX graph) within 1e-6, for
+    tiles at the encoder's size, resized, and integer-reduced, batched across requests."""
+    fused = _adapter(names.MODEL_TILE_ENCODER, encoder_dir)
+    preprocess = _adapter(names.MODEL_TILE_PREPROCESS, encoder_dir)
+    runner = OnnxRunner(encoder_dir / "model.onnx")
+    rng = np.random.default_rng(tile_px)
+    requests = [
+        {"TILES": rng.integers(0, 256, (n, tile_px, tile_px, 3), dtype=np.uint8)} for n in (7, 9)
+    ]
+    got = fused.execute(requests)
+    pixels = preprocess.execute(requests)
+    for one, two, request in zip(got, pixels, requests, strict=True):
+        assert one.error is None and two.error is None
+        assert two.outputs["PIXELS"].dtype == np.float32
+        ref = runner.run(np.ascontiguousarray(two.outputs["PIXELS"]))["TILE_EMBEDDING"]
+        assert one.outputs["TILE_EMBEDDING"].shape == (len(request["TILES"]), 192)
+        np.testing.assert_allclose(one.outputs["TILE_EMBEDDING"], ref, atol=1e-6, rtol=0)
 
 
 def test_missing_artifact_fails_the_model_at_load(tmp_path: Path) -> None:
@@ -185,7 +208,8 @@ def test_missing_artifact_fails_the_model_at_load(tmp_path: Path) -> None:
 def test_onnx_shape_must_match_the_config(encoder_dir: Path) -> None:
     ctx = _ctx(names.MODEL_TILE_ENCODER, encoder_dir)
     bad = dict(ctx.config)
-    bad["input"] = [{"name": "PIXELS", "data_type": "TYPE_FP32", "dims": ["3", "32", "32"]}]
+    # the cpu tile_encoder takes TILES: its ONNX input edge is the spec's input_px
+    bad["parameters"] = {**ctx.config["parameters"], "input_px": {"string_value": "32"}}
     with pytest.raises(ModelConfigError, match="does not match"):
         TileEncoder(ModelContext.from_config(bad, encoder_dir, "tile_encoder"))
 

@@ -72,15 +72,39 @@ def test_gpu_flavour_uses_tensorrt_gpu_instances_and_bounded_batching() -> None:
 def test_ensembles_and_python_models_are_identical_in_both_flavours() -> None:
     card = demo_card(demo_config())
     cpu, gpu = render(card, Flavor.cpu), render(card, Flavor.gpu)
-    for model in (
-        names.MODEL_PATCH_EMBED,
-        names.MODEL_SLIDE_TO_PATHWAYS,
-        names.MODEL_PATHWAY_QUERY,
-    ):
+    for model in (names.MODEL_SLIDE_TO_PATHWAYS, names.MODEL_PATHWAY_QUERY):
         assert cpu.configs[model] == gpu.configs[model]
+    gpu_steps = parse_config(gpu.configs[names.MODEL_PATCH_EMBED]).ensemble_scheduling.step
+    assert [s.model_name for s in gpu_steps] == [
+        names.MODEL_TILE_PREPROCESS,
+        names.MODEL_TILE_ENCODER,
+    ]
+
+
+def test_cpu_patch_embed_is_one_step_whose_tile_encoder_takes_tiles_and_the_spec() -> None:
+    """cpu flavour (issue 15): tile_encoder preprocesses, so no float32 tensor passes between
+    two python stubs; patch_embed's contract (TILES in, TILE_EMBEDDING out) is unchanged."""
+    from tritonclient.grpc import model_config_pb2
+
+    card = demo_card(demo_config())
+    cpu, gpu = render(card, Flavor.cpu), render(card, Flavor.gpu)
     ens = parse_config(cpu.configs[names.MODEL_PATCH_EMBED])
-    steps = [s.model_name for s in ens.ensemble_scheduling.step]
-    assert steps == [names.MODEL_TILE_PREPROCESS, names.MODEL_TILE_ENCODER]
+    (step,) = ens.ensemble_scheduling.step
+    assert step.model_name == names.MODEL_TILE_ENCODER
+    assert dict(step.input_map) == {names.TENSOR_TILES: names.TENSOR_TILES}
+    assert dict(step.output_map) == {names.TENSOR_TILE_EMBEDDING: names.TENSOR_TILE_EMBEDDING}
+    gpu_ens = parse_config(gpu.configs[names.MODEL_PATCH_EMBED])
+    assert list(ens.input) == list(gpu_ens.input) and list(ens.output) == list(gpu_ens.output)
+    enc = parse_config(cpu.configs[names.MODEL_TILE_ENCODER])
+    assert [(i.name, i.data_type, list(i.dims)) for i in enc.input] == [
+        (names.TENSOR_TILES, model_config_pb2.DataType.Value("TYPE_UINT8"), [-1, -1, 3])
+    ]
+    ctx = ModelContext.from_config(
+        json_format.MessageToDict(enc, preserving_proto_field_name=True), Path("."), "x"
+    )
+    assert encoder_spec_from_params(ctx.parameters) == card.encoder
+    gpu_enc = parse_config(gpu.configs[names.MODEL_TILE_ENCODER])
+    assert [i.name for i in gpu_enc.input] == [names.TENSOR_PIXELS]
 
 
 def test_tile_preprocess_config_carries_the_encoder_spec_and_version() -> None:

@@ -26,7 +26,7 @@ PREFERRED_RNA_BATCHES = (8, 32)
 CPU_TILE_DELAY_US = 100
 GPU_TILE_DELAY_US = 2000
 RNA_DELAY_US = 1000
-# Intermediate tensor of patch_embed between its two steps.
+# Intermediate tensor of the gpu flavour's patch_embed between its two steps.
 PREPROCESSED = "preprocessed_pixels"
 
 Config = Any  # model_config_pb2.ModelConfig; tritonclient ships no type stubs
@@ -131,7 +131,10 @@ def _score_outputs() -> tuple[Tensor, Tensor]:
 
 
 def tile_preprocess(card: ModelCard, flavor: Flavor) -> Config:
-    """Python in both flavours; its parameters carry the EncoderSpec to serving and ingest."""
+    """Python in both flavours; its parameters carry the EncoderSpec to serving and ingest.
+
+    On gpu it is patch_embed's first step; on cpu it is loaded for its config (ingest reads
+    the spec there) and serves TILES -> PIXELS on its own, off the patch_embed path."""
     gpu = flavor is Flavor.gpu
     cfg = _config(
         names.MODEL_TILE_PREPROCESS,
@@ -147,30 +150,33 @@ def tile_preprocess(card: ModelCard, flavor: Flavor) -> Config:
 
 
 def tile_encoder(card: ModelCard, flavor: Flavor, platform: TileEncoderPlatform) -> Config:
-    """TensorRT plan or ONNX on gpu; ONNX Runtime inside the python backend on cpu."""
+    """TensorRT plan or ONNX on gpu (PIXELS in); on cpu the python backend takes TILES and
+    runs tile_preprocess's preprocessing then ONNX Runtime (patch_embed is one step)."""
     gpu = flavor is Flavor.gpu
-    io: dict[str, Any] = {
-        "max_batch": MAX_TILE_BATCH,
-        "inputs": (_pixels(card),),
-        "outputs": (_tile_embedding(card),),
-    }
+    io: dict[str, Any] = {"max_batch": MAX_TILE_BATCH, "outputs": (_tile_embedding(card),)}
     if gpu:
         cfg = _config(
-            names.MODEL_TILE_ENCODER, platform=platform.value, params=common_params(card), **io
+            names.MODEL_TILE_ENCODER,
+            platform=platform.value,
+            params=common_params(card),
+            inputs=(_pixels(card),),
+            **io,
         )
         cfg.default_model_filename = (
             "model.plan" if platform is TileEncoderPlatform.tensorrt else "model.onnx"
         )
     else:
+        params = {**_onnx_python_params(card), **encoder_spec_to_params(card.encoder)}
         cfg = _config(
-            names.MODEL_TILE_ENCODER, backend="python", params=_onnx_python_params(card), **io
+            names.MODEL_TILE_ENCODER, backend="python", params=params, inputs=(_tiles(),), **io
         )
     _batching(cfg, PREFERRED_TILE_BATCHES, GPU_TILE_DELAY_US if gpu else CPU_TILE_DELAY_US)
     return _instances(cfg, gpu=gpu)
 
 
-def patch_embed(card: ModelCard) -> Config:
-    """Ensemble TILES -> tile_preprocess -> tile_encoder -> TILE_EMBEDDING."""
+def patch_embed(card: ModelCard, flavor: Flavor) -> Config:
+    """Ensemble TILES -> tile_preprocess -> tile_encoder -> TILE_EMBEDDING on gpu, where the
+    plan needs float input; on cpu one step, TILES -> tile_encoder (it preprocesses)."""
     cfg = _config(
         names.MODEL_PATCH_EMBED,
         platform="ensemble",
@@ -180,6 +186,8 @@ def patch_embed(card: ModelCard) -> Config:
         params=common_params(card),
     )
     tiles, pixels, emb = names.TENSOR_TILES, names.TENSOR_PIXELS, names.TENSOR_TILE_EMBEDDING
+    if flavor is Flavor.cpu:
+        return _ensemble(cfg, [(names.MODEL_TILE_ENCODER, {tiles: tiles}, {emb: emb})])
     return _ensemble(
         cfg,
         [
@@ -333,7 +341,7 @@ def model_configs(
     return {
         names.MODEL_TILE_PREPROCESS: tile_preprocess(card, flavor),
         names.MODEL_TILE_ENCODER: tile_encoder(card, flavor, tile_platform),
-        names.MODEL_PATCH_EMBED: patch_embed(card),
+        names.MODEL_PATCH_EMBED: patch_embed(card, flavor),
         names.MODEL_SLIDE_EMBED: slide_embed(card, flavor),
         names.MODEL_RNA_EMBED: rna_embed(card, flavor),
         names.MODEL_PATHWAY_QUERY: pathway_query(card, reference_uri),

@@ -2,9 +2,11 @@
 
 cpu: every model is a python-backend model (ONNX Runtime inside for the networks), as the
      pytriton-bundled tritonserver only ships the python backend.
+     Its tile_encoder takes TILES and preprocesses, so patch_embed is one step.
 gpu: tile_encoder is a `tensorrt_plan` (or `onnxruntime_onnx` as fallback), slide_embed and
-     rna_embed are `onnxruntime_onnx`, on KIND_GPU with dynamic batching.
-The ensembles (patch_embed, slide_to_pathways) and the python models are identical in both.
+     rna_embed are `onnxruntime_onnx`, on KIND_GPU with dynamic batching; patch_embed is
+     tile_preprocess -> tile_encoder (the plan takes float PIXELS).
+slide_to_pathways and the other python models are identical in both.
 
 The repository holds configs and model.py files only; artifacts (ONNX, plans, encoder.json,
 gene contract, reference DB) are installed into `<model>/1/` by `install_artifacts`, or read

@@ -15,6 +15,7 @@ from numpy.typing import NDArray
 
 from histoprompt.core import names
 from histoprompt.core.errors import InvalidInputError
+from histoprompt.core.modelspec import EncoderSpec
 from histoprompt.core.triton_params import EncoderParamsError, encoder_spec_from_params
 from histoprompt.serving.context import ModelContext
 from histoprompt.serving.errors import ModelConfigError, RequestError
@@ -44,28 +45,36 @@ def _fixed_dims(ctx: ModelContext, tensor: str, *, inputs: bool = True) -> list[
     raise ModelConfigError(f"{ctx.name}: tensor {tensor} missing from the config")
 
 
+def _encoder_spec(ctx: ModelContext) -> EncoderSpec:
+    try:
+        return encoder_spec_from_params(ctx.parameters)
+    except EncoderParamsError as err:
+        raise ModelConfigError(f"{ctx.name}: {err}") from err
+
+
+def _check_tiles(inputs: Inputs) -> Inputs:
+    tiles = check_tensor(
+        names.TENSOR_TILES,
+        inputs.get(names.TENSOR_TILES),
+        dtype=np.uint8,
+        shape=(None, None, None, 3),
+    )
+    if tiles.shape[1] < 8 or tiles.shape[2] < 8:
+        raise RequestError(f"TILES must be at least 8x8 pixels, got shape {tiles.shape}")
+    return {names.TENSOR_TILES: tiles}
+
+
 class TilePreprocess:
     batched = True
     inputs = (names.TENSOR_TILES,)
     outputs = (names.TENSOR_PIXELS,)
 
     def __init__(self, ctx: ModelContext) -> None:
-        try:
-            self.spec = encoder_spec_from_params(ctx.parameters)
-        except EncoderParamsError as err:
-            raise ModelConfigError(f"{ctx.name}: {err}") from err
+        self.spec = _encoder_spec(ctx)
         self.dtype = ctx.output_dtype(names.TENSOR_PIXELS)
 
     def check(self, inputs: Inputs) -> Inputs:
-        tiles = check_tensor(
-            names.TENSOR_TILES,
-            inputs.get(names.TENSOR_TILES),
-            dtype=np.uint8,
-            shape=(None, None, None, 3),
-        )
-        if tiles.shape[1] < 8 or tiles.shape[2] < 8:
-            raise RequestError(f"TILES must be at least 8x8 pixels, got shape {tiles.shape}")
-        return {names.TENSOR_TILES: tiles}
+        return _check_tiles(inputs)
 
     def run(self, inputs: Inputs) -> Outputs:
         tiles = inputs[names.TENSOR_TILES]
@@ -87,9 +96,7 @@ class _OnnxHandler:
             ctx.artifact(ctx.param("onnx_file", "model.onnx")),
             intra_op_threads=ctx.int_param("intra_op_threads", 0),
         )
-        dims = [None if d < 0 else d for d in _fixed_dims(ctx, self.inputs[0])]
-        # Batched models: config dims exclude the batch axis; unbatched: they are the shape.
-        self.shape: tuple[int | None, ...] = tuple([None, *dims] if self.batched else dims)
+        self.shape = self._onnx_input_shape(ctx)
         onnx_shape = self.runner.input_shape
         if len(onnx_shape) != len(self.shape) or any(
             a is not None and b is not None and a != b
@@ -101,6 +108,12 @@ class _OnnxHandler:
             )
         self.dtypes = {o: ctx.output_dtype(o) for o in self.outputs}
 
+    def _onnx_input_shape(self, ctx: ModelContext) -> tuple[int | None, ...]:
+        """The ONNX input's shape as the config declares it (None: any size)."""
+        dims = [None if d < 0 else d for d in _fixed_dims(ctx, self.inputs[0])]
+        # Batched models: config dims exclude the batch axis; unbatched: they are the shape.
+        return tuple([None, *dims] if self.batched else dims)
+
     def check(self, inputs: Inputs) -> Inputs:
         name = self.inputs[0]
         array = check_tensor(name, inputs.get(name), dtype=np.float32, shape=self.shape)
@@ -109,13 +122,39 @@ class _OnnxHandler:
     def run(self, inputs: Inputs) -> Outputs:
         array = inputs[self.inputs[0]]
         assert array is not None
+        return self._encode(array)
+
+    def _encode(self, array: NDArray[Any]) -> Outputs:
         outs = self.runner.run(np.ascontiguousarray(array))
         return {o: outs[o].astype(self.dtypes[o], copy=False) for o in self.outputs}
 
 
 class TileEncoder(_OnnxHandler):
-    inputs = (names.TENSOR_PIXELS,)
+    """cpu flavour: TILES uint8 -> preprocess_tiles -> ONNX Runtime -> TILE_EMBEDDING.
+
+    Preprocessing runs in this stub, so patch_embed is one ensemble step: no float32 PIXELS
+    tensor (4x the uint8 bytes) copied between two python stubs, one stub round trip instead
+    of two. The gpu flavour's tile_encoder is a TensorRT/ONNX model fed by tile_preprocess.
+    """
+
+    inputs = (names.TENSOR_TILES,)
     outputs = (names.TENSOR_TILE_EMBEDDING,)
+
+    def __init__(self, ctx: ModelContext) -> None:
+        self.spec = _encoder_spec(ctx)
+        super().__init__(ctx)
+
+    def _onnx_input_shape(self, ctx: ModelContext) -> tuple[int | None, ...]:
+        size = self.spec.input_px
+        return (None, 3, size, size)
+
+    def check(self, inputs: Inputs) -> Inputs:
+        return _check_tiles(inputs)
+
+    def run(self, inputs: Inputs) -> Outputs:
+        tiles = inputs[names.TENSOR_TILES]
+        assert tiles is not None
+        return self._encode(preprocess_tiles(tiles, self.spec))
 
 
 class RnaEmbed(_OnnxHandler):
