@@ -6,17 +6,16 @@ commit on a revoked partition, the slide deadline, and crash loops counted acros
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
+from helpers.ingest_seams import event_value, fast_settings, incoming_message
 
 from histoprompt.core import names
 from histoprompt.core.errors import TransientError
-from histoprompt.core.schemas import ErrorInfo, ModelRef, S3Event, Timings
+from histoprompt.core.schemas import ErrorInfo, ModelRef, Timings
 from histoprompt.ingest.events import SlideJob
 from histoprompt.ingest.health import Health
 from histoprompt.ingest.memory_io import (
@@ -25,9 +24,8 @@ from histoprompt.ingest.memory_io import (
     InMemoryResultSink,
 )
 from histoprompt.ingest.pipeline import SlideOutcome
-from histoprompt.ingest.ports import Message, commit_plan
+from histoprompt.ingest.ports import commit_plan
 from histoprompt.ingest.service import IngestService
-from histoprompt.ingest.settings import IngestSettings
 
 TOPIC = names.TOPIC_INCOMING
 SLIDES = "histoprompt_ingest_slides_total"
@@ -58,24 +56,6 @@ class FakeProcessor:
             error = ErrorInfo(code="not_wsi", message="a CT, not a slide")
             return SlideOutcome("failed", model, uri, seconds=Timings(total=0.1), error=error)
         return SlideOutcome("done", model, uri, 3, Timings(total=1.0))
-
-
-def _settings(**kw: Any) -> IngestSettings:
-    base: dict[str, Any] = {
-        "slides_bucket": "b",
-        "ingest_retry_base_s": 0.001,
-        "ingest_poll_timeout_s": 0.01,
-        "ingest_metrics_port": 0,
-    }
-    return IngestSettings.model_validate(base | kw)
-
-
-def _value(key: str = "x/slide.svs", bucket: str = "b") -> bytes:
-    return json.dumps(S3Event.make(bucket, key, 1, "e")).encode()
-
-
-def _msg(value: bytes | None, offset: int = 0, partition: int = 0) -> Message:
-    return Message(value, b"k", TOPIC, partition, offset, int(time.time() * 1000))
 
 
 def _slides(svc: IngestService, status: str) -> float | None:
@@ -111,9 +91,9 @@ def _consume_until(
 
 
 def test_transient_errors_retry_then_dead_letter() -> None:
-    svc = IngestService(_settings(ingest_max_attempts=3))
+    svc = IngestService(fast_settings(ingest_max_attempts=3))
     source, sink, proc = (
-        InMemoryEventSource([_msg(_value())]),
+        InMemoryEventSource([incoming_message(event_value())]),
         InMemoryResultSink(),
         FakeProcessor(10),
     )
@@ -131,9 +111,9 @@ def test_transient_errors_retry_then_dead_letter() -> None:
 
 
 def test_transient_error_then_success_publishes_one_result() -> None:
-    svc = IngestService(_settings(ingest_max_attempts=3))
+    svc = IngestService(fast_settings(ingest_max_attempts=3))
     source, sink, proc = (
-        InMemoryEventSource([_msg(_value())]),
+        InMemoryEventSource([incoming_message(event_value())]),
         InMemoryResultSink(),
         FakeProcessor(1),
     )
@@ -146,9 +126,9 @@ def test_transient_error_then_success_publishes_one_result() -> None:
 
 
 def test_unacknowledged_result_event_is_resent_without_reprocessing_the_slide() -> None:
-    svc = IngestService(_settings(ingest_max_attempts=3))
+    svc = IngestService(fast_settings(ingest_max_attempts=3))
     source, sink, proc = (
-        InMemoryEventSource([_msg(_value())]),
+        InMemoryEventSource([incoming_message(event_value())]),
         InMemoryResultSink(fail_next=1),
         FakeProcessor(),
     )
@@ -162,13 +142,17 @@ def test_unacknowledged_result_event_is_resent_without_reprocessing_the_slide() 
     ("value", "code"),
     [
         (b"\xff\xfe not json", "malformed_event"),
-        (_value(bucket="elsewhere"), "forbidden_source"),
+        (event_value(bucket="elsewhere"), "forbidden_source"),
         (None, "malformed_event"),
     ],
 )
 def test_poison_goes_to_dlq_at_once_with_its_reason(value: bytes | None, code: str) -> None:
-    svc = IngestService(_settings())
-    source, sink, proc = InMemoryEventSource([_msg(value)]), InMemoryResultSink(), FakeProcessor()
+    svc = IngestService(fast_settings())
+    source, sink, proc = (
+        InMemoryEventSource([incoming_message(value)]),
+        InMemoryResultSink(),
+        FakeProcessor(),
+    )
     _consume_until(svc, source, sink, proc, lambda: bool(source.committed))
     assert proc.calls == []
     [(key, dlq)] = sink.dlq
@@ -180,8 +164,8 @@ def test_poison_goes_to_dlq_at_once_with_its_reason(value: bytes | None, code: s
 
 
 def test_failed_slide_publishes_a_failed_result_event() -> None:
-    svc = IngestService(_settings())
-    source, sink = InMemoryEventSource([_msg(_value())]), InMemoryResultSink()
+    svc = IngestService(fast_settings())
+    source, sink = InMemoryEventSource([incoming_message(event_value())]), InMemoryResultSink()
     _consume_until(svc, source, sink, FakeProcessor(status="failed"), lambda: bool(sink.results))
     [event] = sink.results
     assert event.status == "failed" and event.error is not None
@@ -191,8 +175,8 @@ def test_failed_slide_publishes_a_failed_result_event() -> None:
 
 
 def test_duplicate_is_skipped_without_an_event_and_committed() -> None:
-    svc = IngestService(_settings())
-    source, sink = InMemoryEventSource([_msg(_value())]), InMemoryResultSink()
+    svc = IngestService(fast_settings())
+    source, sink = InMemoryEventSource([incoming_message(event_value())]), InMemoryResultSink()
     proc = FakeProcessor(status="skipped_duplicate")
     _consume_until(svc, source, sink, proc, lambda: bool(source.committed))
     assert sink.results == [] and sink.dlq == []
@@ -201,8 +185,8 @@ def test_duplicate_is_skipped_without_an_event_and_committed() -> None:
 
 def test_commit_stops_at_the_first_released_message_which_is_redelivered() -> None:
     at = [(0, 5, "a"), (0, 6, "hangs"), (0, 7, "c"), (1, 3, "d")]
-    msgs = [_msg(_value(f"x/{k}.svs"), offset=o, partition=p) for p, o, k in at]
-    settings = _settings(ingest_concurrency=4, ingest_shutdown_deadline_s=0.5)
+    msgs = [incoming_message(event_value(f"x/{k}.svs"), offset=o, partition=p) for p, o, k in at]
+    settings = fast_settings(ingest_concurrency=4, ingest_shutdown_deadline_s=0.5)
     svc = IngestService(settings)
     source, sink = InMemoryEventSource(msgs), InMemoryResultSink()
     proc = FakeProcessor(hang=frozenset({"x/hangs.svs"}))
@@ -220,8 +204,13 @@ def test_commit_stops_at_the_first_released_message_which_is_redelivered() -> No
 
 
 def test_liveness_beats_and_readiness_holds_while_a_slide_is_in_flight() -> None:
-    svc = IngestService(_settings(ingest_liveness_timeout_s=0.2, ingest_shutdown_deadline_s=0.5))
-    source, sink = InMemoryEventSource([_msg(_value("x/slow.svs"))]), InMemoryResultSink()
+    svc = IngestService(
+        fast_settings(ingest_liveness_timeout_s=0.2, ingest_shutdown_deadline_s=0.5)
+    )
+    source, sink = (
+        InMemoryEventSource([incoming_message(event_value("x/slow.svs"))]),
+        InMemoryResultSink(),
+    )
     proc = FakeProcessor(hang=frozenset({"x/slow.svs"}))
     beats: list[float] = []
     sampled_at: list[float] = []
@@ -241,8 +230,10 @@ def test_liveness_beats_and_readiness_holds_while_a_slide_is_in_flight() -> None
 
 
 def test_lag_is_reported_from_the_source() -> None:
-    svc = IngestService(_settings(ingest_concurrency=1))
-    source = InMemoryEventSource([_msg(_value(f"x/{i}.svs"), offset=i) for i in range(5)])
+    svc = IngestService(fast_settings(ingest_concurrency=1))
+    source = InMemoryEventSource(
+        [incoming_message(event_value(f"x/{i}.svs"), offset=i) for i in range(5)]
+    )
     sink = InMemoryResultSink()
     _consume_until(svc, source, sink, FakeProcessor(), lambda: bool(sink.results))
     # Measured after the first batch of one: four behind.
@@ -250,14 +241,17 @@ def test_lag_is_reported_from_the_source() -> None:
 
 
 def test_run_returns_zero_when_stopped_before_it_starts() -> None:
-    svc = IngestService(_settings())
+    svc = IngestService(fast_settings())
     svc.request_stop()
     assert svc.run(install_signals=False) == 0
     assert not svc.health.ready
 
 
 def test_commit_plan_is_per_partition_up_to_the_first_unhandled() -> None:
-    batch = [_msg(b"", offset=o, partition=p) for p, o in [(0, 7), (0, 5), (0, 6), (1, 3), (2, 9)]]
+    batch = [
+        incoming_message(b"", offset=o, partition=p)
+        for p, o in [(0, 7), (0, 5), (0, 6), (1, 3), (2, 9)]
+    ]
     handled = [m for m in batch if (m.partition, m.offset) != (0, 6) and m.partition != 2]
     plan = commit_plan(batch, handled)
     assert plan.commit == {(TOPIC, 0): 6, (TOPIC, 1): 4}
@@ -265,11 +259,11 @@ def test_commit_plan_is_per_partition_up_to_the_first_unhandled() -> None:
 
 
 def test_a_message_whose_workers_died_goes_to_dlq_as_crash_loop_without_processing() -> None:
-    msg = _msg(_value("x/kills-the-worker.svs"), offset=4)
+    msg = incoming_message(event_value("x/kills-the-worker.svs"), offset=4)
     deliveries = InMemoryDeliveryLog()
     for _ in range(2):  # two workers took it and died mid-slide: counted, never released
         deliveries.arrive(msg)
-    svc = IngestService(_settings(ingest_max_deliveries=2))
+    svc = IngestService(fast_settings(ingest_max_deliveries=2))
     source, sink, proc = InMemoryEventSource([msg]), InMemoryResultSink(), FakeProcessor()
     _consume_until(svc, source, sink, proc, lambda: bool(source.committed), deliveries=deliveries)
     assert proc.calls == []
@@ -281,10 +275,10 @@ def test_a_message_whose_workers_died_goes_to_dlq_as_crash_loop_without_processi
 
 
 def test_deliveries_a_worker_ends_are_not_counted_as_crashes() -> None:
-    done = _msg(_value("x/a.svs"), offset=0)
-    hangs = _msg(_value("x/hangs.svs"), offset=0, partition=1)
+    done = incoming_message(event_value("x/a.svs"), offset=0)
+    hangs = incoming_message(event_value("x/hangs.svs"), offset=0, partition=1)
     deliveries = InMemoryDeliveryLog()
-    settings = _settings(
+    settings = fast_settings(
         ingest_concurrency=2, ingest_shutdown_deadline_s=0.3, ingest_max_deliveries=1
     )
     for _ in range(3):  # three graceful stops releasing the same slide: never a crash loop
@@ -305,8 +299,8 @@ def test_deliveries_a_worker_ends_are_not_counted_as_crashes() -> None:
 
 
 def test_slide_past_its_deadline_is_dead_lettered_once_without_retry() -> None:
-    svc = IngestService(_settings(ingest_slide_deadline_s=0.1, ingest_max_attempts=3))
-    source, sink = InMemoryEventSource([_msg(_value())]), InMemoryResultSink()
+    svc = IngestService(fast_settings(ingest_slide_deadline_s=0.1, ingest_max_attempts=3))
+    source, sink = InMemoryEventSource([incoming_message(event_value())]), InMemoryResultSink()
     proc = FakeProcessor(hang=frozenset({"x/slide.svs"}))
     _consume_until(svc, source, sink, proc, lambda: bool(source.committed))
     assert proc.calls == ["x/slide.svs"]
@@ -317,9 +311,9 @@ def test_slide_past_its_deadline_is_dead_lettered_once_without_retry() -> None:
 
 
 def test_polling_goes_on_with_partitions_held_while_a_slide_runs() -> None:
-    settings = _settings(ingest_max_poll_interval_s=2, ingest_liveness_timeout_s=0.4)
+    settings = fast_settings(ingest_max_poll_interval_s=2, ingest_liveness_timeout_s=0.4)
     svc = IngestService(settings)
-    source, sink = InMemoryEventSource([_msg(_value())]), InMemoryResultSink()
+    source, sink = InMemoryEventSource([incoming_message(event_value())]), InMemoryResultSink()
     proc = FakeProcessor(slow_s=1.0)
     seen: list[tuple[bool, int, bool]] = []
 
@@ -337,8 +331,11 @@ def test_polling_goes_on_with_partitions_held_while_a_slide_runs() -> None:
 
 
 def test_no_commit_on_a_partition_revoked_while_its_slide_ran() -> None:
-    msgs = [_msg(_value("x/a.svs"), offset=3), _msg(_value("x/b.svs"), offset=8, partition=1)]
-    svc = IngestService(_settings(ingest_concurrency=2))
+    msgs = [
+        incoming_message(event_value("x/a.svs"), offset=3),
+        incoming_message(event_value("x/b.svs"), offset=8, partition=1),
+    ]
+    svc = IngestService(fast_settings(ingest_concurrency=2))
     source, sink = InMemoryEventSource(msgs), InMemoryResultSink()
     proc = FakeProcessor(slow_s=0.3)
     revoked: list[bool] = []
@@ -352,7 +349,7 @@ def test_no_commit_on_a_partition_revoked_while_its_slide_ran() -> None:
     _consume_until(svc, source, sink, proc, until)
     assert source.committed == {(TOPIC, 1): 9}
     source.assign(TOPIC, 0)
-    again = IngestService(_settings())
+    again = IngestService(fast_settings())
     _consume_until(again, source, sink, FakeProcessor(), lambda: (TOPIC, 0) in source.committed)
     assert [(m.partition, m.offset) for m in source.delivered] == [(0, 3), (1, 8), (0, 3)]
 

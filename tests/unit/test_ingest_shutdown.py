@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 from helpers.ingest_logs import capture_ingest_logs
+from helpers.ingest_seams import event_value, fast_settings, incoming_message
 
 from histoprompt.core import names
 from histoprompt.core.errors import TransientError
-from histoprompt.core.schemas import DlqEvent, ErrorInfo, ModelRef, ResultEvent, S3Event, SourceRef
+from histoprompt.core.schemas import DlqEvent, ErrorInfo, ModelRef, ResultEvent, SourceRef
 from histoprompt.ingest import kafka_io
 from histoprompt.ingest.handler import MessageHandler
 from histoprompt.ingest.memory_io import (
@@ -34,19 +35,8 @@ TOPIC = names.TOPIC_INCOMING
 UNREACHABLE = "127.0.0.1:9"  # discard port: nothing listens on loopback
 
 
-def _settings(**kw: Any) -> IngestSettings:
-    base: dict[str, Any] = {
-        "slides_bucket": "b",
-        "ingest_retry_base_s": 0.001,
-        "ingest_poll_timeout_s": 0.01,
-        "ingest_metrics_port": 0,
-    }
-    return IngestSettings.model_validate(base | kw)
-
-
 def _msg(offset: int = 0) -> Message:
-    value = json.dumps(S3Event.make("b", f"x/{offset}.svs", 1, "e")).encode()
-    return Message(value, b"k", TOPIC, 0, offset, int(time.time() * 1000))
+    return incoming_message(event_value(f"x/{offset}.svs"), offset)
 
 
 class _Wedged:
@@ -98,7 +88,7 @@ class FailingProcessor:
 
 def test_stop_with_every_client_call_wedged_leaves_within_the_deadline() -> None:
     deadline_s = 1.0
-    svc = IngestService(_settings(ingest_shutdown_deadline_s=deadline_s, ingest_max_attempts=2))
+    svc = IngestService(fast_settings(ingest_shutdown_deadline_s=deadline_s, ingest_max_attempts=2))
     release = threading.Event()
     wedge = _Wedged(release)
     source = WedgedSource([_msg()], wedge)
@@ -130,7 +120,7 @@ def test_stop_with_every_client_call_wedged_leaves_within_the_deadline() -> None
 
 
 def test_a_failed_first_try_of_a_retried_call_is_retried_not_crashed() -> None:
-    settings = _settings(ingest_max_attempts=3)
+    settings = fast_settings(ingest_max_attempts=3)
     sink = InMemoryResultSink(fail_next=1)
     handler = MessageHandler(
         settings,
