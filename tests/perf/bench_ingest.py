@@ -142,6 +142,17 @@ def ingest_path(settings: Any, job: Any, served: Any, max_tiles: int | None = No
     return asyncio.run(_ingest_async(settings, job, served, max_tiles))
 
 
+def _download(minio: Any, bucket: str, key: str) -> bytes:
+    """The whole object, as the naive paths read a slide (no ranged reads)."""
+    resp = minio.get_object(bucket, key)
+    try:
+        data: bytes = resp.read()
+        return data
+    finally:
+        resp.close()
+        resp.release_conn()
+
+
 def naive_path(settings: Any, job: Any, served: Any, max_tiles: int | None = None) -> dict:
     """Download everything, then tile by tile with one synchronous gRPC call per tile."""
     import tritonclient.grpc as grpcclient
@@ -158,12 +169,7 @@ def naive_path(settings: Any, job: Any, served: Any, max_tiles: int | None = Non
     t0 = time.perf_counter()
 
     def get(key: str) -> bytes:
-        resp = minio.get_object(job.bucket, key)
-        try:
-            return resp.read()
-        finally:
-            resp.close()
-            resp.release_conn()
+        return _download(minio, job.bucket, key)
 
     manifest = SeriesManifest.model_validate_json(get(job.key))
     blobs = [get(i.key) for i in manifest.instances]
@@ -204,12 +210,7 @@ def read_only_paths(settings: Any, job: Any, served: Any) -> dict:
     opened.close()
 
     def get(key: str) -> bytes:
-        resp = minio.get_object(job.bucket, key)
-        try:
-            return resp.read()
-        finally:
-            resp.close()
-            resp.release_conn()
+        return _download(minio, job.bucket, key)
 
     t0 = time.perf_counter()
     manifest = SeriesManifest.model_validate_json(get(job.key))
