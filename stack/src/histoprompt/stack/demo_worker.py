@@ -26,6 +26,7 @@ from histoprompt.stack.supervisor import (
     failure,
     is_running,
     launch,
+    service_log,
     stop,
 )
 
@@ -43,7 +44,7 @@ def worker_spec(env_file: Path, state_dir: Path) -> ProcessSpec:
     return ProcessSpec(
         name=NAME,
         argv=[sys.executable, "-m", "histoprompt.ingest", "run", "--env-file", str(env_file)],
-        log_path=state_dir / "logs" / "ingest.log",
+        log_path=service_log(state_dir, NAME),
         env={"HISTOPROMPT_ENV_FILE": str(env_file)},
         stop_timeout=STOP_TIMEOUT_S,
     )

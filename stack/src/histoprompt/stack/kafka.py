@@ -22,7 +22,7 @@ from histoprompt.core.settings import ConnectionSettings
 from histoprompt.stack.errors import StackError
 from histoprompt.stack.ports_layout import StackPorts
 from histoprompt.stack.settings import SCRAM_MECHANISM, StackSettings
-from histoprompt.stack.supervisor import ProcessSpec, log_tail
+from histoprompt.stack.supervisor import ProcessSpec, log_tail, service_log
 from histoprompt.stack.tls import TlsFiles
 
 if TYPE_CHECKING:
@@ -212,7 +212,7 @@ def prepare(settings: StackSettings, state_dir: Path, ports: StackPorts) -> Proc
     config.chmod(0o600)  # the keystore password
     log4j = home / "log4j2.properties"
     log4j.write_text(_LOG4J2)
-    log_path = state_dir / "logs" / f"{NAME}.log"
+    log_path = service_log(state_dir, NAME)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     archive = class_archive(settings)
     use_archive: tuple[str, ...] = ()

@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from histoprompt.core.settings import ENV_PREFIX, ConnectionSettings
-from histoprompt.stack import kafka, minio_server, prometheus, seaweed, triton
+from histoprompt.stack import kafka, minio_server, prometheus, s3_buckets, seaweed, triton
 from histoprompt.stack.errors import StackError
 from histoprompt.stack.handle import StackHandle
 from histoprompt.stack.ports import wait_released
@@ -38,14 +38,15 @@ from histoprompt.stack.supervisor import (
     failure,
     is_running,
     launch,
+    service_log,
     stop_all,
     wait_until_healthy,
 )
 from histoprompt.stack.tls import TlsFiles, make_tls
 
 PROBES: dict[ServiceName, Callable[[ConnectionSettings], None]] = {
-    "seaweed": seaweed.probe,
-    "minio": minio_server.probe,
+    "seaweed": s3_buckets.probe,
+    "minio": s3_buckets.probe,
     "triton": triton.probe,
     "prometheus": prometheus.probe,
     "kafka": kafka.probe,
@@ -156,7 +157,7 @@ def _fresh_dirs(state_dir: Path, services: tuple[ServiceName, ...]) -> None:
     """Each up() starts empty: old data (a Kafka cluster id, S3 volumes) would clash."""
     for name in services:
         shutil.rmtree(state_dir / name, ignore_errors=True)
-        (state_dir / "logs" / f"{name}.log").unlink(missing_ok=True)
+        service_log(state_dir, name).unlink(missing_ok=True)
 
 
 def up(settings: StackSettings | None = None) -> StackHandle:
@@ -299,7 +300,7 @@ def _finish(
     """Create the buckets or topics once the service is healthy."""
     try:
         if name == "seaweed":
-            seaweed.create_buckets(conn)
+            s3_buckets.create_buckets(conn)
         elif name == "minio":
             minio_server.create_buckets(conn, notify=settings.s3_publishes_events)
         elif name == "kafka":

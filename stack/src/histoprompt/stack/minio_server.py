@@ -15,12 +15,12 @@ import shutil
 from pathlib import Path
 
 from histoprompt.core import names
-from histoprompt.core.s3 import make_minio
 from histoprompt.core.settings import ConnectionSettings
+from histoprompt.stack import s3_buckets
 from histoprompt.stack.errors import StackError
 from histoprompt.stack.ports_layout import StackPorts
 from histoprompt.stack.settings import StackSettings
-from histoprompt.stack.supervisor import ProcessSpec
+from histoprompt.stack.supervisor import ProcessSpec, service_log
 from histoprompt.stack.tls import TlsFiles
 
 NAME = "minio"
@@ -122,26 +122,18 @@ def prepare(
     return ProcessSpec(
         name=NAME,
         argv=argv,
-        log_path=state_dir / "logs" / f"{NAME}.log",
+        log_path=service_log(state_dir, NAME),
         env=env,
         cwd=home,
         stop_timeout=5.0,
     )
 
 
-def probe(conn: ConnectionSettings) -> None:
-    """Raise unless an authenticated S3 ListBuckets succeeds (one try, short timeouts)."""
-    make_minio(conn, connect_timeout=1.0, read_timeout=3.0, retries=0).list_buckets()
-
-
 def create_buckets(conn: ConnectionSettings, *, notify: bool) -> None:
     """The three buckets; with `notify`, the slides bucket's ObjectCreated events go to Kafka."""
     from minio.notificationconfig import NotificationConfig, QueueConfig
 
-    client = make_minio(conn)
-    for bucket in (conn.slides_bucket, conn.results_bucket, conn.models_bucket):
-        if not client.bucket_exists(bucket):
-            client.make_bucket(bucket)
+    client = s3_buckets.create_buckets(conn)
     if notify:
         queue = QueueConfig(list(CREATED_EVENTS), config_id=NOTIFICATION_ID, queue=TARGET_ARN)
         client.set_bucket_notification(

@@ -13,7 +13,7 @@ from histoprompt.core.settings import ConnectionSettings
 from histoprompt.stack.errors import StackError
 from histoprompt.stack.ports_layout import StackPorts
 from histoprompt.stack.settings import StackSettings
-from histoprompt.stack.supervisor import ProcessSpec
+from histoprompt.stack.supervisor import ProcessSpec, service_log
 
 NAME = "prometheus"
 JOB_TRITON = "triton"
@@ -95,7 +95,7 @@ def prepare(settings: StackSettings, state_dir: Path, ports: StackPorts) -> Proc
     return ProcessSpec(
         name=NAME,
         argv=argv,
-        log_path=state_dir / "logs" / f"{NAME}.log",
+        log_path=service_log(state_dir, NAME),
         cwd=home,
         stop_timeout=10.0,
     )

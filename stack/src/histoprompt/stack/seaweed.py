@@ -10,12 +10,10 @@ import json
 import os
 from pathlib import Path
 
-from histoprompt.core.s3 import make_minio
-from histoprompt.core.settings import ConnectionSettings
 from histoprompt.stack.errors import StackError
 from histoprompt.stack.ports_layout import StackPorts
 from histoprompt.stack.settings import StackSettings
-from histoprompt.stack.supervisor import ProcessSpec
+from histoprompt.stack.supervisor import ProcessSpec, service_log
 
 NAME = "seaweed"
 VOLUME_SIZE_LIMIT_MB = 64
@@ -100,26 +98,11 @@ def prepare(settings: StackSettings, state_dir: Path, ports: StackPorts) -> Proc
     return ProcessSpec(
         name=NAME,
         argv=argv,
-        log_path=state_dir / "logs" / f"{NAME}.log",
+        log_path=service_log(state_dir, NAME),
         cwd=home,
         # weed ignores SIGTERM while it drains; there is nothing to lose here, so be brief.
         stop_timeout=1.5,
     )
-
-
-def probe(conn: ConnectionSettings) -> None:
-    """Raise unless an authenticated S3 ListBuckets succeeds (one try, short timeouts)."""
-    # One try with short timeouts: the SDK's default back-off would hide the moment the
-    # gateway comes up behind seconds of sleeping.
-    make_minio(conn, connect_timeout=1.0, read_timeout=3.0, retries=0).list_buckets()
-
-
-def create_buckets(conn: ConnectionSettings) -> None:
-    """Create the slides, results and models buckets when missing."""
-    client = make_minio(conn)
-    for bucket in (conn.slides_bucket, conn.results_bucket, conn.models_bucket):
-        if not client.bucket_exists(bucket):
-            client.make_bucket(bucket)
 
 
 def grpc_socket_paths(ports: StackPorts) -> list[Path]:

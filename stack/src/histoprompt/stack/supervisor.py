@@ -55,6 +55,12 @@ class ProcessSpec:
     stop_timeout: float = 10.0
 
 
+def service_log(state_dir: Path, name: str) -> Path:
+    """Where service `name` writes its output: what `prepare` names in its ProcessSpec and
+    what `up` clears before a fresh start."""
+    return state_dir / "logs" / f"{name}.log"
+
+
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     """The last `lines` lines of a log file ('' when it does not exist)."""
     try:

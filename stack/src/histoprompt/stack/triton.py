@@ -27,7 +27,7 @@ from histoprompt.core.settings import ConnectionSettings
 from histoprompt.stack.errors import StackError
 from histoprompt.stack.ports_layout import StackPorts
 from histoprompt.stack.settings import StackSettings
-from histoprompt.stack.supervisor import ProcessSpec
+from histoprompt.stack.supervisor import ProcessSpec, service_log
 from histoprompt.stack.tls import TlsFiles
 
 NAME = "triton"
@@ -153,7 +153,7 @@ def prepare(
     return ProcessSpec(
         name=NAME,
         argv=argv,
-        log_path=state_dir / "logs" / f"{NAME}.log",
+        log_path=service_log(state_dir, NAME),
         env=env,
         cwd=home,
         stop_timeout=15.0,
