@@ -21,6 +21,14 @@ def _plt() -> Any:
     return plt
 
 
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    """Lay out, write `path` as PNG and free the figure (pyplot keeps every open one)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def retrieval_plot(rep: ProtocolReport, path: Path) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -33,10 +41,7 @@ def retrieval_plot(rep: ProtocolReport, path: Path) -> Path:
     ax.set_ylabel("Recall@k (test folds, mean ± sd)")
     ax.set_title("SYNTHETIC retrieval vs k")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def r2_plot(rep: ProtocolReport, path: Path) -> Path:
@@ -56,10 +61,7 @@ def r2_plot(rep: ProtocolReport, path: Path) -> Path:
     ax.set_title("SYNTHETIC per-Hallmark R2, sorted by aligned MLP; shaded = planted programs")
     ax.tick_params(axis="x", labelsize=6)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def adaptation_plot(rep: ProtocolReport, path: Path) -> Path:
@@ -79,10 +81,7 @@ def adaptation_plot(rep: ProtocolReport, path: Path) -> Path:
     b.set_ylabel("R2 (Soft-kNN, held-out half)")
     b.legend(fontsize=6)
     fig.suptitle("SYNTHETIC domain adaptation")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def fewshot_plot(rep: ProtocolReport, path: Path) -> Path:
@@ -98,10 +97,7 @@ def fewshot_plot(rep: ProtocolReport, path: Path) -> Path:
     ax.set_ylabel("balanced accuracy (test folds)")
     ax.set_title("SYNTHETIC few-shot prototypes")
     ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _umap_2d(x: NDArray[Any], seed: int) -> NDArray[Any]:
@@ -144,10 +140,7 @@ def embedding_plot(rep: ProtocolReport, path: Path) -> Path:
             axes[row, col].set_yticks([])
     axes[0, 0].legend(fontsize=7)
     fig.suptitle("SYNTHETIC UMAP by cohort, before and after alignment")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def write_plots(rep: ProtocolReport, out: Path) -> list[Path]:
