@@ -1,4 +1,5 @@
-"""An ingest worker as a real process: `python -m histoprompt.ingest run` with the stack's env."""
+"""An ingest worker as a real process: `python -m histoprompt.ingest run` on a stack's
+settings, and its JSON log lines read as they come."""
 
 from __future__ import annotations
 
@@ -8,33 +9,57 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
+
+
+def spawn_worker(env_file: Path, group: str, **settings: str) -> subprocess.Popen[str]:
+    """A worker in consumer group `group`; `settings`: more HISTOPROMPT_* values."""
+    # Inherited HISTOPROMPT_* (e.g. a sourced developer stack.env) would override stack.env.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HISTOPROMPT_")}
+    env.update(
+        HISTOPROMPT_ENV_FILE=str(env_file),
+        HISTOPROMPT_INGEST_GROUP_ID=group,
+        HISTOPROMPT_INGEST_METRICS_PORT="0",
+        **settings,
+    )
+    return subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "histoprompt.ingest", "run"],
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+def read_until(proc: subprocess.Popen[str], needle: str, timeout: float) -> list[str]:
+    """The worker's stderr lines, collected on (in the returned list) by a reader thread;
+    returns once a line holds `needle` or after `timeout` s."""
+    lines: list[str] = []
+    found = threading.Event()
+
+    def reader() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if needle in line:
+                found.set()
+
+    threading.Thread(target=reader, daemon=True).start()
+    found.wait(timeout)
+    return lines
 
 
 class Worker:
     """`python -m histoprompt.ingest run` with the stack's env; stderr lines collected."""
 
     def __init__(self, stack: Any, group: str, **env: str) -> None:
-        # Inherited HISTOPROMPT_* (a sourced developer stack.env) would override stack.env.
-        base = {k: v for k, v in os.environ.items() if not k.startswith("HISTOPROMPT_")}
-        base.update(
-            HISTOPROMPT_ENV_FILE=str(stack.env_file),
-            HISTOPROMPT_INGEST_GROUP_ID=group,
-            HISTOPROMPT_INGEST_METRICS_PORT="0",
-            **env,
-        )
         self.env = env
         self.lines: list[str] = []
         self._times: list[float] = []
         self.started_at = time.monotonic()
         self._cond = threading.Condition()
-        self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", "histoprompt.ingest", "run"],
-            env=base,
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            text=True,
-        )
+        self.proc = spawn_worker(stack.env_file, group, **env)
         self.on_line: list[Any] = []
         threading.Thread(target=self._read, daemon=True).start()
 

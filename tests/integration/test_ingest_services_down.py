@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers.ingest_process import read_until, spawn_worker
+from helpers.ingest_worker import read_until, spawn_worker
 from helpers.private_stack import pinned_stack_settings
 
 from histoprompt.core import names

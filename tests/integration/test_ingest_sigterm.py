@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers.ingest_process import read_until, spawn_worker
+from helpers.ingest_worker import read_until, spawn_worker
 
 from histoprompt.core.results import ResultStore
 from histoprompt.core.s3 import make_minio
