@@ -17,6 +17,18 @@ TileFn = Callable[[int, int, int, int, int], np.ndarray]
 """(level, x, y, w, h) -> uint8 [h, w, 3] in that level's pixel coordinates."""
 
 
+def _relative_grid(
+    width0: int, height0: int, level: int, x: int, y: int, w: int, h: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each pixel's position as a fraction of the level-0 slide (levels are power-of-two
+    downsamples), so every level shows the same picture."""
+    scale = 2**level
+    xs = (x + np.arange(w, dtype=np.float32)) * scale / max(width0, 1)
+    ys = (y + np.arange(h, dtype=np.float32)) * scale / max(height0, 1)
+    gx, gy = np.meshgrid(xs, ys)
+    return gx, gy
+
+
 def _paint(inside: np.ndarray, gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
     """Textured pink where `inside`, near-white background elsewhere (uint8 [h, w, 3])."""
     h, w = inside.shape
@@ -39,10 +51,7 @@ def synthetic_tissue(width0: int, height0: int, seed: int = 0) -> TileFn:
     ]
 
     def tile(level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
-        scale = 2**level
-        xs = (x + np.arange(w, dtype=np.float32)) * scale / max(width0, 1)
-        ys = (y + np.arange(h, dtype=np.float32)) * scale / max(height0, 1)
-        gx, gy = np.meshgrid(xs, ys)
+        gx, gy = _relative_grid(width0, height0, level, x, y, w, h)
         inside = np.zeros((h, w), dtype=bool)
         for cx, cy, r in blobs:
             inside |= (gx - cx) ** 2 + (gy - cy) ** 2 < r * r
@@ -65,10 +74,7 @@ def needle_biopsy(width0: int, height0: int, seed: int = 0, cores: int = 2) -> T
     phases = rng.uniform(0, 2 * np.pi, cores)
 
     def tile(level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
-        scale = 2**level
-        xs = (x + np.arange(w, dtype=np.float32)) * scale / max(width0, 1)
-        ys = (y + np.arange(h, dtype=np.float32)) * scale / max(height0, 1)
-        gx, gy = np.meshgrid(xs, ys)
+        gx, gy = _relative_grid(width0, height0, level, x, y, w, h)
         inside = np.zeros((h, w), dtype=bool)
         for cy, phase in zip(rows, phases, strict=True):
             centre = cy + 0.01 * np.sin(gx * 12.0 + phase)
