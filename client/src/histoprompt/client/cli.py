@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from histoprompt.client.commands import (
+    JsonFlag,
     dlq,
     gene_sets,
     heatmap,
@@ -60,7 +61,7 @@ def main(
             "--env-file", help="stack env file (default $HISTOPROMPT_ENV_FILE or ./stack.env)."
         ),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+    as_json: JsonFlag = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
     s3_endpoint: Annotated[str | None, typer.Option(help="S3 host:port.")] = None,
     kafka_bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap servers.")] = None,

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from histoprompt.client.commands import JsonFlag
 from histoprompt.client.state import get_state
 
 app = typer.Typer(
@@ -19,7 +20,6 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-JsonFlag = Annotated[bool, typer.Option("--json", help="JSON output.")]
 LIST_COLUMNS = ["record", "reason", "slides", "attempts", "first_seen", "last_seen", "replayed"]
 REPLAY_COLUMNS = ["record", "reason", "slide", "sent_as", "outcome"]
 

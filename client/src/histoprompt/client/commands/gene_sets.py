@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from histoprompt.client.catalog import complete_gene_set
+from histoprompt.client.commands import JsonFlag
 from histoprompt.client.state import get_state
 
 app = typer.Typer(
@@ -16,8 +17,6 @@ app = typer.Typer(
     ),
     no_args_is_help=True,
 )
-
-JsonFlag = Annotated[bool, typer.Option("--json", help="JSON output.")]
 
 
 @app.command("list")

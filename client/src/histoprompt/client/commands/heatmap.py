@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from histoprompt.client.commands import SlideId
 from histoprompt.client.state import get_state
 from histoprompt.client.tile_scores import METHODS, score_tiles
-from histoprompt.core.names import check_slide_id
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -125,9 +125,7 @@ def _legend(
 
 def heatmap(
     ctx: typer.Context,
-    slide_id: Annotated[
-        str, typer.Argument(help="A processed slide's id.", callback=check_slide_id)
-    ],
+    slide_id: SlideId,
     gene_set: Annotated[
         str | None,
         typer.Option(

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from histoprompt.client.catalog import complete_gene_set
+from histoprompt.client.commands import JsonFlag, SlideId
 from histoprompt.client.state import get_state
-from histoprompt.core.names import check_slide_id
 
 if TYPE_CHECKING:
     from histoprompt.client.settings import ClientSettings
@@ -56,9 +56,6 @@ def collect_gene_sets(
     return list(seen.values())
 
 
-SlideId = Annotated[str, typer.Argument(help="A processed slide's id.", callback=check_slide_id)]
-
-
 def query(
     ctx: typer.Context,
     slide_id: SlideId,
@@ -82,7 +79,7 @@ def query(
     version: Annotated[
         str | None, typer.Option("--model-version", help="A model version (default: newest).")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Score gene sets on a stored slide through Triton pathway_query; shows coverage.
 
