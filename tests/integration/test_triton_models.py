@@ -109,6 +109,39 @@ def test_patch_embed_matches_torch(
     _close(got, ref)
 
 
+def test_one_step_patch_embed_equals_the_two_step_path(
+    client: grpcclient.InferenceServerClient, stack: StackHandle, demo: DemoBundle
+) -> None:
+    """cpu patch_embed is one step (tile_encoder preprocesses, issue 15); it equals the two-step
+    path, the served tile_preprocess's PIXELS into the same ONNX graph, within 1e-6."""
+    from histoprompt.serving.onnx_runner import OnnxRunner
+
+    cfg = client.get_model_config(names.MODEL_PATCH_EMBED, as_json=True)["config"]
+    steps = [s["model_name"] for s in cfg["ensemble_scheduling"]["step"]]
+    assert steps == [names.MODEL_TILE_ENCODER]
+    tiles = np.random.default_rng(3).integers(0, 256, (40, 96, 96, 3), dtype=np.uint8)
+    (got,) = _infer(
+        client,
+        names.MODEL_PATCH_EMBED,
+        names.TENSOR_TILES,
+        tiles,
+        "UINT8",
+        [names.TENSOR_TILE_EMBEDDING],
+    )
+    (pixels,) = _infer(
+        client,
+        names.MODEL_TILE_PREPROCESS,
+        names.TENSOR_TILES,
+        tiles,
+        "UINT8",
+        [names.TENSOR_PIXELS],
+    )
+    onnx = stack.model_repository / names.MODEL_TILE_ENCODER / "1" / "model.onnx"
+    ref = OnnxRunner(onnx).run(pixels)[names.TENSOR_TILE_EMBEDDING]
+    assert got.shape == (40, demo.card.encoder.embed_dim)
+    np.testing.assert_allclose(got, ref, atol=1e-6, rtol=0)
+
+
 def test_slide_and_rna_embed_match_torch(
     client: grpcclient.InferenceServerClient, demo: DemoBundle
 ) -> None:
