@@ -86,8 +86,9 @@ def ingest_settings(env_file: Path, **kw: Any) -> Any:
 
     # Triton runs on this host: tiles go through system shared memory, as they would for an
     # ingest replica beside its Triton. Batches of 16, 2 in flight: the service's defaults
-    # (32, 4) cost more CPU here (history table: Triton's dynamic batching then merges
-    # requests into larger float32 tensors between its two stubs).
+    # (32, 4) cost more CPU here (history table: Triton's dynamic batching then merged
+    # requests into larger float32 tensors between its two stubs; measured before the cpu
+    # patch_embed became one step, not rerun since).
     base = {
         "ingest_batch_size": 16,
         "ingest_max_inflight": 2,
