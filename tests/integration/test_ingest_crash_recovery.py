@@ -18,7 +18,6 @@ from __future__ import annotations
 import io
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,20 +25,18 @@ import httpx
 import pytest
 from helpers.ingest_logs import capture_ingest_logs
 from helpers.ingest_worker import Worker
+from helpers.stack_slides import fresh_group_settings, put_slide
 
 from histoprompt.core import names
 from histoprompt.core.s3 import make_minio
 from histoprompt.export.synthetic_tiff import write_tiff
 from histoprompt.ingest.deliveries import PREFIX as DELIVERIES_PREFIX
-from histoprompt.ingest.settings import IngestSettings
 from histoprompt.stack.feed import (
     TopicWatcher,
     dlq_of,
     make_producer,
     publish_upload,
-    put_file,
     results_of,
-    skip_group_to_end,
 )
 from histoprompt.stack.ingest_demo import running_service
 from histoprompt.stack.ports import free_port
@@ -53,16 +50,13 @@ def test_crash_looping_message_reaches_dlq_as_crash_loop_across_restarts(
     dlq: TopicWatcher,
     tmp_path: Path,
 ) -> None:
-    settings = IngestSettings.load(stack.env_file)
+    settings = fresh_group_settings(stack, "ingest-crash")
+    group = settings.ingest_group_id
     minio = make_minio(settings)
-    group = f"ingest-crash-{uuid.uuid4().hex[:8]}"
-    skip_group_to_end(settings, group)
     # hundreds of tiles at one tile per request: in flight for seconds, so the kill (as soon
     # as the start is logged) lands mid-slide
     path = write_tiff(tmp_path / "kills.svs", 3072, 3072, levels=2, tile=512)
-    up = put_file(
-        minio, settings.slides_bucket, f"ingest-crash/{uuid.uuid4().hex[:12]}/k.svs", path
-    )
+    up = put_slide(settings, "ingest-crash", path)
     env = {
         # Static membership: a restarted worker takes its partitions back at once, instead of
         # waiting out the dead member's session.
@@ -124,11 +118,10 @@ def test_slide_longer_than_liveness_and_max_poll_is_neither_killed_nor_redeliver
     log_capture: io.StringIO,
     tmp_path: Path,
 ) -> None:
-    group = f"ingest-long-{uuid.uuid4().hex[:8]}"
     port = free_port()
-    settings = IngestSettings.load(
-        stack.env_file,
-        ingest_group_id=group,
+    settings = fresh_group_settings(
+        stack,
+        "ingest-long",
         ingest_metrics_port=port,
         ingest_liveness_timeout_s=LIVENESS_S,
         ingest_max_poll_interval_s=MAX_POLL_S,
@@ -140,12 +133,10 @@ def test_slide_longer_than_liveness_and_max_poll_is_neither_killed_nor_redeliver
         ingest_max_inflight=1,
         ingest_shutdown_deadline_s=5.0,
     )
-    skip_group_to_end(settings, group)
-    minio = make_minio(settings)
     # ~1200 tissue tiles: one-tile requests reach 80-210 tiles/s on 2 cores, so the slide
     # runs 6-15 s, well past MAX_POLL_S + 1 even on a quiet machine (600 tiles once took 3.0 s)
     path = write_tiff(tmp_path / "long.svs", 7168, 7168, levels=2, tile=512)
-    up = put_file(minio, settings.slides_bucket, f"ingest-long/{uuid.uuid4().hex[:12]}/l.svs", path)
+    up = put_slide(settings, "ingest-long", path)
     producer = make_producer(settings)
     health: list[int] = []
     with running_service(settings, timeout_s=60, settle_s=1.0) as svc:
@@ -191,22 +182,19 @@ def test_slide_past_its_deadline_is_dead_lettered_once(
     log_capture: io.StringIO,
     tmp_path: Path,
 ) -> None:
-    group = f"ingest-deadline-{uuid.uuid4().hex[:8]}"
-    settings = IngestSettings.load(
-        stack.env_file,
-        ingest_group_id=group,
+    settings = fresh_group_settings(
+        stack,
+        "ingest-deadline",
         ingest_metrics_port=0,
         ingest_slide_deadline_s=0.3,
         ingest_batch_size=1,
         ingest_max_inflight=1,
         ingest_shutdown_deadline_s=5.0,
     )
-    skip_group_to_end(settings, group)
-    minio = make_minio(settings)
     # a few hundred tiles at one tile per request: seconds, well past a 0.3 s deadline (short
     # enough that a warm, batched stack cannot finish first; the slide still starts)
     path = write_tiff(tmp_path / "slow.svs", 3072, 3072, levels=2, tile=512)
-    up = put_file(minio, settings.slides_bucket, f"ingest-dl/{uuid.uuid4().hex[:12]}/s.svs", path)
+    up = put_slide(settings, "ingest-dl", path)
     producer = make_producer(settings)
     with running_service(settings, timeout_s=60, settle_s=1.0):
         publish_upload(producer, up)
@@ -232,10 +220,9 @@ def test_rebalance_mid_slide_commits_only_partitions_still_owned(
 ) -> None:
     from kafka import KafkaConsumer, TopicPartition
 
-    group = f"ingest-rebalance-{uuid.uuid4().hex[:8]}"
-    settings = IngestSettings.load(
-        stack.env_file,
-        ingest_group_id=group,
+    settings = fresh_group_settings(
+        stack,
+        "ingest-rebalance",
         ingest_metrics_port=0,
         ingest_session_timeout_s=6.0,
         ingest_max_poll_interval_s=10.0,
@@ -243,10 +230,9 @@ def test_rebalance_mid_slide_commits_only_partitions_still_owned(
         ingest_max_inflight=1,
         ingest_shutdown_deadline_s=5.0,
     )
-    skip_group_to_end(settings, group)
-    minio = make_minio(settings)
+    group = settings.ingest_group_id
     path = write_tiff(tmp_path / "moved.svs", 5120, 5120, levels=2, tile=512)
-    up = put_file(minio, settings.slides_bucket, f"ingest-rb/{uuid.uuid4().hex[:12]}/m.svs", path)
+    up = put_slide(settings, "ingest-rb", path)
     producer = make_producer(settings)
     # A second member that only looks: what the group gives it, it receives.
     other = KafkaConsumer(

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import signal
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from helpers.ingest_worker import read_until, spawn_worker
 from helpers.private_stack import pinned_stack_settings
+from helpers.stack_slides import fresh_group_settings, put_slide
 
 from histoprompt.core import names
 from histoprompt.core.results import ResultStore
@@ -29,11 +29,10 @@ from histoprompt.ingest.settings import IngestSettings
 from histoprompt.stack import down, up
 from histoprompt.stack.feed import (
     TopicWatcher,
+    Uploaded,
     make_producer,
     publish_upload,
-    put_file,
     results_of,
-    skip_group_to_end,
 )
 from histoprompt.stack.handle import StackHandle
 from histoprompt.stack.ingest_demo import load_demo_model
@@ -63,22 +62,19 @@ def _s3_name(stack: StackHandle) -> str:
     return next(n for n in stack.state.processes if n in ("seaweed", "minio"))
 
 
-def _long_slide(stack: StackHandle, tmp_path: Path) -> tuple[IngestSettings, object]:
-    settings = IngestSettings.load(stack.env_file)
-    minio = make_minio(settings)
+def _long_slide(settings: IngestSettings, tmp_path: Path) -> Uploaded:
     # ~1000 tiles: still in flight when the services go (SYNTHETIC slide)
     path = write_tiff(tmp_path / "long.svs", 4096, 4096, levels=2, tile=512)
-    key = f"down/{uuid.uuid4().hex[:12]}/long.svs"
-    return settings, put_file(minio, settings.slides_bucket, key, path)
+    return put_slide(settings, "down", path)
 
 
 def test_sigterm_with_kafka_and_s3_down_exits_within_the_deadline(
     private_stack: StackHandle, tmp_path: Path
 ) -> None:
     stack = private_stack
-    settings, up_ = _long_slide(stack, tmp_path)
-    group = f"down-{uuid.uuid4().hex[:8]}"
-    skip_group_to_end(settings, group)
+    settings = fresh_group_settings(stack, "down")
+    group = settings.ingest_group_id
+    up_ = _long_slide(settings, tmp_path)
     worker = spawn_worker(
         stack.env_file, group, HISTOPROMPT_INGEST_SHUTDOWN_DEADLINE_S=str(DEADLINE_S)
     )
@@ -111,9 +107,9 @@ def test_a_result_whose_event_never_went_out_is_announced_by_its_redelivery(
     private_stack: StackHandle, tmp_path: Path
 ) -> None:
     stack = private_stack
-    settings, up_ = _long_slide(stack, tmp_path)
-    group = f"announce-{uuid.uuid4().hex[:8]}"
-    skip_group_to_end(settings, group)
+    settings = fresh_group_settings(stack, "announce")
+    group = settings.ingest_group_id
+    up_ = _long_slide(settings, tmp_path)
     store = ResultStore(make_minio(settings), settings.results_bucket)
     # A short session: the killed member leaves the group quickly once Kafka is back.
     quick = {"HISTOPROMPT_INGEST_SESSION_TIMEOUT_S": "6"}

@@ -7,23 +7,20 @@ import json
 import signal
 import subprocess
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 from helpers.ingest_worker import read_until, spawn_worker
+from helpers.stack_slides import fresh_group_settings, put_slide
 
 from histoprompt.core.results import ResultStore
 from histoprompt.core.s3 import make_minio
 from histoprompt.export.synthetic_tiff import write_tiff
-from histoprompt.ingest.settings import IngestSettings
 from histoprompt.stack.feed import (
     TopicWatcher,
     make_producer,
     publish_upload,
-    put_file,
     results_of,
-    skip_group_to_end,
 )
 
 pytestmark = pytest.mark.integration
@@ -50,17 +47,14 @@ def test_sigterm_mid_slide_then_restart_finishes_exactly_once(
     results: TopicWatcher,
     tmp_path: Path,
 ) -> None:
-    settings = IngestSettings.load(stack.env_file)
+    settings = fresh_group_settings(stack, "ingest-sigterm")
+    group = settings.ingest_group_id
     minio = make_minio(settings)
     producer = make_producer(settings)
-    group = f"ingest-sigterm-{uuid.uuid4().hex[:8]}"
-    skip_group_to_end(settings, group)
     # big enough that the slide is still in flight when SIGTERM lands and after the 2 s
     # shutdown deadline (about 900 kept tiles; 4096^2 px, about 400, took 2.1 s warm)
     path = write_tiff(tmp_path / "long.svs", 6144, 6144, levels=2, tile=512)
-    up = put_file(
-        minio, settings.slides_bucket, f"ingest-sigterm/{uuid.uuid4().hex[:12]}/long.svs", path
-    )
+    up = put_slide(settings, "ingest-sigterm", path)
     first = _spawn(stack, group, deadline_s=2.0)
     try:
         publish_upload(producer, up)
