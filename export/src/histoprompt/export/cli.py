@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from histoprompt.core.modelspec import MAX_TILE_BATCH
+from histoprompt.export.cli_errors import exit_on_error
 from histoprompt.export.model_repo import Flavor, TileEncoderPlatform
 
 app = typer.Typer(
@@ -71,11 +72,8 @@ def model_card(
     from histoprompt.export.errors import ExportError
     from histoprompt.export.model_card import read_card, render_card
 
-    try:
+    with exit_on_error(ExportError, ValueError):
         card = read_card(where)
-    except (ExportError, ValueError) as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from err
     typer.echo(card.model_dump_json(indent=1) if as_json else render_card(card))
 
 
@@ -188,7 +186,6 @@ def export_encoder(
     timm:vit_base_patch16_224 --arch-kwargs '{"num_classes": 0}' --weights model.safetensors
     --out vit.onnx
     """
-    from histoprompt.core.errors import HistopromptError
     from histoprompt.core.settings import ConnectionSettings
     from histoprompt.export.encoders import load_encoder
     from histoprompt.export.onnx_export import export_tile_encoder, write_parity
@@ -196,7 +193,7 @@ def export_encoder(
     if (encoder is None) == (arch is None):
         raise typer.BadParameter("give an encoder name or --arch timm:<model>, not both")
     name = encoder if encoder is not None else str(arch)
-    try:
+    with exit_on_error():
         loaded = load_encoder(
             name,
             weights,
@@ -204,9 +201,6 @@ def export_encoder(
             settings=ConnectionSettings.load(),
             arch_kwargs=_arch_kwargs(arch_kwargs),
         )
-    except HistopromptError as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from err
     record = export_tile_encoder(loaded.module, loaded.spec.input_px, out)
     write_parity([record], out.with_suffix(".parity.json"))
     typer.echo(json.dumps(record.model_dump()))
@@ -327,12 +321,11 @@ def train(
     --expression expr.parquet --out bundle/ --encoder uni --weights s3://models/uni.safetensors
     --rna-encoder weights/bulkformer_147m --licence uni=CC-BY-NC-ND-4.0
     """
-    from histoprompt.core.errors import HistopromptError
     from histoprompt.core.settings import ConnectionSettings
     from histoprompt.export.alignment_training import TrainConfig
     from histoprompt.export.train_from_files import train_from_files
 
-    try:
+    with exit_on_error():
         card = train_from_files(
             embeddings,
             slides,
@@ -347,9 +340,6 @@ def train(
             settings=ConnectionSettings.load(),
             licences=_licences(licence),
         )
-    except HistopromptError as err:
-        typer.secho(f"error: {err.message}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from err
     typer.echo(
         f"wrote bundle {card.version} to {out}; serve it with "
         f"`histoprompt-export model-repo --artifacts {out}`"

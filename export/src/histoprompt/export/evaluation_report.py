@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from histoprompt.export.cli_errors import exit_on_error, fail
+
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
@@ -363,16 +365,14 @@ def evaluate(
     ),
 ) -> None:
     """Evaluate paired embeddings: Recall@1/5/10 both ways, per-Hallmark R2/Pearson/Spearman."""
-    from histoprompt.core.errors import HistopromptError
 
     if report is not None:
         from histoprompt.export.protocol_report import protocol_command
 
         raise typer.Exit(protocol_command(report, seed))
     if out is None:
-        typer.secho("error: give --out DIR (or --report DIR)", fg="red", err=True)
-        raise typer.Exit(2)
-    try:
+        raise fail("give --out DIR (or --report DIR)")
+    with exit_on_error():
         if synthetic:
             inputs = synthetic_inputs(n_patients, seed)
         elif bundle is not None:
@@ -380,14 +380,8 @@ def evaluate(
         elif pairs is not None:
             inputs = load_pairs(pairs, expression)
         else:
-            typer.secho(
-                "error: give --pairs FILE.npz, --bundle DIR or --synthetic", fg="red", err=True
-            )
-            raise typer.Exit(2)
+            raise fail("give --pairs FILE.npz, --bundle DIR or --synthetic")
         report = run_evaluation(inputs, [m.strip() for m in methods.split(",") if m.strip()])
-    except HistopromptError as err:
-        typer.secho(f"error: {err.message}", fg="red", err=True)
-        raise typer.Exit(2) from err
     files = write_report(report, out)
     gain = retrieval_gain(report.retrieval)
     med = report.pathways.groupby("method")["r2"].median()

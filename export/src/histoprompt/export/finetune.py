@@ -21,6 +21,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
+from histoprompt.export.cli_errors import exit_on_error
 from histoprompt.export.errors import ExportError
 
 app = typer.Typer(
@@ -156,7 +157,7 @@ def finetune(
     """Fine-tune the alignment of --from on --fraction of a new cohort; export a bundle."""
     from histoprompt.core.errors import HistopromptError
 
-    try:
+    with exit_on_error(HistopromptError, OSError, ValueError):
         record = finetune_bundle(
             source,
             embeddings,
@@ -171,9 +172,6 @@ def finetune(
             synthetic=synthetic,
             alignment_only=alignment_only,
         )
-    except (HistopromptError, OSError, ValueError) as err:
-        typer.secho(f"error: {getattr(err, 'message', err)}", fg="red", err=True)
-        raise typer.Exit(2) from err
     typer.echo(
         f"fine-tuned {record['source_model']} on {record['n_patients_used']} of "
         f"{record['n_patients_new_cohort']} patients (fraction {fraction}); data fingerprint "

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
+from histoprompt.export.cli_errors import exit_on_error, fail
+
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
@@ -86,11 +88,6 @@ def triton_embed_fn(url: str, model: str = "rna_embed") -> EmbedFn:
     return embed
 
 
-def _fail(message: str) -> typer.Exit:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(2)
-
-
 def _store(ref: ReferenceDB, out: str) -> str:
     """Save under a local directory or `s3://<bucket>[/<root>]`; returns where it went."""
     from histoprompt.core.reference_store import save_reference, save_reference_s3
@@ -142,17 +139,15 @@ def _check_options(
 ) -> Path | None:
     """The gene-order file to use (None: the expression's own columns, precomputed path)."""
     if (rna_embeddings is None) != (rna_head is None):
-        raise _fail("--rna-embeddings and --rna-head go together")
+        raise fail("--rna-embeddings and --rna-head go together")
     # --rna-onnx wins over a Triton URL that may come from the environment
     if rna_onnx is None and triton is None and rna_head is None:
-        raise _fail("give --rna-onnx FILE, --triton HOST:PORT or --rna-embeddings/--rna-head")
+        raise fail("give --rna-onnx FILE, --triton HOST:PORT or --rna-embeddings/--rna-head")
     if expression_dtype not in ("float16", "float32"):
-        raise _fail("--expression-dtype must be float16 or float32")
+        raise fail("--expression-dtype must be float16 or float32")
     gene_file = genes or (rna_onnx.parent / CONTRACT_FILE if rna_onnx is not None else None)
     if rna_head is None and (gene_file is None or not gene_file.is_file()):
-        raise _fail(
-            f"the encoder's gene order is needed: --genes FILE ({gene_file} does not exist)"
-        )
+        raise fail(f"the encoder's gene order is needed: --genes FILE ({gene_file} does not exist)")
     return gene_file
 
 
@@ -200,12 +195,11 @@ def build(
     synthetic: Annotated[bool, typer.Option(help="label the reference as SYNTHETIC")] = False,
 ) -> None:
     """Embed a reference cohort, score the Hallmarks and store a versioned reference DB."""
-    from histoprompt.core.errors import HistopromptError
     from histoprompt.core.reference_build import build_reference, read_table
 
     gene_file = _check_options(rna_onnx, triton, rna_embeddings, rna_head, genes, expression_dtype)
     dtype: Literal["float16", "float32"] = "float16" if expression_dtype == "float16" else "float32"
-    try:
+    with exit_on_error():
         expr = read_table(expression)
         meta = read_table(metadata).reset_index() if metadata is not None else None
         embed_fn, precomputed = _embedder(
@@ -225,8 +219,6 @@ def build(
             embeddings=precomputed,
         )
         where = _store(ref, out)
-    except HistopromptError as err:
-        raise _fail(err.message) from err
     m = ref.manifest
     typer.echo(
         f"reference {m.name} version {m.version}: {m.n_samples} samples x {m.n_genes} genes, "
@@ -241,7 +233,6 @@ def show(
     uri: Annotated[str, typer.Argument(help="local reference dir or s3://bucket/references/name")],
 ) -> None:
     """Print a reference's manifest (sizes, version, skipped Hallmark sets)."""
-    from histoprompt.core.errors import HistopromptError
     from histoprompt.core.reference_store import load_reference_uri
 
     client = None
@@ -250,8 +241,6 @@ def show(
         from histoprompt.core.settings import ConnectionSettings
 
         client = make_minio(ConnectionSettings.load())
-    try:
+    with exit_on_error():
         ref = load_reference_uri(uri, client)
-    except HistopromptError as err:
-        raise _fail(err.message) from err
     typer.echo(ref.manifest.model_dump_json(by_alias=True, indent=1, exclude={"files"}))

@@ -11,6 +11,8 @@ from typing import Annotated
 
 import typer
 
+from histoprompt.export.cli_errors import exit_on_error
+
 __all__ = ["spatial_slide", "spatial_train_command"]
 
 
@@ -62,14 +64,10 @@ def spatial_train_command(
 
     Example: histoprompt-export spatial-train --st s.h5ad --slide s.tiff --bundle b/ --out h/
     """
-    from histoprompt.core.errors import HistopromptError
     from histoprompt.export.spatial_train import spatial_train
 
-    try:
+    with exit_on_error():
         doc = spatial_train(st, slide, bundle, out, ridge=ridge, all_sets=all_sets)
-    except HistopromptError as err:
-        typer.secho(f"error: {err.message}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from err
     r2 = doc["head"]["in_sample_r2"]
     n = sum(s["tiles_with_spot"] for s in doc["samples"])
     typer.echo(
