@@ -84,6 +84,8 @@ class DicomInstance:
         self._ranges_lock = threading.Lock()
         self._frames: OrderedDict[int, NDArray[Any]] = OrderedDict()
         self._frames_lock = threading.Lock()
+        # Compressed bytes of frames fetched ahead (histoprompt.wsi.read_ahead).
+        self._staged: dict[int, bytes] = {}
 
     # -- header checks ---------------------------------------------------------------------
 
@@ -220,7 +222,8 @@ class DicomInstance:
         return out
 
     def load_frames(self, indices: Sequence[int], cache: bool = True) -> dict[int, NDArray[Any]]:
-        """Decoded frames for `indices`: cached ones, plus missing ones in coalesced GETs."""
+        """Decoded frames for `indices`: cached ones, then staged ones (`stage`), then the
+        rest in coalesced GETs."""
         out: dict[int, NDArray[Any]] = {}
         missing = []
         with self._frames_lock:
@@ -231,16 +234,20 @@ class DicomInstance:
                 else:
                     self._frames.move_to_end(i)
                     out[i] = frame
+            staged = {i: self._staged.pop(i) for i in missing if i in self._staged}
         if missing:
             table = self.frame_ranges()
-            ranges = {i: (int(table[i, 0]), int(table[i, 1])) for i in missing}
-            wanted = list(ranges.values())
+            ranges = {i: (int(table[i, 0]), int(table[i, 1])) for i in missing if i not in staged}
             with CPU_STAGES.stage("read"):
                 blobs = read_ranges(
-                    self._src, wanted, self._limits.coalesce_gap, self._limits.max_range
+                    self._src,
+                    list(ranges.values()),
+                    self._limits.coalesce_gap,
+                    self._limits.max_range,
                 )
+            data = [staged[i] if i in staged else blobs[ranges[i]] for i in missing]
             with CPU_STAGES.stage("decode"):
-                self._decode_into(out, missing, [blobs[ranges[i]] for i in missing])
+                self._decode_into(out, missing, data)
             if not cache:
                 return out
             with self._frames_lock:
@@ -249,6 +256,12 @@ class DicomInstance:
                 while len(self._frames) > self._limits.frame_cache:
                     self._frames.popitem(last=False)
         return out
+
+    def stage(self, data: dict[int, bytes]) -> None:
+        """Hold these frames' compressed bytes until load_frames decodes them (each once),
+        in place of what was staged before."""
+        with self._frames_lock:
+            self._staged = data
 
     def _decode_into(
         self, out: dict[int, NDArray[Any]], indices: Sequence[int], data: Sequence[bytes]

@@ -17,7 +17,8 @@ TiffBackend = Literal["auto", "tiffslide", "cucim"]
 @dataclass(frozen=True)
 class ReadLimits:
     """Bounds of one opened slide. Memory per slide is about frame_cache decoded frames plus
-    block_size * (block_cache_blocks + tiff_block_cache_blocks) bytes of headers."""
+    read_ahead_bytes of compressed frames and block_size * (block_cache_blocks +
+    tiff_block_cache_blocks) bytes of headers."""
 
     max_pixels: int = 100_000 * 100_000
     """Decompression-bomb guard on level-0 pixels."""
@@ -34,6 +35,10 @@ class ReadLimits:
     """Largest single GET."""
     frame_cache: int = 256
     """Decoded DICOM frames kept per slide."""
+    read_ahead_bytes: int = 4 * 1024 * 1024
+    """Compressed DICOM frame bytes fetched ahead of the tiles being read and held until
+    decoded (histoprompt.wsi.read_ahead), at least one tile's frames. A fixed budget: the
+    window of tiles it covers shrinks on slides with larger frames, never the other way."""
     block_size: int = 256 * 1024
     """Block of the ranged-read cache over headers and offset tables."""
     block_cache_blocks: int = 16

@@ -28,7 +28,7 @@ from histoprompt.wsi.tiling import TilePlan, plan_tiles
 __all__ = ["ScoredSlide", "ScoringOptions", "SlideInference", "embed_tiles", "score_slide"]
 
 READ_AHEAD_BATCHES = 8
-"""Batches whose frames are fetched together (bounded by a quarter of the frame cache)."""
+"""Batches whose frames are fetched together (bounded by ReadLimits.read_ahead_bytes)."""
 
 
 class SlideInference(Protocol):
