@@ -63,6 +63,11 @@ def _infer(
     return [result.as_numpy(o) for o in outputs]
 
 
+def _patch_embed(c: grpcclient.InferenceServerClient, tiles: np.ndarray) -> np.ndarray:
+    model, out = names.MODEL_PATCH_EMBED, names.TENSOR_TILE_EMBEDDING
+    return _infer(c, model, names.TENSOR_TILES, tiles, "UINT8", [out])[0]
+
+
 def _close(got: np.ndarray, ref: np.ndarray) -> None:
     np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
     a, b = got.reshape(got.shape[0], -1), ref.reshape(ref.shape[0], -1)
@@ -96,14 +101,7 @@ def test_patch_embed_matches_torch(
     from histoprompt.export.encoders import load_encoder
 
     tiles = np.random.default_rng(0).integers(0, 256, (64, 64, 64, 3), dtype=np.uint8)
-    (got,) = _infer(
-        client,
-        names.MODEL_PATCH_EMBED,
-        names.TENSOR_TILES,
-        tiles,
-        "UINT8",
-        [names.TENSOR_TILE_EMBEDDING],
-    )
+    got = _patch_embed(client, tiles)
     ref = embed_tiles(load_encoder("tiny", seed=0), tiles)
     assert got.shape == (64, demo.card.encoder.embed_dim)
     _close(got, ref)
@@ -120,14 +118,7 @@ def test_one_step_patch_embed_equals_the_two_step_path(
     steps = [s["model_name"] for s in cfg["ensemble_scheduling"]["step"]]
     assert steps == [names.MODEL_TILE_ENCODER]
     tiles = np.random.default_rng(3).integers(0, 256, (40, 96, 96, 3), dtype=np.uint8)
-    (got,) = _infer(
-        client,
-        names.MODEL_PATCH_EMBED,
-        names.TENSOR_TILES,
-        tiles,
-        "UINT8",
-        [names.TENSOR_TILE_EMBEDDING],
-    )
+    got = _patch_embed(client, tiles)
     (pixels,) = _infer(
         client,
         names.MODEL_TILE_PREPROCESS,
