@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -69,24 +70,22 @@ def retrieval_summary(retrieval: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def wilcoxon_tests(result: ProtocolResult) -> pd.DataFrame:
-    """Paired Wilcoxon signed-rank tests across folds and k / gene sets."""
+def _paired_test(comparison: str, d: pd.Series) -> dict[str, Any]:
+    """One row of `wilcoxon_tests`: the signed-rank test of paired differences `d` (p = 1
+    when every difference is 0, where scipy's test is undefined)."""
     from scipy.stats import wilcoxon
 
+    p = float(wilcoxon(d).pvalue) if np.any(d != 0) else 1.0
+    return {"comparison": comparison, "pairs": len(d), "median_diff": float(d.median()), "p": p}
+
+
+def wilcoxon_tests(result: ProtocolResult) -> pd.DataFrame:
+    """Paired Wilcoxon signed-rank tests across folds and k / gene sets."""
     rows = []
     ret = result.retrieval.set_index(["fold", "direction", "k", "method"])["recall"].unstack()
     for base in ("zero_shot", "cca", "linear_probe", "no_rna_encoder"):
         if base in ret:
-            d = ret["aligned"] - ret[base]
-            p = float(wilcoxon(d).pvalue) if np.any(d != 0) else 1.0
-            rows.append(
-                {
-                    "comparison": f"retrieval aligned vs {base}",
-                    "pairs": len(d),
-                    "median_diff": float(d.median()),
-                    "p": p,
-                }
-            )
+            rows.append(_paired_test(f"retrieval aligned vs {base}", ret["aligned"] - ret[base]))
     r2 = result.pathways.set_index(["fold", "gene_set", "method"])["r2"].unstack()
     for a, b in (
         ("mlp", "linear_probe"),
@@ -96,16 +95,7 @@ def wilcoxon_tests(result: ProtocolResult) -> pd.DataFrame:
         ("ridge", UNWHITENED),
     ):
         if a in r2 and b in r2:
-            d = (r2[a] - r2[b]).dropna()
-            p = float(wilcoxon(d).pvalue) if np.any(d != 0) else 1.0
-            rows.append(
-                {
-                    "comparison": f"R2 {a} vs {b}",
-                    "pairs": len(d),
-                    "median_diff": float(d.median()),
-                    "p": p,
-                }
-            )
+            rows.append(_paired_test(f"R2 {a} vs {b}", (r2[a] - r2[b]).dropna()))
     return pd.DataFrame(rows)
 
 
