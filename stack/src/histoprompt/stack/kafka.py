@@ -22,7 +22,7 @@ from histoprompt.core.settings import ConnectionSettings
 from histoprompt.stack.errors import StackError
 from histoprompt.stack.ports_layout import StackPorts
 from histoprompt.stack.settings import SCRAM_MECHANISM, StackSettings
-from histoprompt.stack.supervisor import ProcessSpec, log_tail, service_log
+from histoprompt.stack.supervisor import ProcessSpec, log_tail, service_dirs, service_log
 from histoprompt.stack.tls import TlsFiles
 
 if TYPE_CHECKING:
@@ -203,9 +203,7 @@ def check_installed(settings: StackSettings) -> None:
 def prepare(settings: StackSettings, state_dir: Path, ports: StackPorts) -> ProcessSpec:
     """Write the config, format the KRaft storage and return how to start the node."""
     check_installed(settings)
-    home = state_dir / NAME
-    data = home / "data"
-    data.mkdir(parents=True, exist_ok=True)
+    home, data = service_dirs(state_dir, NAME)
     config = home / "server.properties"
     tls = TlsFiles.at(state_dir) if settings.stack_tls else None
     config.write_text(server_properties(ports, data, tls))

@@ -20,7 +20,7 @@ from histoprompt.stack import s3_buckets
 from histoprompt.stack.errors import StackError
 from histoprompt.stack.ports_layout import StackPorts
 from histoprompt.stack.settings import StackSettings
-from histoprompt.stack.supervisor import ProcessSpec, service_log
+from histoprompt.stack.supervisor import ProcessSpec, service_dirs, service_log
 from histoprompt.stack.tls import TlsFiles
 
 NAME = "minio"
@@ -85,9 +85,7 @@ def prepare(
 ) -> ProcessSpec:
     """How to start a single-drive MinIO on loopback; `notify`: with the Kafka target."""
     binary = check_installed(settings)
-    home = state_dir / NAME
-    data = home / "data"
-    data.mkdir(parents=True, exist_ok=True)
+    home, data = service_dirs(state_dir, NAME)
     (home / "certs").mkdir(exist_ok=True)
     if settings.stack_tls:
         install_certs(home / "certs", TlsFiles.at(state_dir))

@@ -13,7 +13,7 @@ from histoprompt.core.settings import ConnectionSettings
 from histoprompt.stack.errors import StackError
 from histoprompt.stack.ports_layout import StackPorts
 from histoprompt.stack.settings import StackSettings
-from histoprompt.stack.supervisor import ProcessSpec, service_log
+from histoprompt.stack.supervisor import ProcessSpec, service_dirs, service_log
 
 NAME = "prometheus"
 JOB_TRITON = "triton"
@@ -77,9 +77,7 @@ def check_installed(settings: StackSettings) -> str:
 def prepare(settings: StackSettings, state_dir: Path, ports: StackPorts) -> ProcessSpec:
     """Write prometheus.yml and return how to start Prometheus on a loopback port."""
     binary = check_installed(settings)
-    home = state_dir / NAME
-    data = home / "data"
-    data.mkdir(parents=True, exist_ok=True)
+    home, data = service_dirs(state_dir, NAME)
     cfg = home / "prometheus.yml"
     rules = rule_files(settings.project_path(settings.stack_prometheus_rules_dir))
     cfg.write_text(yaml.safe_dump(config(ports, settings.stack_scrape_interval, rules)))

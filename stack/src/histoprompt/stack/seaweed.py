@@ -13,7 +13,7 @@ from pathlib import Path
 from histoprompt.stack.errors import StackError
 from histoprompt.stack.ports_layout import StackPorts
 from histoprompt.stack.settings import StackSettings
-from histoprompt.stack.supervisor import ProcessSpec, service_log
+from histoprompt.stack.supervisor import ProcessSpec, service_dirs, service_log
 
 NAME = "seaweed"
 VOLUME_SIZE_LIMIT_MB = 64
@@ -61,9 +61,7 @@ def check_installed(settings: StackSettings) -> Path:
 def prepare(settings: StackSettings, state_dir: Path, ports: StackPorts) -> ProcessSpec:
     """Write the identities file and return how to start master, volume, filer and S3."""
     weed = check_installed(settings)
-    home = state_dir / NAME
-    data = home / "data"
-    data.mkdir(parents=True, exist_ok=True)
+    home, data = service_dirs(state_dir, NAME)
     s3_config = home / "s3.json"
     s3_config.touch(mode=0o600)
     s3_config.write_text(json.dumps(identities(settings), indent=2))

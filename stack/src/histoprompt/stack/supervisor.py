@@ -61,6 +61,15 @@ def service_log(state_dir: Path, name: str) -> Path:
     return state_dir / "logs" / f"{name}.log"
 
 
+def service_dirs(state_dir: Path, name: str) -> tuple[Path, Path]:
+    """(home, data) of service `name`: <state>/<name> (what `up` removes before a fresh
+    start) and its data folder, created."""
+    home = state_dir / name
+    data = home / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    return home, data
+
+
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     """The last `lines` lines of a log file ('' when it does not exist)."""
     try:
