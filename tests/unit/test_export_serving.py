@@ -214,6 +214,18 @@ def test_onnx_shape_must_match_the_config(encoder_dir: Path) -> None:
         TileEncoder(ModelContext.from_config(bad, encoder_dir, "tile_encoder"))
 
 
+def test_a_tile_encoder_from_an_older_repository_says_to_regenerate_it(
+    encoder_dir: Path,
+) -> None:
+    ctx = _ctx(names.MODEL_TILE_ENCODER, encoder_dir)
+    old = dict(ctx.config)
+    # before the one-step cpu patch_embed: no encoder parameters on tile_encoder
+    keep = ("model_version", "onnx_file", "intra_op_threads", "synthetic")
+    old["parameters"] = {k: v for k, v in ctx.config["parameters"].items() if k in keep}
+    with pytest.raises(ModelConfigError, match="regenerate the repository"):
+        TileEncoder(ModelContext.from_config(old, encoder_dir, "tile_encoder"))
+
+
 class _Engine:
     def __init__(self) -> None:
         self.calls: list[Any] = []

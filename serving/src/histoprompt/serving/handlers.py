@@ -141,7 +141,15 @@ class TileEncoder(_OnnxHandler):
     outputs = (names.TENSOR_TILE_EMBEDDING,)
 
     def __init__(self, ctx: ModelContext) -> None:
-        self.spec = _encoder_spec(ctx)
+        try:
+            self.spec = _encoder_spec(ctx)
+        except ModelConfigError as err:
+            # A repository generated before the one-step cpu patch_embed: its tile_encoder
+            # took PIXELS and carried no encoder parameters.
+            raise ModelConfigError(
+                f"{err}; a cpu tile_encoder takes TILES and carries the encoder's parameters: "
+                "regenerate the repository with `histoprompt-export model-repo`"
+            ) from err
         super().__init__(ctx)
 
     def _onnx_input_shape(self, ctx: ModelContext) -> tuple[int | None, ...]:
