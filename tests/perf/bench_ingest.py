@@ -81,17 +81,19 @@ def serve_encoder(name: str, triton_url: str, repo: Path, work: Path) -> tuple[A
 # -- the two data paths -----------------------------------------------------------------------
 
 
+# Tiles per patch_embed request and requests in flight of the data path (`--batches`).
+DATA_PATH_BATCHES = (16, 2)
+
+
 def ingest_settings(env_file: Path, **kw: Any) -> Any:
     from histoprompt.ingest.settings import IngestSettings
 
     # Triton runs on this host: tiles go through system shared memory, as they would for an
-    # ingest replica beside its Triton. Batches of 16, 2 in flight: the service's defaults
-    # (32, 4) cost more CPU here (history table: Triton's dynamic batching then merged
-    # requests into larger float32 tensors between its two stubs; measured before the cpu
-    # patch_embed became one step, not rerun since).
+    # ingest replica beside its Triton.
+    tiles, inflight = DATA_PATH_BATCHES
     base = {
-        "ingest_batch_size": 16,
-        "ingest_max_inflight": 2,
+        "ingest_batch_size": tiles,
+        "ingest_max_inflight": inflight,
         "ingest_min_tissue_fraction": 0.25,
         "ingest_triton_shared_memory": True,
     }
@@ -244,12 +246,23 @@ def upload_dicom(
     return SlideJob(up.bucket, up.key, up.etag, up.size, "series")
 
 
+def silence_bucket(handle: Any) -> None:
+    """The benchmark publishes the slides' events itself (and times them from there), so on
+    MinIO its stack's slides bucket sends no notifications: each slide has one event."""
+    from histoprompt.core.s3 import make_minio
+
+    settings = ingest_settings(handle.env_file)
+    make_minio(settings).delete_bucket_notification(settings.slides_bucket)
+
+
 # -- the four benchmarks ----------------------------------------------------------------------
 
 
-def bench_data_path(handle: Any, work: Path) -> dict:
+def bench_data_path(handle: Any, work: Path, batches: tuple[int, int]) -> dict:
     served, _ = serve_encoder("null", handle.triton_grpc, handle.model_repository, work)
-    settings = ingest_settings(handle.env_file)
+    settings = ingest_settings(
+        handle.env_file, ingest_batch_size=batches[0], ingest_max_inflight=batches[1]
+    )
     job = upload_dicom(settings, work, "datapath", 8192, 3, 0.5)
     ingest_path(settings, job, served, max_tiles=64)  # warm-up (Triton instances, caches)
     fast = cpu_run(stack_groups(handle), lambda: ingest_path(settings, job, served))
@@ -260,6 +273,8 @@ def bench_data_path(handle: Any, work: Path) -> dict:
     r_naive = naive["n_tiles"] / naive["seconds"]
     return {
         "slide": "8192^2 px, 3-level JPEG DICOM-WSI series, null encoder (224 px @ 0.5 mpp)",
+        "batches": f"{batches[0]} tiles per request, {batches[1]} in flight",
+        "s3_server": next(s for s in ("minio", "seaweed") if s in handle.state.processes),
         "n_tiles": fast["n_tiles"],
         "ingest_tiles_per_s": r_fast,
         "naive_tiles_per_s": r_naive,
@@ -615,7 +630,20 @@ def main() -> None:
         metavar="LABEL",
         help="record the data path's CPU figure as the history row of change LABEL",
     )
+    parser.add_argument(
+        "--batches",
+        default="x".join(map(str, DATA_PATH_BATCHES)),
+        metavar="TILESxINFLIGHT",
+        help="the data path's tiles per patch_embed request and requests in flight",
+    )
+    parser.add_argument(
+        "--s3-server",
+        choices=("minio", "seaweed"),
+        default="seaweed",
+        help="the local stack's S3 server (its CPU is counted in the data path's figure)",
+    )
     args = parser.parse_args()
+    tiles, inflight = (int(v) for v in args.batches.split("x"))
     if args.rss_child:
         _rss_child(*args.rss_child)
         return
@@ -634,14 +662,15 @@ def main() -> None:
                 stack_env_file=state / "stack.env",
                 stack_die_with_parent=True,
                 stack_kafka_libs=REPO_ROOT / ".cache" / "kafka" / "libs",
-                # The benchmark publishes the S3 events itself (no bucket notifications).
-                stack_s3_server="seaweed",
+                stack_s3_server=args.s3_server,
             )
         )
+        if args.s3_server == "minio":
+            silence_bucket(handle)
         work = Path(tmp) / "work"
         work.mkdir()
         runs = {
-            "data_path": lambda: bench_data_path(handle, work),
+            "data_path": lambda: bench_data_path(handle, work, (tiles, inflight)),
             "sparse": lambda: bench_sparse(handle, work),
             "efficiency": lambda: bench_efficiency(handle, work, args.efficiency_tiles),
             "memory": lambda: bench_memory(
