@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from helpers.tiny_model import served_config, tiny_card
 
 from histoprompt.core import names
-from histoprompt.core.modelspec import ModelCard
 from histoprompt.export.encoder_specs import encoder_spec
 from histoprompt.export.encoders import load_encoder
 from histoprompt.export.model_repo import Flavor, parse_config, render
@@ -24,23 +24,8 @@ from histoprompt.serving.preprocess import preprocess_tiles, resize_bilinear
 from histoprompt.serving.triton_adapter import TritonModelBase
 
 
-def _card() -> ModelCard:
-    return ModelCard(
-        name="t",
-        version="tiny-test",
-        encoder=encoder_spec("tiny"),
-        aligned_dim=8,
-        rna_genes=10,
-        synthetic=True,
-    )
-
-
 def _ctx(model: str, version_dir: Path) -> ModelContext:
-    from google.protobuf import json_format
-
-    text = render(_card(), Flavor.cpu).configs[model]
-    config = json_format.MessageToDict(parse_config(text), preserving_proto_field_name=True)
-    return ModelContext.from_config(config, version_dir, model)
+    return ModelContext.from_config(served_config(tiny_card(), model), version_dir, model)
 
 
 class _FakeTensor:
@@ -90,7 +75,7 @@ def _adapter(model: str, version_dir: Path) -> TritonModelBase:
     from google.protobuf import json_format
 
     cfg = json_format.MessageToDict(
-        parse_config(render(_card(), Flavor.cpu).configs[model]),
+        parse_config(render(tiny_card(), Flavor.cpu).configs[model]),
         preserving_proto_field_name=True,
     )
     cls = type("M", (TritonModelBase,), {"model_name": model, "pb": FAKE_PB})

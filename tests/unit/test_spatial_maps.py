@@ -171,27 +171,17 @@ def test_tile_head_exports_with_parity(tmp_path: Path) -> None:
 def test_tile_head_is_served_when_installed_and_refused_politely_when_not(
     tmp_path: Path,
 ) -> None:
-    from google.protobuf import json_format
+    from helpers.tiny_model import served_config, tiny_card
 
     from histoprompt.core import names
-    from histoprompt.core.modelspec import ModelCard
-    from histoprompt.export.encoder_specs import encoder_spec
-    from histoprompt.export.model_repo import Flavor, install_artifacts, parse_config, render
+    from histoprompt.export.model_repo import install_artifacts
     from histoprompt.export.spatial_train import export_tile_head, fit_head
     from histoprompt.serving.context import ModelContext
     from histoprompt.serving.errors import RequestError
     from histoprompt.serving.handlers import HANDLERS
 
-    card = ModelCard(
-        name="t",
-        version="tiny-test",
-        encoder=encoder_spec("tiny"),
-        aligned_dim=8,
-        rna_genes=10,
-        synthetic=True,
-    )
-    text = render(card, Flavor.cpu).configs[names.MODEL_TILE_HEAD]
-    config = json_format.MessageToDict(parse_config(text), preserving_proto_field_name=True)
+    card = tiny_card()
+    config = served_config(card, names.MODEL_TILE_HEAD)
     repo = tmp_path / "repo"
     version = repo / names.MODEL_TILE_HEAD / "1"
     version.mkdir(parents=True)
