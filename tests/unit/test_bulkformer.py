@@ -176,22 +176,21 @@ def test_train_with_a_bulkformer_folder_end_to_end(tmp_path: Path) -> None:
     """`train --rna-encoder <BulkFormer folder>`: expression keyed by symbols maps onto the
     Ensembl order, the bundle exports BulkFormer inside rna_embed.onnx, the reference is keyed
     by symbols so the Hallmark predictor trains; the card names the RNA weight files."""
+    from helpers.cohort_files import write_cohort_files
     from typer.testing import CliRunner
 
     from histoprompt.core.modelspec import ModelCard
     from histoprompt.export.cli import app
-    from histoprompt.export.cohort import CohortConfig, make_cohort, write_expression
+    from histoprompt.export.cohort import CohortConfig, make_cohort
     from histoprompt.export.encoder_specs import encoder_spec
 
     cohort = make_cohort(CohortConfig(n_patients=12, min_tiles=4, max_tiles=5, seed=4))
     rng = np.random.default_rng(3)
-    (tmp_path / "emb").mkdir()
-    for slide in cohort.slides:  # SYNTHETIC tile embeddings
-        bag = rng.normal(size=(len(slide.tiles), encoder_spec("null").embed_dim))
-        np.save(tmp_path / "emb" / f"{slide.slide_id}.npy", bag.astype(np.float32))
-    rows = [f"{s.slide_id},{s.patient_id}" for s in cohort.slides]
-    (tmp_path / "slides.csv").write_text("slide_id,patient_id\n" + "\n".join(rows) + "\n")
-    write_expression(cohort, tmp_path / "expr.parquet")
+    dim = encoder_spec("null").embed_dim
+    # SYNTHETIC tile embeddings
+    inputs = write_cohort_files(
+        cohort, tmp_path, lambda slide: rng.normal(size=(len(slide.tiles), dim)).astype(np.float32)
+    )
     n = len(cohort.genes)
     cfg = BulkFormerConfig(dim=16, gene_length=n, p_repeat=1)
     folder = tmp_path / "bulkformer"
@@ -204,14 +203,7 @@ def test_train_with_a_bulkformer_folder_end_to_end(tmp_path: Path) -> None:
     )
     spec = json.loads((folder / BULKFORMER_JSON).read_text())
     (folder / BULKFORMER_JSON).write_text(json.dumps({**spec, "config": cfg.model_dump()}))
-    args = [
-        "train",
-        "--embeddings",
-        str(tmp_path / "emb"),
-        "--slides",
-        str(tmp_path / "slides.csv"),
-    ]
-    args += ["--expression", str(tmp_path / "expr.parquet"), "--out", str(tmp_path / "bundle")]
+    args = ["train", *inputs, "--out", str(tmp_path / "bundle")]
     result = CliRunner().invoke(
         app, [*args, "--rna-encoder", str(folder), "--epochs", "2", "--encoder", "null"]
     )

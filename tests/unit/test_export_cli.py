@@ -95,32 +95,25 @@ def test_export_encoder_generic_timm_form_and_a_wrong_file(tmp_path: Path) -> No
 
 def test_train_example_on_cached_embeddings(tmp_path: Path) -> None:
     import numpy as np
+    from helpers.cohort_files import write_cohort_files
 
-    from histoprompt.export.cohort import CohortConfig, make_cohort, write_expression
+    from histoprompt.export.cohort import CohortConfig, make_cohort
     from histoprompt.export.embedding import embed_tiles
     from histoprompt.export.encoders import load_encoder
 
     cohort = make_cohort(CohortConfig(n_patients=16, min_tiles=4, max_tiles=6, seed=2))
     enc = load_encoder("tiny")
-    (tmp_path / "emb").mkdir()
-    for slide in cohort.slides:
-        np.save(
-            tmp_path / "emb" / f"{slide.slide_id}.npy",
-            embed_tiles(enc, slide.tiles).astype(np.float16),
-        )
-    rows = ["slide_id,patient_id"] + [f"{s.slide_id},{s.patient_id}" for s in cohort.slides]
-    (tmp_path / "slides.csv").write_text("\n".join(rows) + "\nSYN-GONE,SYN-99999\n")
-    write_expression(cohort, tmp_path / "expr.parquet")
+    inputs = write_cohort_files(
+        cohort,
+        tmp_path,
+        lambda slide: embed_tiles(enc, slide.tiles).astype(np.float16),
+        ["SYN-GONE,SYN-99999"],  # listed, no embeddings: skipped
+    )
     result = runner.invoke(
         app,
         [
             "train",
-            "--embeddings",
-            str(tmp_path / "emb"),
-            "--slides",
-            str(tmp_path / "slides.csv"),
-            "--expression",
-            str(tmp_path / "expr.parquet"),
+            *inputs,
             "--out",
             str(tmp_path / "bundle"),
             "--epochs",

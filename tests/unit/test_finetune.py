@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from helpers.cohort_files import cohort_args, write_cohort_files
 from typer.testing import CliRunner
 
 from histoprompt.export.cli import app
@@ -45,24 +46,18 @@ def _source_bundle(folder: Path) -> Path:
 
 def _new_cohort_files(tmp_path: Path) -> Path:
     """A SYNTHETIC new cohort as finetune reads it: tile embeddings, slides table, parquet."""
-    from histoprompt.export.cohort import CohortConfig, make_cohort, write_expression
+    from histoprompt.export.cohort import CohortConfig, make_cohort
     from histoprompt.export.embedding import embed_tiles
     from histoprompt.export.encoders import load_encoder
 
     enc = load_encoder("tiny")
     cohort = make_cohort(CohortConfig(n_patients=12, min_tiles=3, max_tiles=4, seed=3))
-    (tmp_path / "new" / "emb").mkdir(parents=True)
-    for s in cohort.slides:
-        np.save(tmp_path / "new" / "emb" / f"{s.slide_id}.npy", embed_tiles(enc, s.tiles))
-    rows = ["slide_id,patient_id"] + [f"{s.slide_id},{s.patient_id}" for s in cohort.slides]
-    (tmp_path / "new" / "slides.csv").write_text("\n".join(rows) + "\n")
-    write_expression(cohort, tmp_path / "new" / "expr.parquet")
+    write_cohort_files(cohort, tmp_path / "new", lambda s: embed_tiles(enc, s.tiles))
     return tmp_path / "new"
 
 
 def _args(d: Path) -> list[str]:
-    return ["--embeddings", str(d / "emb"), "--slides", str(d / "slides.csv"),
-            "--expression", str(d / "expr.parquet"), "--rna-encoder", "tiny"]  # fmt: skip
+    return [*cohort_args(d), "--rna-encoder", "tiny"]
 
 
 def test_finetune_warm_starts_and_records_the_data(tmp_path: Path) -> None:

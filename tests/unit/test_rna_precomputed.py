@@ -39,19 +39,18 @@ def test_table_reader_refuses_duplicates_text_and_nan(tmp_path: Path) -> None:
 
 
 def test_train_and_reference_from_precomputed_rna_embeddings(tmp_path: Path) -> None:
-    from histoprompt.export.cohort import CohortConfig, make_cohort, write_expression
+    from helpers.cohort_files import write_cohort_files
+
+    from histoprompt.export.cohort import CohortConfig, make_cohort
     from histoprompt.export.encoder_specs import encoder_spec
 
     cohort = make_cohort(CohortConfig(n_patients=16, min_tiles=4, max_tiles=6, seed=3))
     dim = encoder_spec("null").embed_dim
     rng = np.random.default_rng(1)
-    (tmp_path / "emb").mkdir()
-    for slide in cohort.slides:  # SYNTHETIC tile embeddings: only their shape matters here
-        bag = rng.normal(size=(len(slide.tiles), dim)).astype(np.float32)
-        np.save(tmp_path / "emb" / f"{slide.slide_id}.npy", bag)
-    rows = ["slide_id,patient_id"] + [f"{s.slide_id},{s.patient_id}" for s in cohort.slides]
-    (tmp_path / "slides.csv").write_text("\n".join(rows) + "\n")
-    write_expression(cohort, tmp_path / "expr.parquet")
+    # SYNTHETIC tile embeddings: only their shape matters here
+    inputs = write_cohort_files(
+        cohort, tmp_path, lambda slide: rng.normal(size=(len(slide.tiles), dim)).astype(np.float32)
+    )
     # SYNTHETIC "RNA model run elsewhere": a fixed random projection of the expression
     proj = np.random.default_rng(0).normal(size=(cohort.expression.shape[1], 24))
     vectors = cohort.expression @ proj / np.sqrt(proj.shape[0])
@@ -59,14 +58,7 @@ def test_train_and_reference_from_precomputed_rna_embeddings(tmp_path: Path) -> 
     table.insert(0, "sample_id", list(cohort.patient_ids))
     table.to_parquet(tmp_path / "rna.parquet", index=False)
     bundle = tmp_path / "bundle"
-    args = [
-        "train",
-        "--embeddings",
-        str(tmp_path / "emb"),
-        "--slides",
-        str(tmp_path / "slides.csv"),
-    ]
-    args += ["--expression", str(tmp_path / "expr.parquet"), "--out", str(bundle)]
+    args = ["train", *inputs, "--out", str(bundle)]
     args += ["--rna-embeddings", str(tmp_path / "rna.parquet"), "--epochs", "3", "--synthetic"]
     args += ["--encoder", "null"]  # the cheapest tile encoder to export: this is about RNA
     result = runner.invoke(app, [*args, "--licence", "tiny=none (SYNTHETIC)"])
@@ -92,20 +84,15 @@ def test_train_and_reference_from_precomputed_rna_embeddings(tmp_path: Path) -> 
 
 def test_train_without_an_rna_side_says_what_to_pass(tmp_path: Path) -> None:
     """The UNTRAINED tiny MLP is the demo's: outside it, it must be asked for by name."""
+    from helpers.cohort_files import cohort_args
+
     from histoprompt.export.cohort import CohortConfig, make_cohort, write_expression
 
     cohort = make_cohort(CohortConfig(n_patients=4, min_tiles=2, max_tiles=3, seed=0))
     write_expression(cohort, tmp_path / "expr.parquet")
     (tmp_path / "slides.csv").write_text("slide_id,patient_id\n")
     (tmp_path / "emb").mkdir()
-    args = [
-        "train",
-        "--embeddings",
-        str(tmp_path / "emb"),
-        "--slides",
-        str(tmp_path / "slides.csv"),
-    ]
-    args += ["--expression", str(tmp_path / "expr.parquet"), "--out", str(tmp_path / "b")]
+    args = ["train", *cohort_args(tmp_path), "--out", str(tmp_path / "b")]
     result = runner.invoke(app, args)
     assert result.exit_code == 2
     assert "--rna-encoder DIR" in result.output and "--rna-encoder tiny" in result.output
