@@ -8,23 +8,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.synthetic_reference import synthetic_reference
 
 from histoprompt.core.errors import InvalidInputError
 from histoprompt.core.pathway_engine import GeneSetQueryError, PathwayEngine, UnknownMethodError
 from histoprompt.core.predictors import PredictorConfig, TrainedPredictor
 from histoprompt.core.reference import ReferenceDB
-from histoprompt.core.reference_build import build_reference
 from histoprompt.core.reference_store import save_reference
-from histoprompt.core.reference_synthetic import linear_embed_fn, synthetic_reference_inputs
+from histoprompt.core.reference_synthetic import linear_embed_fn
 
 
 @pytest.fixture(scope="module")
 def ref() -> ReferenceDB:
-    inputs = synthetic_reference_inputs(200, n_genes=2000, seed=4)
-    genes = list(inputs.expression.columns)
-    return build_reference(
-        inputs.expression, inputs.metadata, linear_embed_fn(len(genes), 16), genes, name="eng"
-    )
+    return synthetic_reference(200, n_genes=2000, seed=4, embed_dim=16, name="eng")
 
 
 @pytest.fixture(scope="module")

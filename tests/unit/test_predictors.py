@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.synthetic_reference import synthetic_reference
 
 from histoprompt.core.errors import InvalidInputError
 from histoprompt.core.genesets import load_hallmark, parse_gene_list
@@ -17,7 +18,6 @@ from histoprompt.core.predictors import (
 )
 from histoprompt.core.prototype import PrototypeScorer
 from histoprompt.core.reference import ReferenceDB
-from histoprompt.core.reference_build import build_reference
 from histoprompt.core.reference_synthetic import linear_embed_fn, synthetic_reference_inputs
 
 
@@ -86,11 +86,7 @@ def test_trained_predictor_refuses_unknown_sets() -> None:
 
 @pytest.fixture(scope="module")
 def ref() -> ReferenceDB:
-    inputs = synthetic_reference_inputs(300, n_genes=2000, seed=3)
-    genes = list(inputs.expression.columns)
-    return build_reference(
-        inputs.expression, inputs.metadata, linear_embed_fn(len(genes), 24, seed=1), genes, name="p"
-    )
+    return synthetic_reference(300, n_genes=2000, seed=3, embed_dim=24, name="p", embed_seed=1)
 
 
 def test_prototype_scores_are_calibrated_and_follow_the_set(ref: ReferenceDB) -> None:

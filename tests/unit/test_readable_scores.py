@@ -20,15 +20,11 @@ def test_percentile_and_z_against_the_reference() -> None:
 
 
 def test_the_engine_returns_readable_scores_with_soft_knn() -> None:
-    from histoprompt.core.pathway_engine import PathwayEngine
-    from histoprompt.core.reference_build import build_reference
-    from histoprompt.core.reference_synthetic import linear_embed_fn, synthetic_reference_inputs
+    from helpers.synthetic_reference import synthetic_reference
 
-    inputs = synthetic_reference_inputs(60, n_genes=1500, seed=2)
-    genes = list(inputs.expression.columns)
-    ref = build_reference(
-        inputs.expression, inputs.metadata, linear_embed_fn(len(genes), 8), genes, name="r"
-    )
+    from histoprompt.core.pathway_engine import PathwayEngine
+
+    ref = synthetic_reference(60, n_genes=1500, seed=2, embed_dim=8, name="r")
     engine = PathwayEngine.for_reference(ref)
     res = engine.query(ref.embeddings[:5], ["HALLMARK_HYPOXIA", "HALLMARK_NOT_A_SET"])
     assert res.percentiles is not None and res.zscores is not None

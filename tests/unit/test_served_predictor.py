@@ -8,14 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.synthetic_reference import synthetic_reference
 from typer.testing import CliRunner
 
 from histoprompt.core.modelspec import ModelCard, WeightFile
 from histoprompt.core.pathway_engine import GeneSetQueryError, PathwayEngine
 from histoprompt.core.predictors import PredictorConfig, TrainedPredictor
 from histoprompt.core.reference import ReferenceDB
-from histoprompt.core.reference_build import build_reference
-from histoprompt.core.reference_synthetic import linear_embed_fn, synthetic_reference_inputs
 from histoprompt.export.encoder_specs import encoder_spec
 from histoprompt.export.errors import ExportError
 from histoprompt.export.model_card import find_card, finish_card, parse_licences, render_card
@@ -27,11 +26,7 @@ DIM = 16
 
 @pytest.fixture(scope="module")
 def ref() -> ReferenceDB:
-    inputs = synthetic_reference_inputs(160, n_genes=1500, seed=5)
-    genes = list(inputs.expression.columns)
-    return build_reference(
-        inputs.expression, inputs.metadata, linear_embed_fn(len(genes), DIM), genes, name="pred"
-    )
+    return synthetic_reference(160, n_genes=1500, seed=5, embed_dim=DIM, name="pred")
 
 
 @pytest.fixture(scope="module")

@@ -4,24 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers.synthetic_reference import synthetic_reference
 from scipy.stats import spearmanr
 
 from histoprompt.core.errors import InvalidInputError
 from histoprompt.core.genesets import load_hallmark, parse_gene_list
 from histoprompt.core.reference import ReferenceDB
-from histoprompt.core.reference_build import build_reference
-from histoprompt.core.reference_synthetic import linear_embed_fn, synthetic_reference_inputs
 from histoprompt.core.softknn import ScoreCache, SoftKnn, SoftKnnConfig
 from histoprompt.core.ssgsea import ssgsea
 
 
 @pytest.fixture(scope="module")
 def ref() -> ReferenceDB:
-    inputs = synthetic_reference_inputs(400, n_genes=2000, seed=2)
-    genes = list(inputs.expression.columns)
-    return build_reference(
-        inputs.expression, inputs.metadata, linear_embed_fn(len(genes), 24), genes, name="knn"
-    )
+    return synthetic_reference(400, n_genes=2000, seed=2, embed_dim=24, name="knn")
 
 
 def test_neighbours_are_the_most_similar_and_weights_sum_to_one(ref: ReferenceDB) -> None:
