@@ -122,6 +122,12 @@ def series_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return write_dicom_series(tmp_path_factory.mktemp("series"), spec)
 
 
+def _assembler(settings: IngestSettings) -> tuple[FakeS3, Emitted, SeriesAssembler]:
+    """An assembler on a fresh in-memory S3, and the list of what it emits."""
+    s3, emitted = FakeS3(), Emitted()
+    return s3, emitted, SeriesAssembler(settings, s3, emitted)  # type: ignore[arg-type]
+
+
 def _upload(s3: FakeS3, files: list[Path], prefix: str = "gw") -> list[SlideJob]:
     jobs = []
     for i, path in enumerate(files):
@@ -135,8 +141,7 @@ def _upload(s3: FakeS3, files: list[Path], prefix: str = "gw") -> list[SlideJob]
 def test_instances_wait_for_the_settle_window_then_one_series(
     settings: IngestSettings, series_files: list[Path]
 ) -> None:
-    s3, emitted = FakeS3(), Emitted()
-    asm = SeriesAssembler(settings, s3, emitted)  # type: ignore[arg-type]
+    s3, emitted, asm = _assembler(settings)
     jobs = _upload(s3, series_files)
     assert [asm.observe(j) for j in jobs] == ["joined"] * 3
     assert asm.tick(now=time.time()) == 0 and emitted == []  # not quiet for 30 s yet
@@ -216,8 +221,7 @@ def _manifest_job(s3: FakeS3, jobs: list[SlideJob], prefix: str = "gw") -> Slide
 def test_a_manifest_closes_the_pending_instances_it_lists(
     settings: IngestSettings, series_files: list[Path]
 ) -> None:
-    s3, emitted = FakeS3(), Emitted()
-    asm = SeriesAssembler(settings, s3, emitted)  # type: ignore[arg-type]
+    s3, emitted, asm = _assembler(settings)
     jobs = _upload(s3, series_files)
     for job in jobs:
         asm.observe(job)
@@ -232,8 +236,7 @@ def test_a_manifest_leaves_pending_copies_it_does_not_list(
 ) -> None:
     """The same instance stored twice (e.g. a copy under another key) and a manifest that
     lists only its own objects: the copy is not silently dropped."""
-    s3, emitted = FakeS3(), Emitted()
-    asm = SeriesAssembler(settings, s3, emitted)  # type: ignore[arg-type]
+    s3, emitted, asm = _assembler(settings)
     copy = _upload(s3, series_files[:1], prefix="copy")[0]
     asm.observe(copy)
     asm.close_by_manifest(_manifest_job(s3, _upload(s3, series_files)))
@@ -249,8 +252,7 @@ def test_a_stored_instance_whose_event_is_late_joins_before_the_claim(
     partition, an outage's retries) past the settle window: the claim's folder sweep finds
     it, so the slide is whole, and its notification later is a redelivery. Another series
     in the same folder stays out."""
-    s3, emitted = FakeS3(), Emitted()
-    asm = SeriesAssembler(settings, s3, emitted)  # type: ignore[arg-type]
+    s3, emitted, asm = _assembler(settings)
     jobs = _upload(s3, series_files)
     other_spec = DicomSeriesSpec(width=256, height=256, levels=1, tile=128)
     (other,) = write_dicom_series(tmp_path / "other", other_spec)
