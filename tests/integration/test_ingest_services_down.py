@@ -62,19 +62,22 @@ def _s3_name(stack: StackHandle) -> str:
     return next(n for n in stack.state.processes if n in ("seaweed", "minio"))
 
 
-def _long_slide(settings: IngestSettings, tmp_path: Path) -> Uploaded:
+def _long_slide(
+    stack: StackHandle, group_prefix: str, tmp_path: Path
+) -> tuple[IngestSettings, Uploaded]:
+    """Settings in a fresh consumer group, and a slide put in S3 (not yet announced)."""
+    settings = fresh_group_settings(stack, group_prefix)
     # ~1000 tiles: still in flight when the services go (SYNTHETIC slide)
     path = write_tiff(tmp_path / "long.svs", 4096, 4096, levels=2, tile=512)
-    return put_slide(settings, "down", path)
+    return settings, put_slide(settings, "down", path)
 
 
 def test_sigterm_with_kafka_and_s3_down_exits_within_the_deadline(
     private_stack: StackHandle, tmp_path: Path
 ) -> None:
     stack = private_stack
-    settings = fresh_group_settings(stack, "down")
+    settings, up_ = _long_slide(stack, "down", tmp_path)
     group = settings.ingest_group_id
-    up_ = _long_slide(settings, tmp_path)
     worker = spawn_worker(
         stack.env_file, group, HISTOPROMPT_INGEST_SHUTDOWN_DEADLINE_S=str(DEADLINE_S)
     )
@@ -107,9 +110,8 @@ def test_a_result_whose_event_never_went_out_is_announced_by_its_redelivery(
     private_stack: StackHandle, tmp_path: Path
 ) -> None:
     stack = private_stack
-    settings = fresh_group_settings(stack, "announce")
+    settings, up_ = _long_slide(stack, "announce", tmp_path)
     group = settings.ingest_group_id
-    up_ = _long_slide(settings, tmp_path)
     store = ResultStore(make_minio(settings), settings.results_bucket)
     # A short session: the killed member leaves the group quickly once Kafka is back.
     quick = {"HISTOPROMPT_INGEST_SESSION_TIMEOUT_S": "6"}
