@@ -22,7 +22,8 @@ from histoprompt.wsi.read_ahead import ReadAhead
 from histoprompt.wsi.sources import open_local
 
 BATCH = 8
-BUDGET = 32 * 1024
+# A window of WINDOW tiles is about 230 KB of this slide's frames: the budget binds.
+BUDGET = 96 * 1024
 WINDOW = 4 * BATCH
 
 
@@ -45,26 +46,28 @@ def _read_all(files: list[Path], limits: ReadLimits, window: int) -> dict[str, A
     try:
         plan = tiling.plan_tiles(opened.reader, encoder_spec("null"), min_tissue=0.25)
         inst = opened.reader.instance(plan.level)
-        bursts: list[int] = []
+        decoded: list[int] = []
         decode = inst._decode_into
 
         def counted(out: Any, indices: Any, data: Any) -> None:
-            bursts.append(len(indices))
+            decoded.extend(indices)
             decode(out, indices, data)
 
         inst._decode_into = counted  # type: ignore[method-assign]
         ahead = ReadAhead(window)
-        held, batch_frames, tiles = [], [], []
+        held, tiles = [], []
+        ahead_of_batch = 0  # frames decoded while reading a batch that does not need them
         for s in range(0, plan.n_tiles, BATCH):
             stop = min(s + BATCH, plan.n_tiles)
-            batch_frames.append(len({i for r in plan.regions(s, stop) for i in inst.frames_for(r)}))
+            needs = {i for r in plan.regions(s, stop) for i in inst.frames_for(r)}
+            decoded.clear()
             tiles.append(ahead.read(opened.reader, plan, s, stop))
             held.append(_staged_bytes(inst))
+            ahead_of_batch += len(set(decoded) - needs)
         return {
             "held": held,
             "peak": ahead.peak_bytes,
-            "bursts": bursts,
-            "batch_frames": batch_frames,
+            "ahead_of_batch": ahead_of_batch,
             "tiles": np.concatenate(tiles),
             "n_tiles": plan.n_tiles,
             "gets": opened.gets,
@@ -78,8 +81,8 @@ def test_read_ahead_holds_at_most_its_byte_budget(wide_slide: list[Path]) -> Non
     assert got["n_tiles"] > 2 * WINDOW  # several windows' worth of tiles
     assert 0 < got["peak"] <= BUDGET
     assert max(got["held"]) <= BUDGET
-    # Decoding stays batch by batch: no burst decodes more frames than one batch covers.
-    assert max(got["bursts"]) <= max(got["batch_frames"])
+    # Decoding stays batch by batch: what is read ahead is held compressed only.
+    assert got["ahead_of_batch"] == 0
 
 
 def test_budget_binds_and_results_match_batch_by_batch(wide_slide: list[Path]) -> None:

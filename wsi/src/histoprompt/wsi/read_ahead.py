@@ -25,6 +25,7 @@ from numpy.typing import NDArray
 from histoprompt.wsi.dicom import DicomInstance, DicomSlide
 from histoprompt.wsi.ranged import read_ranges
 from histoprompt.wsi.slide import Region, SlideReader
+from histoprompt.wsi.stage_clock import CPU_STAGES
 from histoprompt.wsi.tiling import TilePlan, read_tiles
 
 __all__ = ["ReadAhead", "prefetch"]
@@ -49,7 +50,8 @@ def prefetch(inst: DicomInstance, regions: Sequence[Region]) -> tuple[int, int]:
         held, covered = held + size, covered + 1
     ranges = {i: (int(table[i, 0]), int(table[i, 1])) for i in frames}
     limits = inst._limits
-    blobs = read_ranges(inst._src, list(ranges.values()), limits.coalesce_gap, limits.max_range)
+    with CPU_STAGES.stage("read"):
+        blobs = read_ranges(inst._src, list(ranges.values()), limits.coalesce_gap, limits.max_range)
     inst.stage({i: blobs[r] for i, r in ranges.items()})
     return covered, held
 
