@@ -1,9 +1,10 @@
 """The slide processor both the ingest service and `histoprompt predict` run: plan the tile
 grid, stream tiles in batches through `patch_embed`, pool and score with `slide_to_pathways`.
 
-Reading and decoding run in worker threads while up to `max_inflight` patch_embed requests
-fly, so storage, decode and inference overlap. Memory holds at most max_inflight + 1 batches
-of tiles and the [N, D] embeddings, whatever the slide size.
+Reading and decoding run on one worker thread per slide (histoprompt.wsi.read_ahead) while
+up to `max_inflight` patch_embed requests fly, so storage, decode and inference overlap.
+Memory holds at most max_inflight + 1 batches of tiles and the [N, D] embeddings, whatever
+the slide size.
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ async def embed_tiles(
         for start in range(0, plan.n_tiles, options.batch_size):
             stop = min(start + options.batch_size, plan.n_tiles)
             r0 = time.perf_counter()
-            tiles = await asyncio.to_thread(ahead.read, reader, plan, start, stop)
+            tiles = await ahead.read_async(reader, plan, start, stop)
             read_s += time.perf_counter() - r0
             await sem.acquire()
             tasks.append(asyncio.create_task(infer(start, tiles)))
@@ -128,6 +129,8 @@ async def embed_tiles(
         for t in tasks:
             t.cancel()
         raise
+    finally:
+        ahead.close()
     return result, read_s
 
 

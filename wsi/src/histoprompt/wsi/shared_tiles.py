@@ -106,7 +106,7 @@ async def embed_tiles_shared(
             slot = await free.get()
             view = regions.view(slot, (stop - start, px, px, 3))
             r0 = time.perf_counter()
-            await asyncio.to_thread(ahead.read, reader, plan, start, stop, view)
+            await ahead.read_async(reader, plan, start, stop, view)
             read_s += time.perf_counter() - r0
             tasks.append(asyncio.create_task(infer(slot, start, stop - start)))
             for t in tasks:  # surface a failed request early
@@ -119,6 +119,7 @@ async def embed_tiles_shared(
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
     finally:
+        ahead.close()
         for name in registered:
             await inference.unregister_region(name)
         regions.destroy()
