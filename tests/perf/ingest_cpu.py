@@ -198,7 +198,9 @@ def history_lines(rows: list[dict[str, Any]]) -> list[str]:
         "|---|---|---|---:|---:|" + "---:|" * len(groups) + "---:|",
     ]
     for r in rows:
-        parts = [f"{r['groups_ms_per_tile'].get(g, 0.0):.3f}" for g in groups]
+        # "-": the process did not run (one S3 server or the other).
+        cells = r["groups_ms_per_tile"]
+        parts = [f"{cells[g]:.3f}" if g in cells else "-" for g in groups]
         lines.append(
             f"| {r['change']} | {r.get('kept', 'yes')} | {r['commit']} | "
             f"{r['cpu_ms_per_tile']:.2f} | {r.get('runs', 1)} | "
