@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
-from test_ingest_service_logic import FakeProcessor, _consume_until, _msg, _settings
+from helpers.ingest_seams import fast_settings, incoming_message
+from test_ingest_service_logic import FakeProcessor, _consume_until
 
 from histoprompt.core.object_keys import MAX_KEY_BYTES, key_problem
 from histoprompt.core.schemas import S3Event
@@ -107,8 +108,8 @@ def test_access_is_held_to_the_allow_lists() -> None:
 
 @pytest.mark.parametrize(("encoded", "rule"), [r[1:] for r in REFUSED], ids=[r[0] for r in REFUSED])
 def test_refused_keys_go_to_the_dlq_with_their_reason(encoded: str, rule: str) -> None:
-    svc = IngestService(_settings(slides_bucket="histoprompt-slides"))
-    source = InMemoryEventSource([_msg(_minio_event(encoded))])
+    svc = IngestService(fast_settings(slides_bucket="histoprompt-slides"))
+    source = InMemoryEventSource([incoming_message(_minio_event(encoded))])
     sink, proc = InMemoryResultSink(), FakeProcessor()
     _consume_until(svc, source, sink, proc, lambda: bool(source.committed))
     assert proc.calls == []  # nothing was read
