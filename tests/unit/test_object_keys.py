@@ -39,6 +39,10 @@ REFUSED = [
     ("encoded-dot-dot", "up/%252e%252e/x.svs", "after URL-decoding"),
     ("encoded-slash", "up/..%252fx.svs", "after URL-decoding"),
     ("encoded-nul", "up/x%2500.svs", "after URL-decoding"),
+    ("double-encoded-dot-dot", "up/%25252e%25252e/x.svs", "after URL-decoding"),
+    ("triple-encoded-slash", "up/..%2525252fx.svs", "after URL-decoding"),
+    ("encoded-fullwidth-dots", "up/%25EF%25BC%258E%25EF%25BC%258E/x.svs", "after NFKC"),
+    ("nested-too-deep", "up/%" + "25" * 10 + "41.svs", "levels deep"),
     ("fullwidth-dots", "up/%EF%BC%8E%EF%BC%8E/x.svs", "after NFKC"),
     ("fullwidth-solidus", "up%EF%BC%8F..%EF%BC%8Fx.svs", "after NFKC"),
     ("one-dot-leader", "up/%E2%80%A4%E2%80%A4/x.svs", "after NFKC"),
@@ -79,6 +83,8 @@ def test_each_kind_of_path_trick_is_refused(
         "uploads/a b/ü+x%.svs",
         "scanner-01/site A/über 1+2.svs",
         "x/%41 +.svs",
+        "x/100%25 sure/%2541.svs",  # literal percent signs that decode to ordinary names
+        "x/%" + "25" * 7 + "41.svs",  # "A" encoded 8 times: nested, within MAX_DECODES
         "a/..b/c..d/x.y.svs",
         "café/e\u0301.svs",  # NFD and NFC are both ordinary keys
         "a" * MAX_KEY_BYTES,

@@ -9,9 +9,11 @@ or turns into, a path outside its prefix is refused rather than read:
 - `.` or `..` segments, empty segments (`a//b`), a leading `/` (absolute path), a backslash;
 - control, format (zero-width, bidi overrides) or unassigned-surrogate characters, NUL;
 - U+FFFD: the notification's percent-encoding was not valid UTF-8 (overlong `%C0%AE`);
-- a key that would break one of those rules after one more URL-decoding (`%2e%2e`,
-  `%2f`, `%5c`, `%00`) or after Unicode NFKC normalisation (fullwidth `．．／`, the one-dot
-  leader, division and fraction slashes), since some tool on the way may apply either.
+- a key that would break one of those rules after more URL-decoding (`%2e%2e`, `%2f`,
+  `%5c`, `%00`, and nested: `%252e%252e`, decoded until it stops changing) or after Unicode
+  NFKC normalisation of any of those forms (fullwidth `．．／`, the one-dot leader, division
+  and fraction slashes), since tools on the way may apply either, more than once;
+- a key still changing after MAX_DECODES more decodings (nesting no scanner writes).
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from __future__ import annotations
 import unicodedata
 from urllib.parse import unquote
 
-__all__ = ["MAX_KEY_BYTES", "key_problem"]
+__all__ = ["MAX_DECODES", "MAX_KEY_BYTES", "key_problem"]
 
 MAX_KEY_BYTES = 1024
+MAX_DECODES = 8
 _REFUSED_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
 
 
@@ -55,10 +58,16 @@ def key_problem(key: str) -> str | None:
     problem = _structural_problem(key)
     if problem is not None:
         return problem
-    for form, what in (
-        (unquote(key), "URL-decoding"),
-        (unicodedata.normalize("NFKC", key), "NFKC"),
-    ):
-        if form != key and _structural_problem(form) is not None:
-            return f"the key turns into a path trick after {what}"
+    decoded = [key]
+    while len(decoded) <= MAX_DECODES and unquote(decoded[-1]) != decoded[-1]:
+        decoded.append(unquote(decoded[-1]))
+    if unquote(decoded[-1]) != decoded[-1]:
+        return f"the key is URL-encoded more than {MAX_DECODES} levels deep"
+    for form in decoded[1:]:
+        if _structural_problem(form) is not None:
+            return "the key turns into a path trick after URL-decoding"
+    for form in decoded:
+        normal = unicodedata.normalize("NFKC", form)
+        if normal != form and _structural_problem(normal) is not None:
+            return "the key turns into a path trick after NFKC"
     return None
