@@ -150,13 +150,9 @@ def ingest_path(settings: Any, job: Any, served: Any, max_tiles: int | None = No
 
 def _download(minio: Any, bucket: str, key: str) -> bytes:
     """The whole object, as the naive paths read a slide (no ranged reads)."""
-    resp = minio.get_object(bucket, key)
-    try:
-        data: bytes = resp.read()
-        return data
-    finally:
-        resp.close()
-        resp.release_conn()
+    from histoprompt.core.s3 import read_object
+
+    return read_object(minio, bucket, key)
 
 
 def naive_path(settings: Any, job: Any, served: Any, max_tiles: int | None = None) -> dict:

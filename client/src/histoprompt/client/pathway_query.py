@@ -176,10 +176,6 @@ def reference_genes(settings: ClientSettings) -> tuple[str, ...] | None:
 
 
 def _get(client: Any, bucket: str, key: str) -> bytes:
-    resp = client.get_object(bucket, key)
-    try:
-        data: bytes = resp.read()
-        return data
-    finally:
-        resp.close()
-        resp.release_conn()
+    from histoprompt.core.s3 import read_object
+
+    return read_object(client, bucket, key)

@@ -174,15 +174,11 @@ def load_reference_s3(
 ) -> ReferenceDB:
     """Load `s3://bucket/<root>/<name>/<version>/` (the latest version when None)."""
     from histoprompt.core.results import s3_errors
+    from histoprompt.core.s3 import read_object
 
     def get(key: str) -> bytes:
         with s3_errors(f"reading s3://{bucket}/{key}"):
-            resp = client.get_object(bucket, key)
-            try:
-                return resp.read()
-            finally:
-                resp.close()
-                resp.release_conn()
+            return read_object(client, bucket, key)
 
     if version is None:
         version = str(json.loads(get(f"{root.strip('/')}/{name}/{LATEST}"))["version"])

@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 
 from histoprompt.core import names
 from histoprompt.core.errors import HistopromptError, NotFoundError
-from histoprompt.core.s3 import map_s3_errors, put_if_absent, put_if_match
+from histoprompt.core.s3 import map_s3_errors, put_if_absent, put_if_match, read_object
 from histoprompt.core.schemas import PathwayScore, ResultManifest, utcnow
 
 if TYPE_CHECKING:
@@ -217,12 +217,7 @@ class ResultStore:
 
     def _get(self, key: str) -> bytes:
         with s3_errors(f"reading s3://{self.bucket}/{key}"):
-            resp = self._client.get_object(self.bucket, key)
-            try:
-                return resp.read()
-            finally:
-                resp.close()
-                resp.release_conn()
+            return read_object(self._client, self.bucket, key)
 
     def is_complete(self, slide_id: str, model_version: str) -> bool:
         """True when the manifest exists, i.e. the result is whole (the idempotency check)."""

@@ -72,6 +72,17 @@ def map_s3_errors(
         ) from err
 
 
+def read_object(client: Minio, bucket: str, key: str) -> bytes:
+    """The whole object `bucket/key` (small objects: manifests, records, references); the
+    response is closed and its connection returned to the pool whatever happens."""
+    resp = client.get_object(bucket, key)
+    try:
+        return bytes(resp.read())
+    finally:
+        resp.close()
+        resp.release_conn()
+
+
 def make_minio(
     settings: ConnectionSettings,
     *,

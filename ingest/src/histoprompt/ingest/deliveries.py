@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict, Field
 
 from histoprompt.core.errors import TransientError
+from histoprompt.core.s3 import read_object
 from histoprompt.core.schemas import utcnow
 from histoprompt.ingest.ports import Delivery, Message
 
@@ -77,12 +78,7 @@ class S3DeliveryLog:
 
         try:
             with _s3("read"):
-                resp = self._client.get_object(self._bucket, key)
-                try:
-                    data = resp.read()
-                finally:
-                    resp.close()
-                    resp.release_conn()
+                data = read_object(self._client, self._bucket, key)
         except TransientError as err:
             cause = err.__cause__
             if isinstance(cause, S3Error) and cause.code in _MISSING:

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from histoprompt.core.errors import HistopromptError, NotFoundError
 from histoprompt.core.results import s3_errors
-from histoprompt.core.s3 import put_if_absent
+from histoprompt.core.s3 import put_if_absent, read_object
 from histoprompt.core.schemas import SeriesMember, SeriesReady, series_slide_id
 from histoprompt.ingest.events import SlideJob
 from histoprompt.ingest.logs import get_logger
@@ -345,12 +345,7 @@ class SeriesAssembler:
     def _get(self, key: str) -> bytes | None:
         try:
             with s3_errors("reading series state"):
-                resp = self.minio.get_object(self.bucket, key)
-                try:
-                    return bytes(resp.read())
-                finally:
-                    resp.close()
-                    resp.release_conn()
+                return read_object(self.minio, self.bucket, key)
         except NotFoundError:
             return None
 
