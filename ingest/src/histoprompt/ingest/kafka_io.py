@@ -59,10 +59,11 @@ def _await_topic_metadata(consumer: Any, topic: str) -> None:
     """The subscribed topic's partitions, fetched before the first poll joins the group.
 
     kafka-python joins without waiting for them; a leader that assigns first logs "No
-    partition metadata for topic" and hands its group nothing (dpkp/kafka-python#2377), which
-    stranded a slide in CI. Its public `partitions_for_topic` waits without a bound, so this
-    awaits the same refresh on kafka-python's network thread for at most METADATA_TIMEOUT_S;
-    a broker that does not answer leaves the join to kafka-python's own metadata retries."""
+    partition metadata for topic" and hands its group nothing (dpkp/kafka-python#2377; the
+    warning showed in a CI run's log). Its public `partitions_for_topic` waits without a
+    bound, so this awaits the same refresh on kafka-python's network thread for at most
+    METADATA_TIMEOUT_S; a broker that does not answer leaves the join to kafka-python's own
+    metadata retries."""
     from kafka.errors import KafkaError
 
     try:
