@@ -3,16 +3,18 @@ tile pixels, same encoder input, embeddings equal within 1e-6, on a small SYNTHE
 
 The reference is the data path as it was before the CPU work, written out here: the mask
 box-downsampled by a float32 mean, every frame range merged within the gap (no waste bound),
-the mask level read uncached, each batch's frames read alone, and whole-batch
-normalisation. The null encoder (mean of the
-normalised pixels projected by a fixed matrix) stands in for the network, in numpy.
+the mask level read uncached, each batch's frames read alone, whole-batch normalisation, the
+tissue mask from per-pixel float saturation, area fractions from the whole integral image,
+and each tile assembled on a canvas of its own and copied into the batch. The null encoder
+(mean of the normalised pixels projected by a fixed matrix) stands in for the network, in
+numpy.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pytest
@@ -52,6 +54,13 @@ def _reference_read_mask(slide: Any, max_px: int, strip_px: int = 2_000_000) -> 
         thumb[y // f : y // f + small.shape[0]] = small.astype(np.uint8)
     scale = (lvl.mpp / slide.levels[0].mpp) * f
     return tissue_mask(thumb), float(scale)
+
+
+@runtime_checkable
+class _CanvasOnly(Protocol):
+    """What no reader is: read_tiles falls back to a canvas per tile, copied into the batch."""
+
+    def _no_reader_has_this(self) -> None: ...
 
 
 def _reference_pixels(tiles: Any, spec: EncoderSpec) -> Any:
@@ -99,8 +108,10 @@ def test_fast_path_equals_the_reference_path(
     projection = np.random.default_rng(0).standard_normal((3, SPEC.embed_dim)).astype(np.float32)
     plan, tiles, emb = _embed(slide, 8, projection, fast=True)
 
-    # The reference: the same reader code with the old mask, old coalescing, old normalise.
+    # The reference: the same reader code with the old mask, old coalescing, old normalise,
+    # the old area fractions, and tiles assembled on a canvas each and copied into the batch.
     monkeypatch.setattr(tiling, "read_mask", _reference_read_mask)
+    monkeypatch.setattr(tiling, "PaintsRegions", _CanvasOnly)
     monkeypatch.setattr(ranged, "MAX_WASTE", None)
     monkeypatch.setattr(
         "histoprompt.wsi.dicom.read_ranges",

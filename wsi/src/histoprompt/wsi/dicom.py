@@ -13,22 +13,26 @@ import struct
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from histoprompt.core.units import Mpp
 from histoprompt.wsi.codecs import SUPPORTED, FrameDecoder, FrameFormat
 from histoprompt.wsi.decoders import backend_for
-from histoprompt.wsi.errors import SlideError, parse_guard
+from histoprompt.wsi.dicom_header import (
+    frame_positions,
+    header_values,
+    offset_table,
+    pixel_spacing,
+    read_header,
+)
+from histoprompt.wsi.errors import SlideError
 from histoprompt.wsi.limits import ReadLimits
 from histoprompt.wsi.ranged import ByteSource, RangedFile, read_ranges
 from histoprompt.wsi.slide import BACKGROUND, Level, Region, paste
 from histoprompt.wsi.stage_clock import CPU_STAGES
 
-WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 _ITEM = 0xE000FFFE  # (FFFE,E000) read as one little-endian uint32
 _SEQ_END = 0xE0DDFFFE
 
@@ -67,9 +71,9 @@ class DicomInstance:
             self._ds_eot = ds.get("ExtendedOffsetTable")
             self._ds_eotl = ds.get("ExtendedOffsetTableLengths")
             self._check(ds)
-            self.mpp = _mpp(ds, self.width)
+            self.mpp = pixel_spacing(ds, self.width)
             # numpy, not dicts of tuples: a 50k^2 px level has ~40k frames
-            self.positions = _frame_positions(ds, self)
+            self.positions = frame_positions(ds, self)
         self.frame_format = FrameFormat.of(
             self.syntax, self.rows, self.cols, self.samples, self.photometric
         )
@@ -154,13 +158,13 @@ class DicomInstance:
             )
         first = start + 8 + bot_len
         if self._ds_eot is not None and self._ds_eotl is not None:
-            offs = _table(self._ds_eot, "<u8")
-            lens = _table(self._ds_eotl, "<u8")
+            offs = offset_table(self._ds_eot, "<u8")
+            lens = offset_table(self._ds_eotl, "<u8")
             if len(offs) != self.n_frames or len(lens) != self.n_frames:
                 raise SlideError("extended offset table length mismatch", code="corrupt_header")
             ranges = [(first + int(o) + 8, int(n)) for o, n in zip(offs, lens, strict=True)]
         elif bot_len:
-            offs = _table(self._file.pread(start + 8, bot_len), "<u4")
+            offs = offset_table(self._file.pread(start + 8, bot_len), "<u4")
             if len(offs) != self.n_frames:
                 raise SlideError("basic offset table length mismatch", code="corrupt_header")
             ranges = [
@@ -218,8 +222,18 @@ class DicomInstance:
         if c1 < 0 or r1 < 0:
             return out
         block = self._index[r0 : r1 // self.rows + 1, c0 : c1 // self.cols + 1]
-        out = [int(i) for i in block.ravel() if i >= 0]
+        out = block[block >= 0].tolist()
         return out
+
+    def _covered(self, region: Region) -> bool:
+        """Whether frames cover all of `region`: inside the image, no frame missing."""
+        if region.x < 0 or region.y < 0:
+            return False
+        if region.x + region.w > self.width or region.y + region.h > self.height:
+            return False
+        r0, c0 = region.y // self.rows, region.x // self.cols
+        r1, c1 = (region.y + region.h - 1) // self.rows, (region.x + region.w - 1) // self.cols
+        return bool((self._index[r0 : r1 + 1, c0 : c1 + 1] >= 0).all())
 
     def load_frames(self, indices: Sequence[int], cache: bool = True) -> dict[int, NDArray[Any]]:
         """Decoded frames for `indices`: cached ones, then staged ones (`stage`), then the
@@ -278,89 +292,40 @@ class DicomInstance:
         frames = self.load_frames(needed, cache)
         return [self.canvas(frames, reg) for reg in regions]
 
+    def read_regions_into(self, regions: Sequence[Region], out: NDArray[Any]) -> None:
+        """Regions of equal size painted straight into `out` [len(regions), h, w, 3] (e.g. a
+        shared-memory batch): no canvas per region and no copy of it."""
+        with CPU_STAGES.stage("tiles"):
+            needed = sorted({i for r in regions for i in self.frames_for(r)})
+            frames = self.load_frames(needed, True)
+            for k, reg in enumerate(regions):
+                self.paint(frames, reg, out[k])
+
     def canvas(self, frames: Mapping[int, Any], reg: Region, xp: Any = np) -> Any:
         """`reg` assembled from its decoded `frames` (arrays of module xp: numpy, or CuPy for
         histoprompt.wsi.gpu_tiles); background outside the image."""
-        canvas = xp.full((reg.h, reg.w, 3), BACKGROUND, dtype=xp.uint8)
+        canvas = xp.empty((reg.h, reg.w, 3), dtype=xp.uint8)
+        self.paint(frames, reg, canvas)
+        return canvas
+
+    def paint(self, frames: Mapping[int, Any], reg: Region, dst: Any) -> None:
+        """`reg` from its decoded `frames` into `dst` [reg.h, reg.w, 3]: every pixel written,
+        background where no frame is or beyond the image. A region the frames cover (nearly
+        all of them) is written once, with no background fill first."""
+        covered = self._covered(reg)
+        if not covered:
+            dst[...] = BACKGROUND
         for i in self.frames_for(reg):
-            c, r = (int(v) for v in self.positions[i])
-            paste(canvas, frames[i], c * self.cols - reg.x, r * self.rows - reg.y)
+            c, r = self.positions[i].tolist()
+            paste(dst, frames[i], c * self.cols - reg.x, r * self.rows - reg.y)
+        if covered:
+            return
         # Frames are padded to full tiles; blank what lies beyond the image.
         vis_w, vis_h = self.width - reg.x, self.height - reg.y
         if vis_w < reg.w:
-            canvas[:, max(vis_w, 0) :] = BACKGROUND
+            dst[:, max(vis_w, 0) :] = BACKGROUND
         if vis_h < reg.h:
-            canvas[max(vis_h, 0) :, :] = BACKGROUND
-        return canvas
-
-
-def _table(raw: object, dtype: str) -> NDArray[Any]:
-    """An offset table's values; its byte length must be a whole number of entries."""
-    if not isinstance(raw, bytes | bytearray) or len(raw) % np.dtype(dtype).itemsize:
-        raise SlideError("offset table has a bad length", code="corrupt_header")
-    return np.frombuffer(bytes(raw), dtype=dtype)
-
-
-def header_values() -> AbstractContextManager[None]:
-    """pydicom converts elements when they are first read: a corrupt value raises any type
-    there (ValueError, BytesLengthException, NotImplementedError for an unknown VR...)."""
-    return parse_guard("DICOM-WSI header has a bad value", "corrupt_header")
-
-
-def read_header(fileobj: RangedFile) -> Any:
-    """The data set up to the pixel data; leaves `fileobj` at the pixel data element."""
-    from pydicom import dcmread
-    from pydicom.errors import InvalidDicomError
-
-    fileobj.seek(0)
-    with parse_guard("DICOM header does not parse", "corrupt_header"):
-        try:
-            ds = dcmread(fileobj, stop_before_pixels=True)
-        except InvalidDicomError as err:
-            raise SlideError("object is not DICOM (no DICM preamble)", code="not_dicom") from err
-    with header_values():
-        sop = str(ds.get("SOPClassUID", ""))
-        if sop != WSI_SOP_CLASS:
-            raise SlideError(
-                "DICOM object is not VL Whole Slide Microscopy Image Storage", code="not_wsi"
-            )
-        if "Rows" not in ds or "Columns" not in ds:
-            raise SlideError("DICOM-WSI header lacks Rows/Columns", code="corrupt_header")
-    return ds
-
-
-def _mpp(ds: Any, width: int) -> Mpp:
-    try:
-        spacing = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
-        return Mpp(float(spacing[1]) * 1000.0)
-    except (AttributeError, IndexError, KeyError, TypeError, ValueError):
-        pass
-    vol = ds.get("ImagedVolumeWidth")
-    if vol and width:
-        return Mpp(float(vol) * 1000.0 / width)
-    raise SlideError("DICOM-WSI header has no pixel spacing", code="corrupt_header")
-
-
-def _frame_positions(ds: Any, inst: DicomInstance) -> NDArray[Any]:
-    """int64 [n_frames, 2]: (column, row) of each frame in the tile grid."""
-    cols_n, rows_n = inst.grid
-    if str(ds.get("DimensionOrganizationType", "TILED_FULL")) != "TILED_SPARSE":
-        # TILED_FULL: row-major, first focal plane and optical path first.
-        i = np.arange(inst.n_frames, dtype=np.int64)
-        return np.stack([i % cols_n, (i // cols_n) % rows_n], axis=1)
-    seq = ds.get("PerFrameFunctionalGroupsSequence")
-    if seq is None or len(seq) != inst.n_frames:
-        raise SlideError("TILED_SPARSE without per-frame positions", code="corrupt_header")
-    out = []
-    for item in seq:
-        try:
-            pos = item.PlanePositionSlideSequence[0]
-            col = (int(pos.ColumnPositionInTotalImagePixelMatrix) - 1) // inst.cols
-            row = (int(pos.RowPositionInTotalImagePixelMatrix) - 1) // inst.rows
-        except (AttributeError, IndexError, TypeError, ValueError) as err:
-            raise SlideError("bad per-frame plane position", code="corrupt_header") from err
-        out.append((col, row))
-    return np.asarray(out, dtype=np.int64).reshape(-1, 2)
+            dst[max(vis_h, 0) :, :] = BACKGROUND
 
 
 class DicomSlide:
@@ -394,6 +359,9 @@ class DicomSlide:
         self, level: int, regions: Sequence[Region], cache: bool = True
     ) -> list[NDArray[Any]]:
         return self._instances[level].read_regions(regions, cache)
+
+    def read_regions_into(self, level: int, regions: Sequence[Region], out: NDArray[Any]) -> None:
+        self._instances[level].read_regions_into(regions, out)
 
     def close(self) -> None:
         self._instances = []

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from histoprompt.wsi.dicom import header_values, read_header
+from histoprompt.wsi.dicom_header import header_values, read_header
 from histoprompt.wsi.errors import SlideError
 from histoprompt.wsi.ranged import ByteSource, RangedFile
 

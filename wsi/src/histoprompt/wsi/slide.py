@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from numpy.typing import NDArray
 
@@ -51,6 +51,15 @@ class SlideReader(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class PaintsRegions(Protocol):
+    """A reader that writes equal-sized regions straight into a batch (DicomSlide)."""
+
+    def read_regions_into(self, level: int, regions: Sequence[Region], out: NDArray[Any]) -> None:
+        """uint8 `out` [len(regions), h, w, 3]: each region as read_regions returns it."""
+        ...
 
 
 def paste(canvas: NDArray[Any], tile: NDArray[Any], x: int, y: int) -> None:

@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 
 from histoprompt.core.modelspec import EncoderSpec
 from histoprompt.wsi.errors import SlideError
-from histoprompt.wsi.slide import Level, Region, SlideReader
+from histoprompt.wsi.slide import Level, PaintsRegions, Region, SlideReader
 from histoprompt.wsi.stage_clock import CPU_STAGES
 from histoprompt.wsi.tissue import area_fractions, tissue_mask
 
@@ -223,10 +223,14 @@ def read_tiles(
 ) -> NDArray[Any]:
     """uint8 [n, tile_px, tile_px, 3] for tiles [start, stop) of the plan, written into `out`
     when given (e.g. a shared-memory region Triton reads)."""
+    shape = (stop - start, plan.tile_px, plan.tile_px, 3)
+    buf: NDArray[Any] = np.empty(shape, dtype=np.uint8) if out is None else out
+    if plan.read_px == plan.tile_px and isinstance(slide, PaintsRegions):
+        # No resize: the frames are pasted straight into the batch (no crop to copy).
+        slide.read_regions_into(plan.level, plan.regions(start, stop), buf)
+        return buf
     with CPU_STAGES.stage("tiles"):
         crops = slide.read_regions(plan.level, plan.regions(start, stop))
-        shape = (len(crops), plan.tile_px, plan.tile_px, 3)
-        buf: NDArray[Any] = np.empty(shape, dtype=np.uint8) if out is None else out
         for i, crop in enumerate(crops):
             buf[i] = resize(crop, plan.tile_px)
         return buf

