@@ -18,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pytest
+from helpers.data_path_reference import reference_fractions, reference_mask
 
 from histoprompt.core.modelspec import EncoderSpec
 from histoprompt.serving.preprocess import _scale_bias, preprocess_tiles
@@ -26,7 +27,6 @@ from histoprompt.wsi.limits import ReadLimits
 from histoprompt.wsi.read_ahead import ReadAhead
 from histoprompt.wsi.slide import Region
 from histoprompt.wsi.sources import open_local
-from histoprompt.wsi.tissue import tissue_mask
 
 SPEC = EncoderSpec(
     name="null",
@@ -53,7 +53,7 @@ def _reference_read_mask(slide: Any, max_px: int, strip_px: int = 2_000_000) -> 
         small = band.reshape(h // f, f, out_w, f, 3).mean(axis=(1, 3), dtype=np.float32)
         thumb[y // f : y // f + small.shape[0]] = small.astype(np.uint8)
     scale = (lvl.mpp / slide.levels[0].mpp) * f
-    return tissue_mask(thumb), float(scale)
+    return reference_mask(thumb), float(scale)
 
 
 @runtime_checkable
@@ -111,6 +111,7 @@ def test_fast_path_equals_the_reference_path(
     # The reference: the same reader code with the old mask, old coalescing, old normalise,
     # the old area fractions, and tiles assembled on a canvas each and copied into the batch.
     monkeypatch.setattr(tiling, "read_mask", _reference_read_mask)
+    monkeypatch.setattr(tiling, "area_fractions", reference_fractions)
     monkeypatch.setattr(tiling, "PaintsRegions", _CanvasOnly)
     monkeypatch.setattr(ranged, "MAX_WASTE", None)
     monkeypatch.setattr(

@@ -8,10 +8,45 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.data_path_reference import reference_fractions, reference_mask
 
+from histoprompt.wsi import tissue
 from histoprompt.wsi.limits import ReadLimits
 from histoprompt.wsi.slide import Region
 from histoprompt.wsi.sources import open_local
+
+
+def _images(rng: np.random.Generator) -> list[np.ndarray]:
+    noise = rng.integers(0, 256, (97, 131, 3), dtype=np.uint8)
+    grey = (228 + rng.integers(0, 4, (64, 80, 3))).astype(np.uint8)  # background noise only
+    half = grey.copy()
+    half[:32] = (200, 110, 170)
+    black = np.zeros((5, 7, 3), dtype=np.uint8)
+    return [noise, grey, half, black, noise[:1, :1]]
+
+
+def test_tissue_mask_equals_the_float_formula() -> None:
+    rng = np.random.default_rng(11)
+    for image in _images(rng):
+        got = tissue.tissue_mask(image)
+        assert got.dtype == bool and got.shape == image.shape[:2]
+        np.testing.assert_array_equal(got, reference_mask(image))
+    half = _images(rng)[2]
+    assert tissue.tissue_mask(half)[:32].all() and not tissue.tissue_mask(half)[32:].any()
+
+
+def test_area_fractions_equal_the_whole_integral_image() -> None:
+    rng = np.random.default_rng(12)
+    for image in _images(rng):
+        mask = reference_mask(image)
+        h, w = mask.shape
+        boxes = rng.integers(-9, max(h, w) + 9, (300, 4))  # inverted, empty, out of range
+        grid = np.arange(0, w, 7)
+        tiles = np.stack([grid, grid * 0, grid + 7, grid * 0 + h], axis=1)
+        for b in (boxes, tiles):
+            np.testing.assert_array_equal(
+                tissue.area_fractions(mask, b), reference_fractions(mask, b)
+            )
 
 
 @pytest.fixture(scope="module")

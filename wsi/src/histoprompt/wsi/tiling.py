@@ -94,8 +94,9 @@ class TilePlan:
 def box_mean_floor(band: NDArray[Any], f: int) -> NDArray[Any]:
     """uint8 [h, w, 3] (h, w multiples of f) -> the f x f box means, rounded down, as uint8.
 
-    Sums f*f strided views in uint32 (each a fast contiguous-row pass) instead of a
-    reduction over two inner axes, which numpy runs element by element. Equal to the float32
+    Integer sums instead of a reduction over two inner axes, which numpy runs element by
+    element: first the f rows of each box (whole contiguous rows at a time), then the f
+    pixels of each of those row sums, in uint16 while f*f*255 fits. Equal to the float32
     `mean(...).astype(uint8)` it replaced: sums below 2**24 are exact in float32, and a mean
     k - j/(f*f) is never rounded up to k at float32 precision below 256 unless f*f > 2**17.
     """
@@ -105,11 +106,14 @@ def box_mean_floor(band: NDArray[Any], f: int) -> NDArray[Any]:
         mean = band.reshape(band.shape[0] // f, f, -1, f, 3).mean(axis=(1, 3), dtype=np.float32)
         exact: NDArray[Any] = mean.astype(np.uint8)
         return exact
-    acc = band[::f, ::f].astype(np.uint32)
-    for dy in range(f):
-        for dx in range(f):
-            if dy or dx:
-                acc += band[dy::f, dx::f]
+    wide = np.uint16 if f * f * 255 <= np.iinfo(np.uint16).max else np.uint32
+    rows: NDArray[Any] = band[::f].astype(wide)
+    for dy in range(1, f):
+        rows += band[dy::f]
+    pixels = rows.reshape(rows.shape[0], -1, f, 3)
+    acc: NDArray[Any] = pixels[:, :, 0].copy()
+    for dx in range(1, f):
+        acc += pixels[:, :, dx]
     acc //= f * f
     return acc.astype(np.uint8)
 
