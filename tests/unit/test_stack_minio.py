@@ -127,3 +127,40 @@ def test_makefile_installs_minio_where_the_stack_looks() -> None:
     version = re.search(r"^MINIO_VERSION\s*\?=\s*(\S+)", makefile, flags=re.M)
     assert version is not None and re.fullmatch(r"v0\.0\.0-\d{14}-[0-9a-f]{12}", version.group(1))
     assert "install-minio" in re.search(r"^install:.*$", makefile, flags=re.M).group(0)  # type: ignore[union-attr]
+
+
+def _s3_error(code: str, message: str) -> Exception:
+    from minio.error import S3Error
+
+    return S3Error(None, code, message, "/histoprompt-slides", "req", "host")  # type: ignore[arg-type]
+
+
+def test_set_up_waits_for_minio_to_load_its_notification_target() -> None:
+    """MinIO is up before its Kafka target is loaded: the ARN error is retried, others not."""
+    from histoprompt.stack.minio_server import _until_target_known
+
+    unknown = _s3_error("InvalidArgument", "A specified destination ARN does not exist")
+    calls: list[int] = []
+
+    def known_on_third_call() -> None:
+        calls.append(1)
+        if len(calls) < 3:
+            raise unknown
+
+    _until_target_known(known_on_third_call, timeout_s=10)
+    assert len(calls) == 3
+
+    def denied() -> None:
+        calls.append(1)
+        raise _s3_error("AccessDenied", "Access Denied.")
+
+    calls.clear()
+    with pytest.raises(Exception, match="Access Denied"):
+        _until_target_known(denied, timeout_s=10)
+    assert len(calls) == 1
+
+    def never_known() -> None:
+        raise unknown
+
+    with pytest.raises(Exception, match="ARN does not exist"):
+        _until_target_known(never_known, timeout_s=0.5)

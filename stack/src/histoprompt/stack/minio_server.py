@@ -12,6 +12,8 @@ still starting) wait in a queue directory and are sent when the broker is reacha
 from __future__ import annotations
 
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from histoprompt.core import names
@@ -32,6 +34,8 @@ TARGET_ID = "HISTOPROMPT"
 TARGET_ARN = f"arn:minio:sqs::{TARGET_ID}:kafka"
 CREATED_EVENTS = ("s3:ObjectCreated:*",)
 NOTIFICATION_ID = "histoprompt-incoming"
+TARGET_WAIT_S = 30.0
+"""How long set-up waits for MinIO to load its notification target after it is up."""
 
 
 def check_installed(settings: StackSettings) -> Path:
@@ -134,6 +138,25 @@ def create_buckets(conn: ConnectionSettings, *, notify: bool) -> None:
     client = s3_buckets.create_buckets(conn)
     if notify:
         queue = QueueConfig(list(CREATED_EVENTS), config_id=NOTIFICATION_ID, queue=TARGET_ARN)
-        client.set_bucket_notification(
-            conn.slides_bucket, NotificationConfig(queue_config_list=[queue])
-        )
+        config = NotificationConfig(queue_config_list=[queue])
+        _until_target_known(lambda: client.set_bucket_notification(conn.slides_bucket, config))
+
+
+def _until_target_known(call: Callable[[], None], timeout_s: float = TARGET_WAIT_S) -> None:
+    """`call` (which names TARGET_ARN), retried while MinIO does not know the ARN yet.
+
+    MinIO answers its health check before it has loaded its notification targets: a bench
+    run's set-up got `InvalidArgument: A specified destination ARN does not exist` on a
+    server that was up. Other errors, and that one past `timeout_s`, are raised."""
+    from minio.error import S3Error
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            call()
+            return
+        except S3Error as err:
+            unknown = err.code == "InvalidArgument" and "ARN" in (err.message or "")
+            if not unknown or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.2)
