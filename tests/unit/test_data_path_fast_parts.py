@@ -80,3 +80,17 @@ def test_tiles_painted_into_the_batch_equal_the_canvas_path(ragged_series: list[
         assert (out[3][56:, :156] == 255).all()  # the missing frame's part is background
     finally:
         opened.close()
+
+
+def test_locating_frames_reads_the_last_item_header_alone(ragged_series: list[Path]) -> None:
+    """The basic offset table gives every frame's length but the last's: its 8-byte item
+    header is read by a GET of its own, not through the 256 KiB header block cache."""
+    from histoprompt.wsi.dicom import DicomSlide
+    from histoprompt.wsi.ranged import LocalFileSource
+
+    source = LocalFileSource(ragged_series[0])
+    slide = DicomSlide([source], ReadLimits())
+    before = source.bytes_read, source.gets
+    table = slide.instance(0).frame_ranges()
+    assert (source.bytes_read - before[0], source.gets - before[1]) == (8, 1)
+    assert table[-1, 0] + table[-1, 1] <= source.size and (table[:, 1] > 0).all()

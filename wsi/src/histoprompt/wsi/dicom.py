@@ -172,9 +172,11 @@ class DicomInstance:
                 for i in range(self.n_frames - 1)
             ]
             last = first + int(offs[-1])
-            head = self._file.pread(last, 8)
-            if len(head) < 8:
+            if last + 8 > self._src.size:
                 raise SlideError("pixel data ends before its last frame", code="truncated")
+            # Its own 8-byte GET: through the block cache it fetched a whole block near the
+            # object's end (256 KiB of frame bytes read for one item header).
+            head = self._src.read_range(last, 8)
             tag, n = _item(head)
             if tag != _ITEM:
                 raise SlideError("offset table points at no frame", code="corrupt_header")

@@ -72,7 +72,7 @@ async def embed_tiles_shared(
     embed_dim: int,
     batch_size: int,
     max_inflight: int,
-    read_ahead: int = 8,
+    read_ahead: int = 32,
 ) -> tuple[NDArray[Any], float]:
     """histoprompt.wsi.scoring.embed_tiles through shared memory: the same embeddings."""
     px = plan.tile_px
