@@ -48,11 +48,13 @@ async def _predict(
 
     from histoprompt.core import names
     from histoprompt.core.genesets import load_hallmark
+    from histoprompt.wsi.allocator import tune_for_frames
     from histoprompt.wsi.limits import ReadLimits
     from histoprompt.wsi.scoring import ScoringOptions, score_slide
     from histoprompt.wsi.sources import open_local
     from histoprompt.wsi.triton import TritonClient
 
+    tune_for_frames()  # a slide's decoded frames churn the heap: see histoprompt.wsi.allocator
     t0 = time.perf_counter()
     opened = await asyncio.to_thread(open_local, list(slide.files), ReadLimits())
     triton = TritonClient(

@@ -1,0 +1,45 @@
+"""glibc malloc tuned for a stream of decoded frames (ingest and `histoprompt predict`).
+
+A decoded 256^2 px frame is 192 KiB: above malloc's initial mmap threshold, and the frame
+cache (`ReadLimits.frame_cache`, 256 frames) churns tens of MiB of them per slide. With
+glibc's defaults, freed frames leave the heap (the top is trimmed once more than twice the
+dynamic mmap threshold is free) and the next frames fault their pages in again: on the
+data-path benchmark's slide about a third of the process's page faults, and a sixth of its
+read-and-decode CPU (issue 15). So the process keeps up to `TRIM_THRESHOLD` of freed heap for
+reuse and serves blocks below `MMAP_THRESHOLD` from the heap; larger blocks (mask strips,
+batches) are still mapped and unmapped whole.
+
+Memory stays bounded: what is kept is at most `TRIM_THRESHOLD` of free heap per malloc arena
+(one per thread that allocates: the loop, each slide's reader), on top of the bounded working
+set. A no-op where the C library has no `mallopt` (musl, macOS).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+__all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "tune_for_frames"]
+
+TRIM_THRESHOLD = 64 * 1024 * 1024
+"""Free heap kept for reuse before malloc returns it to the system (M_TRIM_THRESHOLD)."""
+MMAP_THRESHOLD = 4 * 1024 * 1024
+"""Blocks at least this large are mapped on their own (M_MMAP_THRESHOLD)."""
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def tune_for_frames() -> bool:
+    """Apply both thresholds to this process; True where the C library took them. Idempotent;
+    call it once at start, before the first slide."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+        mallopt = libc.mallopt
+    except (AttributeError, OSError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    )
