@@ -97,13 +97,15 @@ def cpu_once(
     return out
 
 
-def cpu_lines(title: str, cpu: dict[str, Any], n_tiles: int) -> list[str]:
-    """Markdown: the headline figure and its split by process group, Triton process, stage."""
+def cpu_lines(title: str, cpu: dict[str, Any], n_tiles: int, passes: int = 1) -> list[str]:
+    """Markdown: the headline figure and its split by process group, Triton process, stage.
+    `n_tiles`: the tiles one run measured, `passes` times over the same slide."""
     groups = cpu["groups_ms_per_tile"]
     counted = [g for g in COUNTED if g in groups]
     repeats = cpu.get("repeats_ms_per_tile", [cpu["ms_per_tile"]])
+    tiles = f"{n_tiles // passes} tiles x {passes} passes" if passes > 1 else f"{n_tiles} tiles"
     lines = [
-        f"**{title}: {cpu['ms_per_tile']:.2f} CPU-ms per tile** ({n_tiles} tiles; user + system "
+        f"**{title}: {cpu['ms_per_tile']:.2f} CPU-ms per tile** ({tiles} per run; user + system "
         f"CPU of {', '.join(counted)}, read with psutil before and after the run; the lowest "
         f"of {len(repeats)} runs: {', '.join(f'{v:.2f}' for v in repeats)}).",
         "",
