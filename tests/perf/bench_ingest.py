@@ -81,11 +81,12 @@ def serve_encoder(name: str, triton_url: str, repo: Path, work: Path) -> tuple[A
 # -- the two data paths -----------------------------------------------------------------------
 
 
-# Tiles per patch_embed request and requests in flight of the data path (`--batches`).
-# Not the service's defaults (32, 4): with the one-step cpu patch_embed, 16x2, 32x2 and 32x4
-# cost the same within this machine's noise and 64x2 more (Triton's stub; history table);
-# 16x2 stays, so that the table's rows stay comparable.
-DATA_PATH_BATCHES = (16, 2)
+DATA_PATH_BATCHES = (32, 4)
+"""Tiles per patch_embed request and requests in flight of the data path (`--batches`): the
+ingest service's defaults (ingest_batch_size, ingest_max_inflight). The rows before the
+history's "service's defaults" row ran 16x2, which had cost the same as 32x4 within noise
+while Triton's stub dominated; with the last round's changes 32x4 spends less in the gRPC
+client and event loop."""
 DATA_PATH_PASSES = 4
 """Passes over the data-path slide in one measured run. psutil reads CPU time in clock ticks
 (10 ms): on a single pass of the slide's 518 tiles that is 0.02 CPU-ms/tile per process, and

@@ -66,8 +66,9 @@ class Span:
 MAX_WASTE = 0.2
 """read_ranges' default bound on the unwanted bytes a merged GET may carry, as a fraction of
 the wanted bytes in it: so frames are read at most 1.2x the bytes wanted (issue 15's bound on
-a sparse slide). 0.1 gave the data-path benchmark's dense slide 25 frame GETs instead of 9,
-for 13 % fewer bytes; each GET costs the S3 server and the SDK far more than its bytes."""
+a sparse slide). A tighter bound split the data-path benchmark's dense slide into several
+times more frame GETs for a few percent fewer bytes; each GET costs the S3 server and the SDK
+far more than its bytes (BENCHMARKS.md, Ingest: GETs and the history)."""
 
 
 def coalesce(

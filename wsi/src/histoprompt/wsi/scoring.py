@@ -31,7 +31,8 @@ __all__ = ["ScoredSlide", "ScoringOptions", "SlideInference", "embed_tiles", "sc
 READ_AHEAD_BATCHES = 32
 """Batches whose frames are fetched together, bounded by ReadLimits.read_ahead_bytes: only
 compressed frames are held ahead, so the byte budget, not this count, bounds the memory.
-8 split the data-path benchmark's slide into 19 frame GETs, 32 into 11."""
+A wider window merges more frames into each GET (8 batches gave the data-path benchmark's
+slide more GETs)."""
 
 
 class SlideInference(Protocol):
