@@ -223,11 +223,28 @@ def mark(label: str, kept: str, path: Path = HISTORY) -> None:
     path.write_text(json.dumps(rows, indent=1) + "\n")
 
 
+def rerender_history(document: Path, path: Path = HISTORY) -> bool:
+    """Replace the history table in `document` (BENCHMARKS.md) with one rendered from the
+    rows as they are now (after `mark`); False when the document has no such table."""
+    text = document.read_text()
+    lines = history_lines(load_history(path))
+    start = text.find(lines[0]) if lines else -1
+    if start < 0:
+        return False
+    end = text.find("\n\n", text.find("\n|", start) + 1)
+    table = "\n".join(lines).rstrip("\n")
+    document.write_text(text[:start] + table + text[end if end >= 0 else len(text) :])
+    return True
+
+
 if __name__ == "__main__":
     import argparse
+
+    from tests.perf._report import BENCHMARKS
 
     parser = argparse.ArgumentParser(description="mark a history row kept or not")
     parser.add_argument("--mark", required=True, metavar="LABEL")
     parser.add_argument("--kept", required=True, help="yes, or no and why")
     args = parser.parse_args()
     mark(args.mark, args.kept)
+    rerender_history(BENCHMARKS)  # the table in BENCHMARKS.md shows the verdict at once
