@@ -109,15 +109,14 @@ def ingest_settings(env_file: Path, **kw: Any) -> Any:
     return IngestSettings.load(env_file, **base)
 
 
-async def _ingest_async(settings: Any, job: Any, served: Any, max_tiles: int | None) -> dict:
-    from histoprompt.core.s3 import make_minio
+async def _ingest_slide(
+    minio: Any, triton: Any, settings: Any, job: Any, served: Any, max_tiles: int | None
+) -> dict:
+    """One slide through the ingest path: open, plan, embed (clients given)."""
     from histoprompt.wsi.scoring import embed_tiles
     from histoprompt.wsi.sources import open_slide
     from histoprompt.wsi.tiling import TilePlan, plan_tiles
-    from histoprompt.wsi.triton import TritonClient
 
-    minio = make_minio(settings)
-    triton = TritonClient(settings.triton_url, 600, 3, 0.5)
     t0 = time.perf_counter()
     opened = await asyncio.to_thread(open_slide, minio, job, settings.read_limits(), None)
     plan = await asyncio.to_thread(
@@ -145,18 +144,36 @@ async def _ingest_async(settings: Any, job: Any, served: Any, max_tiles: int | N
         "emb_sum": float(np.abs(emb).sum()),
     }
     opened.close()
-    await triton.close()
     return out
 
 
+async def _ingest_async(
+    settings: Any, job: Any, served: Any, max_tiles: int | None, passes: int = 1
+) -> list[dict]:
+    """`passes` slides in a row with one S3 and one Triton client, as the service keeps its
+    clients from slide to slide."""
+    from histoprompt.core.s3 import make_minio
+    from histoprompt.wsi.triton import TritonClient
+
+    minio = make_minio(settings)
+    triton = TritonClient(settings.triton_url, 600, 3, 0.5)
+    try:
+        return [
+            await _ingest_slide(minio, triton, settings, job, served, max_tiles)
+            for _ in range(passes)
+        ]
+    finally:
+        await triton.close()
+
+
 def ingest_path(settings: Any, job: Any, served: Any, max_tiles: int | None = None) -> dict:
-    return asyncio.run(_ingest_async(settings, job, served, max_tiles))
+    return asyncio.run(_ingest_async(settings, job, served, max_tiles))[0]
 
 
 def ingest_passes(settings: Any, job: Any, served: Any, passes: int) -> dict:
-    """`ingest_path` `passes` times over the same slide, as one measured run: n_tiles and
-    seconds summed, reads (gets, bytes) of one pass."""
-    runs = [ingest_path(settings, job, served) for _ in range(passes)]
+    """The slide `passes` times in one measured run (one pair of clients, as above): n_tiles
+    and seconds summed, reads (gets, bytes) of one pass."""
+    runs = asyncio.run(_ingest_async(settings, job, served, None, passes))
     out = dict(runs[0])
     out["n_tiles"] = sum(r["n_tiles"] for r in runs)
     out["seconds"] = sum(r["seconds"] for r in runs)

@@ -4,9 +4,10 @@ A decoded 256^2 px frame is 192 KiB: above malloc's initial mmap threshold, and 
 cache (`ReadLimits.frame_cache`, 256 frames) churns tens of MiB of them per slide. With
 glibc's defaults, freed frames leave the heap (the top is trimmed once more than twice the
 dynamic mmap threshold is free) and the next frames fault their pages in again, which the
-data-path benchmark charged to decode (issue 15; its history row in BENCHMARKS.md). So the process keeps up to `TRIM_THRESHOLD` of freed heap for
-reuse and serves blocks below `MMAP_THRESHOLD` from the heap; larger blocks (mask strips,
-batches) are still mapped and unmapped whole.
+data-path benchmark charged to decode (issue 15; its history row in BENCHMARKS.md). So the
+process keeps up to `TRIM_THRESHOLD` of freed heap for reuse and serves blocks below
+`MMAP_THRESHOLD` from the heap; larger blocks (mask strips, batches) are still mapped and
+unmapped whole.
 
 Memory stays bounded: what is kept is at most `TRIM_THRESHOLD` of free heap per malloc arena
 (one per thread that allocates: the loop, each slide's reader), on top of the bounded working
