@@ -227,7 +227,8 @@ def read_tiles(
 ) -> NDArray[Any]:
     """uint8 [n, tile_px, tile_px, 3] for tiles [start, stop) of the plan, written into `out`
     when given (e.g. a shared-memory region Triton reads)."""
-    shape = (stop - start, plan.tile_px, plan.tile_px, 3)
+    stop = min(stop, plan.n_tiles)  # a last batch asked for in full has fewer tiles
+    shape = (max(0, stop - start), plan.tile_px, plan.tile_px, 3)
     buf: NDArray[Any] = np.empty(shape, dtype=np.uint8) if out is None else out
     if plan.read_px == plan.tile_px and isinstance(slide, PaintsRegions):
         # No resize: the frames are pasted straight into the batch (no crop to copy).
