@@ -688,9 +688,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     tiles, inflight = (int(v) for v in args.batches.split("x"))
-    from histoprompt.wsi.allocator import tune_for_frames
+    from histoprompt.core.allocator import tune_malloc
 
-    tune_for_frames()  # this process stands in for the ingest process, which tunes it at start
+    tune_malloc()  # this process stands in for the ingest process, which tunes it at start
     if args.rss_child:
         _rss_child(*args.rss_child)
         return

@@ -136,8 +136,8 @@ from histoprompt.wsi.read_ahead import ReadAhead
 from histoprompt.wsi.sources import open_local
 from histoprompt.wsi.tiling import plan_tiles
 if sys.argv[1] == "tuned":
-    from histoprompt.wsi.allocator import tune_for_frames
-    assert tune_for_frames()
+    from histoprompt.core.allocator import tune_malloc
+    assert tune_malloc()
 spec = EncoderSpec(name="null", tile_px=224, input_px=224, target_mpp=0.5, embed_dim=4,
                    mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2))
 def read_slide():

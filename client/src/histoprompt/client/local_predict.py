@@ -47,14 +47,14 @@ async def _predict(
     import asyncio
 
     from histoprompt.core import names
+    from histoprompt.core.allocator import tune_malloc
     from histoprompt.core.genesets import load_hallmark
-    from histoprompt.wsi.allocator import tune_for_frames
     from histoprompt.wsi.limits import ReadLimits
     from histoprompt.wsi.scoring import ScoringOptions, score_slide
     from histoprompt.wsi.sources import open_local
     from histoprompt.wsi.triton import TritonClient
 
-    tune_for_frames()  # a slide's decoded frames churn the heap: see histoprompt.wsi.allocator
+    tune_malloc()  # a slide's decoded frames churn the heap: see histoprompt.core.allocator
     t0 = time.perf_counter()
     opened = await asyncio.to_thread(open_local, list(slide.files), ReadLimits())
     triton = TritonClient(

@@ -95,9 +95,9 @@ def run(
     configure(log_level.upper())
     settings = _load(env_file, **overrides)
     _check_decoder(settings.ingest_decoder)
-    from histoprompt.wsi.allocator import tune_for_frames
+    from histoprompt.core.allocator import tune_malloc
 
-    tune_for_frames()  # this process streams decoded frames: see histoprompt.wsi.allocator
+    tune_malloc()  # this process streams decoded frames: see histoprompt.core.allocator
     try:
         code = IngestService(settings).run()
     except PermissionDeniedError as err:

@@ -29,6 +29,9 @@ class TritonModelBase:
     pb: ClassVar[Any] = None
 
     def initialize(self, args: dict[str, str]) -> None:
+        from histoprompt.core.allocator import tune_malloc
+
+        tune_malloc()  # this stub churns tile batches: see histoprompt.core.allocator
         try:
             ctx = ModelContext.from_triton_args(args)
             factory = HANDLERS[self.model_name]
