@@ -353,9 +353,7 @@ def triton_only_rate(settings: Any, served: Any, batch: int = 16, seconds: float
 
 
 def bench_efficiency(handle: Any, work: Path, n_tiles: int) -> dict:
-    import onnxruntime as ort
-
-    from histoprompt.core import names
+    from histoprompt.serving.onnx_runner import OnnxRunner
     from histoprompt.serving.preprocess import preprocess_tiles
     from histoprompt.wsi.dicom import DicomSlide
     from histoprompt.wsi.sources import open_slide
@@ -374,14 +372,15 @@ def bench_efficiency(handle: Any, work: Path, n_tiles: int) -> dict:
     n = min(n_tiles, plan.n_tiles)
     tiles = read_tiles(opened.reader, plan, 0, n)
     opened.close()
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    sess.run(None, {names.TENSOR_PIXELS: preprocess_tiles(tiles[:4], served.spec)})
+    # The encoder as the stub serves it: the same session options (pool threads that do not
+    # spin-wait), so the ratio measures the pipeline, not a difference of ONNX Runtime set-up.
+    sess = OnnxRunner(onnx_path)
+    sess.run(preprocess_tiles(tiles[:4], served.spec))
 
     def ort_rate() -> float:
         t0 = time.perf_counter()
         for s in range(0, n, 32):
-            pixels = preprocess_tiles(tiles[s : s + 32], served.spec)
-            sess.run(None, {names.TENSOR_PIXELS: pixels})
+            sess.run(preprocess_tiles(tiles[s : s + 32], served.spec))
         return n / (time.perf_counter() - t0)
 
     # The machine is shared: bracket the ingest run with two ORT runs and take the faster
@@ -584,8 +583,9 @@ def report_lines(r: dict, notes: list[str] | None = None) -> list[str]:
         e = r["efficiency"]
         lines += [
             f"**Pipeline efficiency** ({e['encoder']}, {e['n_tiles']} tiles): ingest "
-            f"{e['ingest_tiles_per_s']:.2f} tiles/s vs in-process ONNX Runtime encoder-only "
-            f"{e['ort_inprocess_tiles_per_s']:.2f} tiles/s = **{e['efficiency']:.2f}** "
+            f"{e['ingest_tiles_per_s']:.2f} tiles/s vs in-process ONNX Runtime encoder-only, "
+            "with the stub's session options, "
+            f"{e['ort_inprocess_tiles_per_s']:.2f} tiles/s = **{e['efficiency']:.3f}** "
             "(target >= 0.85).",
             "",
         ]
