@@ -7,7 +7,19 @@ from typing import Any
 
 import numpy as np
 
+from histoprompt.core.modelspec import EncoderSpec
 from histoprompt.wsi import tissue
+
+NULL_SPEC = EncoderSpec(
+    name="null",
+    tile_px=224,
+    input_px=224,
+    target_mpp=0.5,
+    embed_dim=16,
+    mean=(0.485, 0.456, 0.406),
+    std=(0.229, 0.224, 0.225),
+)
+"""The data-path benchmark's null encoder: 224 px tiles at 0.5 um/px."""
 
 
 def reference_mask(rgb: Any) -> Any:

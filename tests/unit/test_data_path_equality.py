@@ -18,7 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pytest
-from helpers.data_path_reference import reference_fractions, reference_mask
+from helpers.data_path_reference import NULL_SPEC, reference_fractions, reference_mask
 
 from histoprompt.core.modelspec import EncoderSpec
 from histoprompt.serving.preprocess import _scale_bias, preprocess_tiles
@@ -28,15 +28,7 @@ from histoprompt.wsi.read_ahead import ReadAhead
 from histoprompt.wsi.slide import Region
 from histoprompt.wsi.sources import open_local
 
-SPEC = EncoderSpec(
-    name="null",
-    tile_px=224,
-    input_px=224,
-    target_mpp=0.5,
-    embed_dim=16,
-    mean=(0.485, 0.456, 0.406),
-    std=(0.229, 0.224, 0.225),
-)
+SPEC = NULL_SPEC
 
 
 def _reference_read_mask(slide: Any, max_px: int, strip_px: int = 2_000_000) -> Any:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.data_path_reference import reference_fractions, reference_mask
+from helpers.data_path_reference import NULL_SPEC, reference_fractions, reference_mask
 
 from histoprompt.wsi import tissue
 from histoprompt.wsi.limits import ReadLimits
@@ -88,21 +88,11 @@ def test_tiles_painted_into_the_batch_equal_the_canvas_path(ragged_series: list[
 def test_a_batch_asked_for_past_the_last_tile_has_only_the_tiles_left(
     ragged_series: list[Path],
 ) -> None:
-    from histoprompt.core.modelspec import EncoderSpec
     from histoprompt.wsi.tiling import plan_tiles, read_tiles
 
-    spec = EncoderSpec(
-        name="null",
-        tile_px=224,
-        input_px=224,
-        target_mpp=0.5,
-        embed_dim=4,
-        mean=(0.5, 0.5, 0.5),
-        std=(0.2, 0.2, 0.2),
-    )
     opened = open_local(ragged_series, ReadLimits())
     try:
-        plan = plan_tiles(opened.reader, spec, min_tissue=0.0)
+        plan = plan_tiles(opened.reader, NULL_SPEC, min_tissue=0.0)
         whole = read_tiles(opened.reader, plan, 0, plan.n_tiles)
         tail = read_tiles(opened.reader, plan, plan.n_tiles - 1, plan.n_tiles + 31)
         assert tail.shape[0] == 1 and plan.n_tiles > 1
