@@ -216,26 +216,19 @@ class DicomInstance:
     def grid(self) -> tuple[int, int]:
         return -(-self.width // self.cols), -(-self.height // self.rows)
 
-    def frames_for(self, region: Region) -> list[int]:
+    def _frame_block(self, region: Region) -> NDArray[Any]:
+        """The frame-index cells (-1: no frame) under the part of `region` inside the image."""
         c0, r0 = max(region.x, 0) // self.cols, max(region.y, 0) // self.rows
         c1 = min(region.x + region.w, self.width) - 1
         r1 = min(region.y + region.h, self.height) - 1
-        out: list[int] = []
         if c1 < 0 or r1 < 0:
-            return out
-        block = self._index[r0 : r1 // self.rows + 1, c0 : c1 // self.cols + 1]
-        out = block[block >= 0].tolist()
-        return out
+            return self._index[:0, :0]
+        return self._index[r0 : r1 // self.rows + 1, c0 : c1 // self.cols + 1]
 
-    def _covered(self, region: Region) -> bool:
-        """Whether frames cover all of `region`: inside the image, no frame missing."""
-        if region.x < 0 or region.y < 0:
-            return False
-        if region.x + region.w > self.width or region.y + region.h > self.height:
-            return False
-        r0, c0 = region.y // self.rows, region.x // self.cols
-        r1, c1 = (region.y + region.h - 1) // self.rows, (region.x + region.w - 1) // self.cols
-        return bool((self._index[r0 : r1 + 1, c0 : c1 + 1] >= 0).all())
+    def frames_for(self, region: Region) -> list[int]:
+        block = self._frame_block(region)
+        out: list[int] = block[block >= 0].tolist()
+        return out
 
     def load_frames(self, indices: Sequence[int], cache: bool = True) -> dict[int, NDArray[Any]]:
         """Decoded frames for `indices`: cached ones, then staged ones (`stage`), then the
@@ -314,10 +307,14 @@ class DicomInstance:
         """`reg` from its decoded `frames` into `dst` [reg.h, reg.w, 3]: every pixel written,
         background where no frame is or beyond the image. A region the frames cover (nearly
         all of them) is written once, with no background fill first."""
-        covered = self._covered(reg)
+        block = self._frame_block(reg)
+        present = block >= 0
+        inside = reg.x >= 0 and reg.y >= 0
+        inside = inside and reg.x + reg.w <= self.width and reg.y + reg.h <= self.height
+        covered = inside and bool(present.all())
         if not covered:
             dst[...] = BACKGROUND
-        for i in self.frames_for(reg):
+        for i in block[present].tolist():
             c, r = self.positions[i].tolist()
             paste(dst, frames[i], c * self.cols - reg.x, r * self.rows - reg.y)
         if covered:

@@ -16,13 +16,25 @@ MIN_SATURATION = 0.08
 """Below this saturation nothing is tissue, whatever Otsu picks."""
 
 
-def saturation(rgb: NDArray[Any]) -> NDArray[Any]:
-    """HSV saturation in [0, 1] of uint8 [h, w, 3] (channel-wise max/min: no float copy)."""
+def _max_and_spread(rgb: NDArray[Any]) -> tuple[NDArray[Any], NDArray[Any]]:
+    """uint8 channel-wise max and max - min of uint8 [h, w, 3] (no float copy)."""
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     mx = np.maximum(np.maximum(r, g), b)
-    mn = np.minimum(np.minimum(r, g), b)
-    spread = (mx - mn).astype(np.float32)
-    return np.where(mx > 0, spread / np.maximum(mx, 1).astype(np.float32), np.float32(0.0))
+    return mx, mx - np.minimum(np.minimum(r, g), b)
+
+
+def _saturation_of(mx: NDArray[Any], spread: NDArray[Any]) -> NDArray[np.float32]:
+    """HSV saturation (float32) from channel max and spread: the one formula both the
+    per-pixel `saturation` and the mask's lookup table use."""
+    sat: NDArray[np.float32] = np.where(
+        mx > 0, spread.astype(np.float32) / np.maximum(mx, 1).astype(np.float32), np.float32(0.0)
+    )
+    return sat
+
+
+def saturation(rgb: NDArray[Any]) -> NDArray[Any]:
+    """HSV saturation in [0, 1] of uint8 [h, w, 3]."""
+    return _saturation_of(*_max_and_spread(rgb))
 
 
 def otsu_threshold(
@@ -53,12 +65,7 @@ def _saturation_table() -> NDArray[np.float32]:
     """`saturation` of every (max, max - min) pair of channel values, flat [256 * 256]: a
     pixel's saturation depends on nothing else, so the mask looks it up."""
     mx = np.repeat(np.arange(256, dtype=np.uint8), 256)
-    spread = np.tile(np.arange(256, dtype=np.uint8), 256)
-    sat: NDArray[np.float32] = np.where(
-        mx > 0,
-        spread.astype(np.float32) / np.maximum(mx, 1).astype(np.float32),
-        np.float32(0.0),
-    )
+    sat = _saturation_of(mx, np.tile(np.arange(256, dtype=np.uint8), 256))
     sat.setflags(write=False)
     return sat
 
@@ -72,10 +79,9 @@ def tissue_mask(rgb: NDArray[Any], min_saturation: float = MIN_SATURATION) -> ND
     that table compared with the threshold; the same float32 values and comparison as
     `saturation(rgb) > thr`, so the same mask, at a fraction of the passes over the pixels.
     """
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    mx = np.maximum(np.maximum(r, g), b)
+    mx, spread = _max_and_spread(rgb)
     code = mx.astype(np.uint16) << 8
-    code |= mx - np.minimum(np.minimum(r, g), b)
+    code |= spread
     table = _saturation_table()
     counts = np.bincount(code.ravel(), minlength=table.size)
     thr = max(otsu_threshold(table, weights=counts), min_saturation)
